@@ -1,0 +1,1 @@
+"""Host-side scoring of relaxations: pure functions over structures and tables."""

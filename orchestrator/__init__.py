@@ -1,0 +1,1 @@
+"""Host side of the benchmark: manifest, datasets, images, scheduling, merging, CLI."""

@@ -1,0 +1,161 @@
+"""One Docker image per model, tagged by a hash of everything that built it.
+
+images/base/Dockerfile is the shared runtime (venv, CA bundle, pinned ase);
+every other folder of images/ with a model.yaml is a model. A model image is
+rebuilt only when its Dockerfile, model.yaml, the adapters code, or the runtime
+changes; the tag says which, so the tag alone decides reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from orchestrator.errors import BenchError
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES_DIR = REPO / "images"
+ADAPTERS_DIR = REPO / "adapters"
+IMAGE_PREFIX = "umlip-0123d"
+LABEL = "org.umlip-0123d"
+MODEL_KEYS = {"description": str, "calculator": str, "options": dict, "packages": list}
+
+
+@dataclass
+class Model:
+    name: str
+    folder: Path
+    description: str
+    calculator: str
+    options: dict = field(default_factory=dict)
+    packages: list = field(default_factory=list)
+
+
+def discover_models(images_dir: Path = IMAGES_DIR) -> dict[str, Model]:
+    """Every folder of images/ that holds a model.yaml, validated."""
+    models = {}
+    for meta in sorted(images_dir.glob("*/model.yaml")):
+        data = yaml.safe_load(meta.read_text()) or {}
+        for key, value in data.items():
+            if key not in MODEL_KEYS:
+                raise BenchError(f"{meta}: unknown key {key!r}; allowed: {sorted(MODEL_KEYS)}")
+            if not isinstance(value, MODEL_KEYS[key]):
+                raise BenchError(f"{meta}: {key!r} must be a {MODEL_KEYS[key].__name__}")
+        for key in ("description", "calculator"):
+            if key not in data:
+                raise BenchError(f"{meta}: missing key {key!r}")
+        if not (meta.parent / "Dockerfile").exists():
+            raise BenchError(f"{meta.parent}: a model folder needs a Dockerfile")
+        models[meta.parent.name] = Model(name=meta.parent.name, folder=meta.parent, **data)
+    return models
+
+
+def _tree_files(root: Path):
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            yield path
+
+
+def content_hash(context: Path, build_args: dict) -> str:
+    """sha256 over the context's files (paths and bytes) and the build args."""
+    digest = hashlib.sha256(json.dumps(build_args, sort_keys=True).encode())
+    for path in _tree_files(context):
+        digest.update(str(path.relative_to(context)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def runtime_context(dest: Path, ca_bundle: Path | None, wheelhouse: Path | None) -> Path:
+    shutil.copy(IMAGES_DIR / "base" / "Dockerfile", dest / "Dockerfile")
+    (dest / "extra-ca.crt").write_bytes(ca_bundle.read_bytes() if ca_bundle else b"")
+    (dest / "wheelhouse").mkdir()
+    for wheel in sorted(wheelhouse.glob("*.whl")) if wheelhouse else []:
+        # hard links: a torch wheel is hundreds of MB
+        try:
+            (dest / "wheelhouse" / wheel.name).hardlink_to(wheel)
+        except OSError:
+            shutil.copy(wheel, dest / "wheelhouse" / wheel.name)
+    return dest
+
+
+def model_context(dest: Path, model: Model) -> Path:
+    shutil.copytree(model.folder, dest, dirs_exist_ok=True)
+    shutil.copytree(ADAPTERS_DIR, dest / "adapters", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+class ImageBuilder:
+    """Builds (or reuses) the runtime and model images with a Docker client."""
+
+    def __init__(self, client, base_image: str, ca_bundle: Path | None, wheelhouse: Path | None,
+                 log_dir: Path, echo=print):
+        self.client = client
+        self.base_image = base_image
+        self.ca_bundle = ca_bundle
+        self.wheelhouse = wheelhouse
+        self.log_dir = log_dir
+        self.echo = echo
+        self._runtime_tag: str | None = None
+
+    def runtime(self) -> str:
+        if self._runtime_tag is None:
+            base_id = self._base_image_id()
+            with tempfile.TemporaryDirectory() as tmp:
+                context = runtime_context(Path(tmp), self.ca_bundle, self.wheelhouse)
+                args = {"BASE_IMAGE": self.base_image}
+                tag = f"{IMAGE_PREFIX}/runtime:{content_hash(context, {**args, 'base_id': base_id})}"
+                self._ensure(tag, context, args, {f"{LABEL}.base-image": self.base_image,
+                                                  f"{LABEL}.base-image-id": base_id})
+            self._runtime_tag = tag
+        return self._runtime_tag
+
+    def model(self, model: Model) -> str:
+        runtime = self.runtime()
+        with tempfile.TemporaryDirectory() as tmp:
+            context = model_context(Path(tmp) / "ctx", model)
+            args = {"RUNTIME_IMAGE": runtime}
+            tag = f"{IMAGE_PREFIX}/{model.name}:{content_hash(context, args)}"
+            self._ensure(tag, context, args, {f"{LABEL}.model": model.name, f"{LABEL}.runtime": runtime})
+        return tag
+
+    def _base_image_id(self) -> str:
+        """Id of the base image if present locally; else its name (pulled by the build)."""
+        import docker.errors
+
+        try:
+            return self.client.images.get(self.base_image).id
+        except docker.errors.ImageNotFound:
+            return self.base_image
+
+    def _ensure(self, tag: str, context: Path, args: dict, labels: dict) -> None:
+        import docker.errors
+
+        try:
+            self.client.images.get(tag)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / (tag.replace("/", "_").replace(":", "_") + ".log")
+        self.echo(f"building {tag} (log: {log_path})")
+        error = None
+        with log_path.open("w") as log:
+            for chunk in self.client.api.build(path=str(context), tag=tag, buildargs=args, rm=True,
+                                               forcerm=True, labels=labels, decode=True):
+                if "stream" in chunk:
+                    log.write(chunk["stream"])
+                    log.flush()
+                if "error" in chunk:
+                    error = chunk["error"]
+                    log.write(error + "\n")
+        if error:
+            tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+            raise BenchError(f"building {tag} failed: {error.strip()}\n--- last lines of {log_path} ---\n{tail}")

@@ -1,0 +1,166 @@
+"""benchmark.yaml: load, validate, apply overrides, remember where each value came from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from orchestrator.errors import BenchError
+
+DIMENSIONS = ("0D", "1D", "2D", "3D")
+OPTIONAL_STR = (str, type(None))
+OPTIONAL_INT = (int, type(None))
+OPTIONAL_LIST = (list, type(None))
+
+#: key -> (accepted types, default). Nested sections list their own keys.
+SCHEMA = {
+    "dataset": (str, "0123d"),
+    "subset": {
+        "dimensions": (OPTIONAL_LIST, None),
+        "limit_per_dimension": (OPTIONAL_INT, None),
+        "seed": (int, 0),
+        "elements": (OPTIONAL_LIST, None),
+        "ids": (OPTIONAL_LIST, None),
+    },
+    "protocol": {
+        "optimizer": (str, "FIRE"),
+        "fmax_ev_per_a": ((int, float), 0.04),
+        "max_steps": (int, 15000),
+        "divergence_limit_ev_per_a": ((int, float), 10000.0),
+        "cell_filter": (str, "FrechetCellFilter"),
+    },
+    "fragmentation_limits_a": {
+        "2D": ((int, float), 7.5),
+        "1D": ((int, float), 12.5),
+        "0D": ((int, float), 20.0),
+    },
+    "devices": ((str, list), "cpu"),
+    "workers_per_device": (int, 1),
+    "threads_per_worker": (OPTIONAL_INT, None),
+    "shard_size": (int, 100),
+    "max_worker_retries": (int, 2),
+    "results_dir": (str, "results"),
+    "cache_dir": (str, "~/.cache/umlip-0123d"),
+    "base_image": (str, "python:3.11-slim-bookworm"),
+    "ca_bundle": (OPTIONAL_STR, None),
+    "wheelhouse": (OPTIONAL_STR, None),
+    "models": (list, ["chgnet", "sevennet-0"]),
+    "datasets": (dict, {}),
+}
+ENV_PREFIX = "UMLIP_"
+
+
+@dataclass
+class Manifest:
+    path: Path
+    values: dict
+    sources: dict = field(default_factory=dict)  # dotted key -> "command line" | "environment" | file | "default"
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+    def path_setting(self, key: str) -> Path | None:
+        """A path-valued setting, ~ expanded and relative to the manifest's folder."""
+        value = self.values[key]
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.path.parent / path).resolve()
+
+
+def _type_name(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check(value, types, where: str, key: str):
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise BenchError(f"{where}: {key} must be {_type_name(types)}, not {value!r}")
+    if not isinstance(value, types):
+        raise BenchError(f"{where}: {key} must be {_type_name(types)}, not {value!r}")
+
+
+def _merge(schema: dict, data: dict, where: str, source: str, prefix: str, values: dict, sources: dict):
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            raise BenchError(f"{where}: unknown key {dotted!r}; allowed here: {', '.join(schema)}")
+        spec = schema[key]
+        if isinstance(spec, dict):
+            if not isinstance(value, dict):
+                raise BenchError(f"{where}: {dotted} must be a mapping, not {value!r}")
+            _merge(spec, value, where, source, f"{dotted}.", values[key], sources)
+        else:
+            _check(value, spec[0], where, dotted)
+            values[key] = value
+            sources[dotted] = source
+
+
+def _defaults(schema: dict, prefix: str, sources: dict) -> dict:
+    values = {}
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            values[key] = _defaults(spec, f"{prefix}{key}.", sources)
+        else:
+            values[key] = spec[1]
+            sources[f"{prefix}{key}"] = "default"
+    return values
+
+
+def _parse_env(value: str):
+    parsed = yaml.safe_load(value)
+    return value if parsed is None and value else parsed
+
+
+def load(path: Path, overrides: dict | None = None, environ=os.environ) -> Manifest:
+    """Defaults < benchmark.yaml < UMLIP_<KEY> environment < overrides (dotted keys)."""
+    path = Path(path)
+    if not path.exists():
+        raise BenchError(f"{path}: manifest not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BenchError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"{path}: the manifest must be a mapping of keys")
+    sources: dict = {}
+    values = _defaults(SCHEMA, "", sources)
+    _merge(SCHEMA, data, str(path), str(path), "", values, sources)
+    env = {k[len(ENV_PREFIX):].lower(): _parse_env(v) for k, v in environ.items()
+           if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in SCHEMA}
+    _merge(SCHEMA, env, "environment", "environment", "", values, sources)
+    for dotted, value in (overrides or {}).items():
+        *parents, last = dotted.split(".")
+        nested = {last: value}
+        for parent in reversed(parents):
+            nested = {parent: nested}
+        _merge(SCHEMA, nested, "command line", "command line", "", values, sources)
+    _validate(values, str(path))
+    return Manifest(path=path, values=values, sources=sources)
+
+
+def _validate(values: dict, where: str) -> None:
+    dims = values["subset"]["dimensions"]
+    for dim in dims or []:
+        if dim not in DIMENSIONS:
+            raise BenchError(f"{where}: subset.dimensions has {dim!r}; choose from {', '.join(DIMENSIONS)}")
+    devices = values["devices"]
+    if isinstance(devices, str) and devices not in ("cpu", "all"):
+        raise BenchError(f"{where}: devices must be cpu, all, or a list of GPU indices, not {devices!r}")
+    if isinstance(devices, list) and not all(isinstance(d, int) and d >= 0 for d in devices):
+        raise BenchError(f"{where}: devices list must hold GPU indices (integers >= 0), not {devices!r}")
+    for key in ("workers_per_device", "shard_size"):
+        if values[key] < 1:
+            raise BenchError(f"{where}: {key} must be at least 1")
+    for key in ("fmax_ev_per_a", "max_steps", "divergence_limit_ev_per_a"):
+        if values["protocol"][key] <= 0:
+            raise BenchError(f"{where}: protocol.{key} must be positive")
+    for name, entry in values["datasets"].items():
+        if not isinstance(entry, dict) or "url" not in entry:
+            raise BenchError(f"{where}: datasets.{name} needs a url")
+        unknown = set(entry) - {"url", "sha256", "files"}
+        if unknown:
+            raise BenchError(f"{where}: datasets.{name} has unknown key(s) {sorted(unknown)}; allowed: url, sha256, files")

@@ -1,0 +1,46 @@
+# make bench MODEL=chgnet                      relax, merge, score, report (last line: the run folder)
+# make bench MODEL="chgnet sevennet-0" DATASET=path LIMIT=20 DIM=0D,2D GPUS=0,1
+# make report                                  reports of every finished run + leaderboard
+# make test                                    unit tests and Docker integration tests
+# make perf                                    pipeline overhead vs a plain ASE loop (CHGNet, 50 structures)
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
+             $(if $(LIMIT),--limit $(LIMIT)) $(if $(DIM),--dim $(DIM)) $(if $(GPUS),--gpus $(GPUS))
+
+.PHONY: bench build report test test-unit perf doctor models clean-venv
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+bench: $(VENV)/.installed
+	$(PY) -m orchestrator bench $(BENCH_ARGS)
+
+build: $(VENV)/.installed
+	$(PY) -m orchestrator build $(BENCH_ARGS)
+
+report: $(VENV)/.installed
+	$(PY) -m orchestrator report
+
+doctor: $(VENV)/.installed
+	$(PY) -m orchestrator doctor $(BENCH_ARGS)
+
+models: $(VENV)/.installed
+	$(PY) -m orchestrator models
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
+
+perf: $(VENV)/.installed
+	$(PY) tests/perf/pipeline_overhead.py $(if $(N),--structures $(N))
+
+clean-venv:
+	rm -rf $(VENV)

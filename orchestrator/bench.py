@@ -1,0 +1,197 @@
+"""`bench`: dataset -> shards -> images -> containers -> merged, scored results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from orchestrator import merge, provenance
+from orchestrator.engine import console, docker_client
+from orchestrator.datasets import load_dataset, select, subset_key
+from orchestrator.errors import BenchError
+from orchestrator.images import ImageBuilder, Model, discover_models
+from orchestrator.manifest import Manifest
+from orchestrator.scheduler import Job, Scheduler, device_slots
+from orchestrator.shards import read_ids, write_shards
+
+def run_identity(dataset, subset: str, protocol: dict) -> str:
+    """Run folder name: the data, the subset and the protocol decide the results."""
+    digest = hashlib.sha256(json.dumps([dataset.identity, subset, protocol], sort_keys=True).encode())
+    name = Path(dataset.name).name.split(".")[0] if Path(dataset.name).exists() else dataset.name
+    slug = "".join(c if c.isalnum() or c in "-." else "-" for c in f"{name}-{subset}")[:60]
+    return f"{slug}-{digest.hexdigest()[:8]}"
+
+
+def pick_models(manifest: Manifest, names: list[str]) -> list[Model]:
+    available = discover_models()
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        source = manifest.sources.get("models", "command line")
+        raise BenchError(f"unknown model(s) {', '.join(unknown)} (from {source}); "
+                         f"available: {', '.join(available)} (folders of images/ with a model.yaml)")
+    return [available[n] for n in names]
+
+
+def check_image(out_dir: Path, image: str, image_id: str) -> None:
+    """Never mix results of two different images in one run folder."""
+    record = out_dir / "image.json"
+    if record.exists():
+        previous = json.loads(record.read_text())
+        if previous["image"] != image and any(out_dir.glob("shard-*.jsonl")):
+            raise BenchError(f"{out_dir} holds results of image {previous['image']}, but the model now builds "
+                             f"{image} (its Dockerfile, model.yaml or adapters/ changed). Remove {out_dir} "
+                             "to relax again with the new image, or restore the old inputs.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"image": image, "image_id": image_id}) + "\n")
+
+
+class ResultsProgress:
+    """Counts finished and failed structures per model by tailing the result files."""
+
+    def __init__(self, run_dir: Path, totals: dict[str, int]):
+        self.run_dir = run_dir
+        self.offsets: dict[Path, int] = {}
+        self.done = {m: 0 for m in totals}
+        self.failed = {m: 0 for m in totals}
+        self.progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("failed {task.fields[failed]}"), TextColumn("{task.speed_str}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        self.tasks = {m: self.progress.add_task(m, total=t, failed=0, speed_str="") for m, t in totals.items()}
+
+    def update(self) -> None:
+        for model, task in self.tasks.items():
+            for path in sorted((self.run_dir / "raw" / model).glob("shard-*.jsonl")):
+                with path.open("rb") as handle:
+                    handle.seek(self.offsets.get(path, 0))
+                    chunk = handle.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1]
+                self.offsets[path] = self.offsets.get(path, 0) + len(complete)
+                for line in complete.splitlines():
+                    self.done[model] += 1
+                    self.failed[model] += bool(json.loads(line).get("failure_reason"))
+            speed = self.progress.tasks[task].speed
+            self.progress.update(task, completed=self.done[model], failed=self.failed[model],
+                                 speed_str=f"{speed:.2f}/s" if speed else "")
+
+
+def bench(manifest: Manifest, model_names: list[str]) -> Path:
+    models = pick_models(manifest, model_names)
+    client = docker_client()
+    started = provenance.now()
+    cache_dir = manifest.path_setting("cache_dir")
+    dataset = load_dataset(manifest["dataset"], manifest["datasets"], cache_dir / "datasets")
+    subset = manifest["subset"]
+    structures = select(dataset.structures, **subset)
+    if not structures:
+        raise BenchError(f"the subset {subset} of dataset {dataset.name} selects no structure")
+    key = subset_key(**subset)
+    run_dir = manifest.path_setting("results_dir") / run_identity(dataset, key, manifest["protocol"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"run folder {run_dir}: {len(structures)} structures x {len(models)} model(s)")
+
+    shard_size = _fixed_shard_size(run_dir, manifest["shard_size"])
+    shards = write_shards(structures, run_dir / "shards", shard_size)
+    reference_path = run_dir / "reference.extxyz"
+    if not reference_path.exists():
+        from ase.io import write
+
+        write(reference_path, structures, format="extxyz")
+
+    builder = ImageBuilder(client, manifest["base_image"], manifest.path_setting("ca_bundle"),
+                           manifest.path_setting("wheelhouse"), cache_dir / "build-logs",
+                           echo=lambda msg: console.print(msg))
+    record = provenance.read(run_dir / "provenance.json")
+    model_records = record.get("models", {})
+    jobs, totals = [], {}
+    for model in models:
+        image = builder.model(model)
+        image_id = client.images.get(image).id
+        out_dir = run_dir / "raw" / model.name
+        check_image(out_dir, image, image_id)
+        if model_records.get(model.name, {}).get("image_id") != image_id:
+            model_records[model.name] = {"image": image, "image_id": image_id, "runtime_image": builder.runtime(),
+                                         "base_image": manifest["base_image"], "calculator": model.calculator,
+                                         "options": model.options, "description": model.description,
+                                         **provenance.image_versions(client, image, model.packages)}
+        totals[model.name] = len(structures)
+        job = {"calculator": model.calculator, "options": model.options, "protocol": manifest["protocol"]}
+        for shard in shards:
+            done = set(read_ids(out_dir / f"{shard.stem}.jsonl"))
+            if not set(read_ids(shard)) <= done:
+                jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))
+
+    slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"])
+    scheduler = Scheduler(client, slots, run_dir.name, cache_dir / "weights", manifest["max_worker_retries"])
+    if jobs:
+        console.print(f"{len(jobs)} shard job(s) on {len(slots)} slot(s): {', '.join(s.name for s in slots)}")
+        tracker = ResultsProgress(run_dir, totals)
+        with tracker.progress:
+            scheduler.run(jobs, on_tick=tracker.update)
+    else:
+        console.print("every structure already relaxed: reusing the results")
+    for failure in scheduler.failures:
+        console.print(f"[red]worker failed[/red]: {failure}")
+
+    table = score_run(run_dir, manifest, structures)
+    provenance.write(run_dir / "provenance.json", {
+        **record, "run_id": run_dir.name,
+        "started": record.get("started", started), "finished": provenance.now(),
+        "command": sys.argv, "host": provenance.host_info(client),
+        "dataset": {"name": dataset.name, "files": {p.name: dataset.sha256[p.name] for p in dataset.files},
+                    "identity": dataset.identity, "subset": subset, "subset_key": key,
+                    "structures": len(structures)},
+        "protocol": manifest["protocol"], "fragmentation_limits_a": manifest["fragmentation_limits_a"],
+        "devices": [s.__dict__ for s in slots], "settings_sources": manifest.sources,
+        "models": model_records,
+    })
+    from metrics.report import write_run_report
+
+    report = write_run_report(run_dir)
+    print_summary(table)
+    console.print(f"report: {report}")
+    return run_dir
+
+
+def _fixed_shard_size(run_dir: Path, wanted: int) -> int:
+    """A run folder keeps the sharding it started with, so resumed runs line up."""
+    path = run_dir / "sharding.json"
+    if path.exists():
+        size = json.loads(path.read_text())["shard_size"]
+        if size != wanted:
+            console.print(f"keeping shard_size {size} of this run folder (asked: {wanted})")
+        return size
+    path.write_text(json.dumps({"shard_size": wanted}) + "\n")
+    return wanted
+
+
+def score_run(run_dir: Path, manifest: Manifest, structures: list):
+    """Merge every model's results in the run folder, score them, write the table and structures."""
+    from metrics.per_structure import score
+
+    results = {d.name: merge.read_results(d) for d in sorted((run_dir / "raw").iterdir()) if d.is_dir()}
+    table, relaxed = merge.merge(structures, results)
+    reference = {a.info["id"]: a for a in structures}
+    table = score(table, reference, relaxed, manifest["fragmentation_limits_a"])
+    merge.write_table(run_dir, table)
+    merge.write_relaxed(run_dir / "relaxed.extxyz", table, relaxed)
+    return table
+
+
+def print_summary(table) -> None:
+    from rich.table import Table
+
+    view = Table(title="0123D summary (failures by the paper's criteria; errors over successful relaxations)")
+    for column in ("model", "dim", "structures", "failed", "median steps", "energy MAE meV/atom",
+                   "median position MAE Å"):
+        view.add_column(column, justify="left" if column in ("model", "dim") else "right")
+    for (model, dim), group in table.groupby(["model", "dimension"]):
+        ok = group[group["failure_reason"] == ""]
+        view.add_row(model, dim, str(len(group)), str(len(group) - len(ok)),
+                     f"{ok['steps'].median():.0f}" if len(ok) else "-",
+                     f"{ok['energy_error_mev_per_atom'].abs().mean():.1f}" if len(ok) else "-",
+                     f"{ok['position_mae_a'].median():.4f}" if len(ok) else "-")
+    console.print(view)

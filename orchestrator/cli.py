@@ -1,0 +1,144 @@
+"""Command line: bench, build, report, doctor, models. One error boundary, in main()."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchestrator.errors import BenchError
+from orchestrator.manifest import DIMENSIONS, load
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "benchmark.yaml"
+
+
+def parse_gpus(value: str):
+    """GPUS=cpu | all | 0,1"""
+    if value in ("cpu", "all"):
+        return value
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise BenchError(f"GPUS must be cpu, all, or GPU indices like 0,1; not {value!r}") from None
+
+
+def parse_set(items: list[str]) -> dict:
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BenchError(f"--set {item!r}: expected KEY=VALUE (dotted keys for sections, e.g. protocol.max_steps=500)")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def overrides_from(args) -> dict:
+    overrides = parse_set(args.set)
+    if args.models:
+        overrides["models"] = args.models
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    if args.limit is not None:
+        overrides["subset.limit_per_dimension"] = args.limit
+    if args.dim:
+        dims = [d.strip().upper() for d in args.dim.split(",") if d.strip()]
+        bad = [d for d in dims if d not in DIMENSIONS]
+        if bad:
+            raise BenchError(f"DIM has {', '.join(bad)}; choose from {', '.join(DIMENSIONS)}")
+        overrides["subset.dimensions"] = dims
+    if args.gpus:
+        overrides["devices"] = parse_gpus(args.gpus)
+    return overrides
+
+
+def cmd_bench(args) -> None:
+    from orchestrator.bench import bench
+
+    manifest = load(args.manifest, overrides_from(args))
+    run_dir = bench(manifest, manifest["models"])
+    print(run_dir)  # the last line: scripts read the run folder from here
+
+
+def cmd_build(args) -> None:
+    from orchestrator.bench import pick_models
+    from orchestrator.engine import console, docker_client
+    from orchestrator.images import ImageBuilder
+
+    manifest = load(args.manifest, overrides_from(args))
+    client = docker_client()
+    cache = manifest.path_setting("cache_dir")
+    builder = ImageBuilder(client, manifest["base_image"], manifest.path_setting("ca_bundle"),
+                           manifest.path_setting("wheelhouse"), cache / "build-logs", echo=console.print)
+    for model in pick_models(manifest, manifest["models"]):
+        print(builder.model(model))
+
+
+def cmd_report(args) -> None:
+    from metrics.report import write_leaderboard, write_run_report
+
+    manifest = load(args.manifest, parse_set(args.set))
+    results_dir = manifest.path_setting("results_dir")
+    for run_dir in sorted(p.parent for p in results_dir.glob("*/results.csv")):
+        print(write_run_report(run_dir))
+    print(write_leaderboard(results_dir))
+
+
+def cmd_models(args) -> None:
+    from orchestrator.images import discover_models
+
+    for name, model in discover_models().items():
+        print(f"{name:<16} {model.description}")
+
+
+def cmd_doctor(args) -> None:
+    from orchestrator.doctor import doctor
+
+    if not doctor(load(args.manifest, overrides_from(args))):
+        raise SystemExit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator", description="0123D uMLIP benchmark")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, selection=True):
+        p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any manifest key, e.g. --set protocol.max_steps=500")
+        if selection:
+            p.add_argument("--models", nargs="+", help="model folders of images/ (MODEL)")
+            p.add_argument("--dataset", help="registry name or path (DATASET)")
+            p.add_argument("--limit", type=int, help="structures per dimensionality (LIMIT)")
+            p.add_argument("--dim", help="dimensionalities, e.g. 0D,2D (DIM)")
+            p.add_argument("--gpus", help="cpu, all, or indices like 0,1 (GPUS)")
+
+    for name, func, help_text in (("bench", cmd_bench, "relax, merge, score and report"),
+                                  ("build", cmd_build, "build (or reuse) the model images"),
+                                  ("doctor", cmd_doctor, "check the engine, GPUs, manifest and caches")):
+        p = sub.add_parser(name, help=help_text)
+        common(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("report", help="reports of every finished run and the leaderboard")
+    common(p, selection=False)
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("models", help="list the models (folders of images/)")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BenchError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished structures are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,65 @@
+"""`doctor`: check what a run needs; every problem comes with its remedy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from orchestrator.engine import console, docker_client
+from orchestrator.errors import BenchError
+from orchestrator.images import discover_models
+from orchestrator.manifest import Manifest
+from orchestrator.scheduler import host_gpus
+
+
+def doctor(manifest: Manifest) -> bool:
+    findings: list[tuple[bool | None, str, str]] = []  # (ok, what, remedy); None: a note
+
+    def check(ok: bool | None, what: str, remedy: str = "") -> None:
+        findings.append((ok, what, remedy))
+
+    client = None
+    try:
+        client = docker_client()
+        check(True, f"Docker engine {client.version().get('Version')} reachable")
+    except BenchError as exc:
+        check(False, "Docker engine", str(exc))
+    if client is not None:
+        import docker.errors
+
+        base = manifest["base_image"]
+        try:
+            client.images.get(base)
+            check(True, f"base image {base} present")
+        except docker.errors.ImageNotFound:
+            check(None, f"base image {base} not present locally",
+                  "it is pulled on the first build; without a registry run images/make-local-base.sh "
+                  "and set base_image (or UMLIP_BASE_IMAGE) to its tag")
+        if manifest["devices"] != "cpu":
+            runtimes = client.info().get("Runtimes", {})
+            check("nvidia" in runtimes or bool(shutil.which("nvidia-container-cli")),
+                  "NVIDIA container runtime", "install the NVIDIA Container Toolkit and restart dockerd")
+    if manifest["devices"] != "cpu":
+        gpus = host_gpus()
+        check(bool(gpus), f"GPUs seen by nvidia-smi: {gpus}", "install the NVIDIA driver, or run with GPUS=cpu")
+    try:
+        models = discover_models()
+        check(True, f"models: {', '.join(models)}")
+        missing = [m for m in manifest["models"] if m not in models]
+        check(not missing, f"manifest models exist ({', '.join(manifest['models'])})",
+              f"no images/<name>/model.yaml for {', '.join(missing)}")
+    except BenchError as exc:
+        check(False, "model folders", str(exc))
+    cache = manifest.path_setting("cache_dir")
+    cache.mkdir(parents=True, exist_ok=True)
+    check(os.access(cache, os.W_OK), f"cache {cache} writable", f"fix the permissions of {cache} or set cache_dir")
+    free_gib = shutil.disk_usage(cache).free / 2**30
+    check(free_gib > 20, f"{free_gib:.0f} GiB free under {cache}", "model images and weights need tens of GiB")
+    for name in ("ca_bundle", "wheelhouse"):
+        path = manifest.path_setting(name)
+        if path is not None:
+            check(path.exists(), f"{name} {path} exists", f"fix {name} in {manifest.path}")
+    marks = {True: "[green]ok[/green]  ", None: "[yellow]note[/yellow]", False: "[red]FAIL[/red]"}
+    for ok, what, remedy in findings:
+        console.print(f"{marks[ok]} {what}" + (f"\n       fix: {remedy}" if ok is not True else ""))
+    return all(ok is not False for ok, _, _ in findings)

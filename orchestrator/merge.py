@@ -1,0 +1,81 @@
+"""Per-shard JSON lines of every model -> one table and the relaxed structures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+COLUMNS = ["model", "id", "dimension", "natoms", "converged", "failure_reason", "steps", "energy_ev",
+           "energy_ref_ev", "max_force_ev_per_a", "wall_s", "error"]
+
+
+def read_results(out_dir: Path) -> dict[str, dict]:
+    """Complete result lines of a model's folder, keyed by id (a repeated id keeps its first line)."""
+    results: dict[str, dict] = {}
+    for path in sorted(out_dir.glob("shard-*.jsonl")):
+        data = path.read_bytes()
+        for line in data[: data.rfind(b"\n") + 1].splitlines():
+            if line.strip():
+                record = json.loads(line)
+                results.setdefault(record["id"], record)
+    return results
+
+
+def merge(reference: list[Atoms], results: dict[str, dict[str, dict]]):
+    """Rows for every (model, reference structure) and the relaxed Atoms keyed by (model, id).
+
+    A structure without a result line (its worker kept dying) gets a model_error row,
+    so it counts as a failure rather than vanishing from the denominators.
+    """
+    rows, relaxed = [], {}
+    for model, by_id in results.items():
+        for ref in reference:
+            sid = ref.info["id"]
+            record = by_id.get(sid) or {"converged": False, "failure_reason": "model_error", "steps": 0,
+                                        "error": "no result: the worker container failed; see its .log"}
+            rows.append({
+                "model": model, "id": sid, "dimension": ref.info["dimension"], "natoms": len(ref),
+                "converged": bool(record["converged"]), "failure_reason": record.get("failure_reason") or "",
+                "steps": int(record["steps"]), "energy_ev": record.get("energy_ev", np.nan),
+                "energy_ref_ev": ref.info["energy_ref_ev"],
+                "max_force_ev_per_a": record.get("max_force_ev_per_a", np.nan),
+                "wall_s": record.get("wall_s", np.nan), "error": record.get("error", ""),
+            })
+            if "positions" in record:
+                atoms = Atoms(numbers=ref.numbers, positions=record["positions"], cell=record["cell"], pbc=ref.pbc)
+                atoms.info.update(model=model, id=sid, dimension=ref.info["dimension"])
+                relaxed[(model, sid)] = atoms
+    return pd.DataFrame(rows, columns=COLUMNS), relaxed
+
+
+def write_relaxed(path: Path, table: pd.DataFrame, relaxed: dict) -> None:
+    """relaxed.extxyz: one frame per relaxed structure, with model, id, status and energy."""
+    from ase.io import write
+
+    frames = []
+    for row in table.itertuples(index=False):
+        atoms = relaxed.get((row.model, row.id))
+        if atoms is None:
+            continue
+        atoms = atoms.copy()
+        atoms.info.update(model=row.model, id=row.id, dimension=row.dimension, converged=bool(row.converged),
+                          failure_reason=row.failure_reason or "none", steps=int(row.steps))
+        atoms.calc = SinglePointCalculator(atoms, energy=float(row.energy_ev))
+        frames.append(atoms)
+    tmp = path.with_suffix(".tmp.extxyz")
+    write(tmp, frames, format="extxyz")
+    tmp.replace(path)
+
+
+def write_table(run_dir: Path, table: pd.DataFrame) -> None:
+    """results.csv and results.parquet, written atomically."""
+    for name, writer in (("results.csv", lambda p: table.to_csv(p, index=False)),
+                         ("results.parquet", lambda p: table.to_parquet(p, index=False))):
+        tmp = run_dir / f".{name}.tmp"
+        writer(tmp)
+        tmp.replace(run_dir / name)

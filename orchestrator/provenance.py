@@ -1,0 +1,56 @@
+"""What ran, where, on which data: enough to cite and to reproduce a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from orchestrator.images import REPO
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> str | None:
+    result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if result.returncode:
+        return None
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return result.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def host_info(client) -> dict:
+    gpus = []
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=index,name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True).stdout.strip().splitlines()
+    except OSError:
+        pass
+    version = client.version()
+    return {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "gpus": gpus, "docker": version.get("Version"),
+            "tool_commit": git_commit()}
+
+
+def image_versions(client, image: str, packages: list[str]) -> dict:
+    """Versions of the model's packages inside its image (one short container run)."""
+    out = client.containers.run(image, ["python", "-m", "adapters.versions", *packages], remove=True,
+                                working_dir="/opt/umlip-0123d")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write(path: Path, provenance: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    tmp.replace(path)

@@ -100,7 +100,8 @@ def container_kwargs(job: Job, slot: Slot, run_id: str, cache_dir: Path) -> dict
         "user": f"{os.getuid()}:{os.getgid()}",
         "environment": {"HOME": "/tmp", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                         "OPENBLAS_NUM_THREADS": threads},
-        "nano_cpus": slot.threads * 10**9,
+        # the engine refuses a limit above the host's cores
+        "nano_cpus": min(slot.threads, os.cpu_count() or 1) * 10**9,
         "working_dir": "/opt/umlip-0123d",
     }
     if slot.gpu is not None:

@@ -1,0 +1,71 @@
+"""Overhead of the containerised pipeline against a plain ASE loop (make perf).
+
+Relaxes the same N sample structures with CHGNet twice: through `bench` (dataset,
+shards, container, merge, scoring, report) and as a plain in-process ASE loop
+inside the same image (one `docker run`). Prints wall times, structures per
+second and the ratio pipeline/plain. Images are built first and not timed.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+SAMPLE = REPO.parent / "shared" / "data" / "alexandria-pbe-3d-sample200.json.bz2"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--structures", type=int, default=50)
+    parser.add_argument("--dataset", default=str(SAMPLE))
+    args = parser.parse_args()
+
+    from orchestrator.engine import docker_client
+    from orchestrator.images import ImageBuilder, discover_models
+    from orchestrator.manifest import load
+
+    manifest = load(REPO / "benchmark.yaml")
+    client = docker_client()
+    builder = ImageBuilder(client, manifest["base_image"], manifest.path_setting("ca_bundle"),
+                           manifest.path_setting("wheelhouse"), Path(tempfile.gettempdir()) / "umlip-build-logs")
+    model = discover_models()["chgnet"]
+    image = builder.model(model)
+    threads = os.cpu_count()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp) / "results"
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "orchestrator", "bench", "--models", "chgnet",
+                              "--dataset", args.dataset, "--limit", str(args.structures),
+                              "--set", f"results_dir={results}", "--set", f"shard_size={args.structures}",
+                              "--set", f"threads_per_worker={threads}", "--gpus", "cpu"],
+                             cwd=REPO, capture_output=True, text=True)
+        pipeline_s = time.perf_counter() - start
+        if out.returncode:
+            raise SystemExit(f"bench failed:\n{out.stderr[-3000:]}")
+        run_dir = Path(out.stdout.strip().splitlines()[-1])
+        shard = run_dir / "shards" / "shard-0000.jsonl"
+        n = sum(1 for _ in shard.open())
+
+        start = time.perf_counter()
+        client.containers.run(
+            image, ["python", "/perf/plain_ase_loop.py", model.calculator, __import__("json").dumps(model.options),
+                    f"/shards/{shard.name}"],
+            volumes={str(REPO / "tests" / "perf"): {"bind": "/perf", "mode": "ro"},
+                     str(shard.parent): {"bind": "/shards", "mode": "ro"}},
+            environment={"OMP_NUM_THREADS": str(threads)}, working_dir="/opt/umlip-0123d", remove=True)
+        plain_s = time.perf_counter() - start
+
+    print(f"structures            {n}")
+    print(f"pipeline (bench)      {pipeline_s:8.1f} s   {n / pipeline_s:6.2f} structures/s")
+    print(f"plain ASE loop        {plain_s:8.1f} s   {n / plain_s:6.2f} structures/s")
+    print(f"overhead ratio        {pipeline_s / plain_s:8.3f}   (pipeline / plain)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import overrides_from, build_parser
+from orchestrator.errors import BenchError
+from orchestrator.manifest import load
+
+REPO_MANIFEST = Path(__file__).resolve().parent.parent / "benchmark.yaml"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "benchmark.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_manifest_holds_the_paper_protocol():
+    m = load(REPO_MANIFEST, environ={})
+    assert m["protocol"] == {"optimizer": "FIRE", "fmax_ev_per_a": 0.04, "max_steps": 15000,
+                             "divergence_limit_ev_per_a": 10000.0, "cell_filter": "FrechetCellFilter"}
+    assert m["fragmentation_limits_a"] == {"2D": 7.5, "1D": 12.5, "0D": 20.0}
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    path = write(tmp_path, "protocol:\n  fmaxx: 0.05\n")
+    with pytest.raises(BenchError, match=r"benchmark.yaml: unknown key 'protocol.fmaxx'"):
+        load(path, environ={})
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(BenchError, match="shard_size must be int"):
+        load(write(tmp_path, "shard_size: many\n"), environ={})
+    with pytest.raises(BenchError, match="protocol.max_steps must be int"):
+        load(write(tmp_path, "protocol: {max_steps: true}\n"), environ={})
+
+
+def test_bad_devices_and_dimensions_are_rejected(tmp_path):
+    with pytest.raises(BenchError, match="devices"):
+        load(write(tmp_path, "devices: gpu\n"), environ={})
+    with pytest.raises(BenchError, match="subset.dimensions has '4D'"):
+        load(write(tmp_path, "subset: {dimensions: [4D]}\n"), environ={})
+
+
+def test_precedence_and_sources(tmp_path):
+    path = write(tmp_path, "shard_size: 10\nbase_image: from-file\ncache_dir: cache\n")
+    m = load(path, {"shard_size": 5}, environ={"UMLIP_BASE_IMAGE": "from-env", "UMLIP_SHARD_SIZE": "7"})
+    assert (m["shard_size"], m.sources["shard_size"]) == (5, "command line")
+    assert (m["base_image"], m.sources["base_image"]) == ("from-env", "environment")
+    assert m.sources["workers_per_device"] == "default"
+    assert m.path_setting("cache_dir") == tmp_path / "cache"
+
+
+def test_make_variables_become_overrides():
+    args = build_parser().parse_args(["bench", "--models", "chgnet", "sevennet-0", "--limit", "20",
+                                      "--dim", "0d,2D", "--gpus", "0,1", "--set", "protocol.max_steps=500"])
+    overrides = overrides_from(args)
+    assert overrides == {"models": ["chgnet", "sevennet-0"], "subset.limit_per_dimension": 20,
+                         "subset.dimensions": ["0D", "2D"], "devices": [0, 1], "protocol.max_steps": 500}
+    m = load(REPO_MANIFEST, overrides, environ={})
+    assert m["protocol"]["max_steps"] == 500 and m["devices"] == [0, 1]
+
+
+def test_bad_make_variables_are_named():
+    with pytest.raises(BenchError, match="DIM"):
+        overrides_from(build_parser().parse_args(["bench", "--dim", "5D"]))
+    with pytest.raises(BenchError, match="GPUS"):
+        overrides_from(build_parser().parse_args(["bench", "--gpus", "first"]))

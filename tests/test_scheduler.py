@@ -1,0 +1,62 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import BenchError
+from orchestrator.scheduler import Job, Slot, container_kwargs, device_slots
+
+JOB = Job(model="emt", image="img:tag", shard=Path("/runs/r/shards/shard-0003.jsonl"),
+          out_dir=Path("/runs/r/raw/emt"), job={"calculator": "emt", "options": {}, "protocol": {}})
+
+
+def test_cpu_slots_share_the_cores():
+    slots = device_slots("cpu", 2, None, cpu_count=16)
+    assert [(s.name, s.gpu, s.threads, s.device) for s in slots] == [("cpu-0", None, 8, "cpu"), ("cpu-1", None, 8, "cpu")]
+
+
+def test_gpu_slots_one_per_gpu_and_worker():
+    slots = device_slots([0, 3], 2, 4, gpus=lambda: [])
+    assert [(s.name, s.gpu, s.device, s.threads) for s in slots] == [
+        ("gpu0-0", "0", "cuda", 4), ("gpu0-1", "0", "cuda", 4), ("gpu3-0", "3", "cuda", 4), ("gpu3-1", "3", "cuda", 4)]
+    assert [s.gpu for s in device_slots("all", 1, None, cpu_count=8, gpus=lambda: [0, 1])] == ["0", "1"]
+
+
+def test_all_gpus_without_any_is_a_clear_error():
+    with pytest.raises(BenchError, match="GPUS=cpu"):
+        device_slots("all", 1, None, gpus=lambda: [])
+
+
+def test_container_spec_mounts_and_bounds():
+    kwargs = container_kwargs(JOB, Slot("gpu3-0", "3", 6), "run1", Path("/cache"))
+    assert kwargs["volumes"]["/runs/r/shards"] == {"bind": "/data/shards", "mode": "ro"}
+    assert kwargs["volumes"]["/runs/r/raw/emt"]["mode"] == "rw"
+    assert kwargs["volumes"]["/cache"]["bind"] == "/cache"
+    assert kwargs["environment"]["OMP_NUM_THREADS"] == "6"
+    assert kwargs["nano_cpus"] == min(6, os.cpu_count()) * 10**9
+    request = kwargs["device_requests"][0]
+    assert request["DeviceIDs"] == ["3"] and request["Capabilities"] == [["gpu"]]
+    command = kwargs["command"]
+    assert command[command.index("--shard") + 1] == "/data/shards/shard-0003.jsonl"
+    assert json.loads(command[command.index("--job") + 1])["device"] == "cuda"
+    assert "device_requests" not in container_kwargs(JOB, Slot("cpu-0", None, 2), "run1", Path("/cache"))
+
+
+@pytest.mark.docker
+def test_engine_records_the_gpu_request_of_each_worker(docker_client, model_image, tmp_path):
+    """Create (never start: no GPU here) the container a GPU slot would run, and inspect it."""
+    (tmp_path / "shards").mkdir()
+    job = Job(model="emt", image=model_image("emt"), shard=tmp_path / "shards" / "shard-0000.jsonl",
+              out_dir=tmp_path / "raw", job={"calculator": "emt", "options": {}, "protocol": {}})
+    kwargs = container_kwargs(job, Slot("gpu1-0", "1", 1), "inspect-test", tmp_path / "cache")
+    container = docker_client.containers.create(**kwargs)
+    try:
+        host = container.attrs["HostConfig"]
+        assert host["DeviceRequests"][0]["DeviceIDs"] == ["1"]
+        assert host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+        assert host["NanoCpus"] == 10**9
+        assert f"{tmp_path / 'shards'}:/data/shards:ro" in host["Binds"]
+        assert "OMP_NUM_THREADS=1" in container.attrs["Config"]["Env"]
+    finally:
+        container.remove(force=True)

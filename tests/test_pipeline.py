@@ -1,0 +1,159 @@
+"""The whole pipeline through the CLI, with real images and a real Docker engine."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase import Atoms
+from ase.build import bulk, fcc111, molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
+
+from conftest import REPO, SAMPLE
+
+pytestmark = pytest.mark.docker
+
+
+def bench(*args, results: Path, check=True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "orchestrator", "bench", "--gpus", "cpu",
+               "--set", f"results_dir={results}", *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if check and done.returncode:
+        raise AssertionError(f"bench failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done
+
+
+def emt_dataset(path: Path) -> list[Atoms]:
+    """One structure per dimensionality that EMT knows, plus silicon, which it does not."""
+    crystal = bulk("Cu", cubic=True)
+    slab = fcc111("Al", (2, 2, 3), vacuum=8.0)
+    wire = Atoms("Cu4", positions=[[2.4 * i, 0, 0] for i in range(4)], cell=[9.6, 16, 16], pbc=True)
+    wire.center(axis=(1, 2))
+    mol = molecule("CO")
+    mol.center(vacuum=8.0)
+    silicon = bulk("Si")
+    frames = []
+    for sid, atoms, seed in (("cu-3d", crystal, 1), ("al-2d", slab, 2), ("cu-1d", wire, 3), ("co-0d", mol, 4),
+                             ("si-3d", silicon, 5)):
+        atoms.rattle(0.02, seed=seed)
+        atoms.pbc = True
+        atoms.info["mat_id"] = sid
+        atoms.calc = SinglePointCalculator(atoms, energy=-1.0 * len(atoms))
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+    return frames
+
+
+def test_emt_bench_end_to_end_and_reuse(tmp_path):
+    dataset = tmp_path / "emt-set.extxyz"
+    emt_dataset(dataset)
+    first = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=2", results=tmp_path / "r")
+    run_dir = Path(first.stdout.strip().splitlines()[-1])
+    table = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
+    assert sorted(table["id"]) == ["al-2d", "co-0d", "cu-1d", "cu-3d", "si-3d"]
+    by_id = table.set_index("id")
+    assert by_id.loc["si-3d", "failure_reason"] == "model_error"  # one bad structure, the run goes on
+    assert all(by_id.loc[i, "failure_reason"] == "" for i in ("cu-3d", "al-2d", "cu-1d", "co-0d"))
+    assert dict(by_id["dimension"]) == {"cu-3d": "3D", "al-2d": "2D", "cu-1d": "1D", "co-0d": "0D", "si-3d": "3D"}
+    energy = float(by_id.loc["cu-3d", "energy_ev"])
+    assert float(by_id.loc["cu-3d", "energy_error_mev_per_atom"]) == pytest.approx((energy + 4.0) / 4 * 1000)
+    assert pd.read_parquet(run_dir / "results.parquet").shape[0] == 5
+
+    frames = read(run_dir / "relaxed.extxyz", index=":")
+    assert sorted(f.info["id"] for f in frames) == ["al-2d", "co-0d", "cu-1d", "cu-3d"]
+    reference = {a.info["id"]: a for a in read(run_dir / "reference.extxyz", index=":")}
+    slab = next(f for f in frames if f.info["id"] == "al-2d")
+    assert np.allclose(slab.cell[2], reference["al-2d"].cell[2])  # 2D: the vacuum vector stays
+    assert not np.allclose(slab.cell[0], reference["al-2d"].cell[0], atol=1e-4)  # in-plane relaxes
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    image = provenance["models"]["emt"]
+    import docker
+
+    assert docker.from_env().images.get(image["image"]).id == image["image_id"]
+    assert image["packages"]["ase"] == "3.26.0"
+    assert provenance["dataset"]["structures"] == 5 and provenance["protocol"]["fmax_ev_per_a"] == 0.04
+    assert (run_dir / "report" / "report.html").exists()
+
+    raw = {p: p.stat().st_mtime_ns for p in (run_dir / "raw" / "emt").glob("*.jsonl")}
+    second = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=2", results=tmp_path / "r")
+    assert Path(second.stdout.strip().splitlines()[-1]) == run_dir
+    assert "already relaxed" in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in raw} == raw  # nothing relaxed again
+
+
+def test_unknown_model_and_missing_dataset_are_named(tmp_path):
+    done = bench("--models", "mace-typo", results=tmp_path, check=False)
+    assert done.returncode == 2 and "mace-typo" in done.stderr and "chgnet" in done.stderr
+    done = bench("--models", "emt", "--dataset", str(tmp_path / "nowhere.extxyz"), results=tmp_path, check=False)
+    assert done.returncode == 2 and "nowhere.extxyz" in done.stderr
+
+
+def plain_loop(client, image: str, calculator: str, options: dict, shard: Path) -> list[dict]:
+    out = client.containers.run(
+        image, ["python", "/perf/plain_ase_loop.py", calculator, json.dumps(options), f"/shards/{shard.name}"],
+        volumes={str(REPO / "tests" / "perf"): {"bind": "/perf", "mode": "ro"},
+                 str(shard.parent): {"bind": "/shards", "mode": "ro"}},
+        working_dir="/opt/umlip-0123d", remove=True, stderr=False)
+    return [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/data")
+def test_chgnet_and_sevennet_relax_the_whole_sample_like_plain_ase(tmp_path, docker_client):
+    done = bench("--models", "chgnet", "sevennet-0", "--dataset", str(SAMPLE), results=tmp_path / "r")
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    table = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
+    assert len(table) == 400 and table.groupby("model")["id"].nunique().to_dict() == {"chgnet": 200, "sevennet-0": 200}
+    assert not table.duplicated(["model", "id"]).any()
+    assert (table["failure_reason"] != "model_error").all()
+    assert np.isfinite(table["energy_error_mev_per_atom"]).all()
+    assert "0123D summary" in done.stderr
+
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    shard = run_dir / "shards" / "shard-0000.jsonl"
+    some = tmp_path / "shards" / "five.jsonl"
+    some.parent.mkdir()
+    some.write_text("".join(shard.read_text().splitlines(keepends=True)[:5]))
+    for model in ("chgnet", "sevennet-0"):
+        record = provenance["models"][model]
+        plain = plain_loop(docker_client, record["image"], record["calculator"], record["options"], some)
+        rows = table[table["model"] == model].set_index("id")
+        assert len(plain) == 5
+        for result in plain:
+            row = rows.loc[result["id"]]
+            assert int(row["steps"]) == result["steps"]
+            assert float(row["energy_ev"]) == pytest.approx(result["energy_ev"], abs=1e-6 * int(row["natoms"]))
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/data")
+def test_killed_run_finishes_every_structure_exactly_once(tmp_path):
+    results = tmp_path / "r"
+    args = [sys.executable, "-m", "orchestrator", "bench", "--gpus", "cpu", "--models", "chgnet",
+            "--dataset", str(SAMPLE), "--limit", "24", "--set", f"results_dir={results}", "--set", "shard_size=6"]
+    victim = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        lines = sum(len(p.read_text().splitlines()) for p in results.glob("*/raw/chgnet/shard-*.jsonl"))
+        if lines >= 4:
+            break
+        time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)  # no cleanup at all: its container is still running
+    victim.wait()
+    assert 4 <= lines < 24
+
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    written = Counter(json.loads(line)["id"] for p in (run_dir / "raw" / "chgnet").glob("shard-*.jsonl")
+                      for line in p.read_text().splitlines())
+    assert len(written) == 24 and set(written.values()) == {1}
+    table = pd.read_csv(run_dir / "results.csv")
+    assert len(table) == 24 and table["id"].is_unique

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -129,8 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # a batch scheduler's SIGTERM stops the containers like Ctrl-C does
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.func(args)
     except BenchError as exc:

@@ -58,9 +58,9 @@ class ResultsProgress:
         self.done = {m: 0 for m in totals}
         self.failed = {m: 0 for m in totals}
         self.progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("failed {task.fields[failed]}"), TextColumn("{task.speed_str}"),
+                                 TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]}"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-        self.tasks = {m: self.progress.add_task(m, total=t, failed=0, speed_str="") for m, t in totals.items()}
+        self.tasks = {m: self.progress.add_task(m, total=t, failed=0, rate="") for m, t in totals.items()}
 
     def update(self) -> None:
         for model, task in self.tasks.items():
@@ -75,7 +75,7 @@ class ResultsProgress:
                     self.failed[model] += bool(json.loads(line).get("failure_reason"))
             speed = self.progress.tasks[task].speed
             self.progress.update(task, completed=self.done[model], failed=self.failed[model],
-                                 speed_str=f"{speed:.2f}/s" if speed else "")
+                                 rate=f"{speed:.2f}/s" if speed else "")
 
 
 def bench(manifest: Manifest, model_names: list[str]) -> Path:

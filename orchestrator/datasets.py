@@ -1,0 +1,530 @@
+"""Reference structures: find a dataset (registry name or local path), read it, select a subset.
+
+A dataset is one or more files. Each file's format is recognised by its content,
+never by its name, after undoing bz2 compression if the file starts with "BZh":
+
+- an ASE database (SQLite, as the authors' `0123D_pbe.db`, or ASE's JSON
+  backend); a bz2-compressed database is first decompressed once into
+  `<cache_dir>/.decompressed/`;
+- Alexandria entries JSON, `{"entries": [ComputedStructureEntry dicts]}` (or a
+  bare list of such dicts), read with json + numpy + ase only;
+- extended XYZ.
+
+Every structure becomes one reference record, an `ase.Atoms` with pbc on all
+three axes as stored and
+
+    info["id"]             mat_id (see `_unique_ids` for collisions)
+    info["dimension"]      "0D".."3D": the data's label, else the file's, else the geometry's
+    info["energy_ref_ev"]  total (uncorrected) PBE energy, eV
+    info["periodic_axes"]  metrics.geometry.periodic_axes, e.g. "ab" for a layer
+    info["source"]         file name
+    arrays["forces_ref"]   (n, 3) eV/Å, where the data has forces
+    info["stress_ref"]     6 Voigt components (xx yy zz yz xz xy), eV/Å^3, ASE's sign
+                           convention (positive = tensile), where the data has stress
+
+Alexandria's `data.stress` is VASP's stress tensor in kbar with VASP's sign
+(positive = compressive, the "in kB" line of OUTCAR, as pymatgen stores it);
+ASE's VASP readers convert it the same way: stress_ase = -0.1 GPa * stress_kbar.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers, chemical_symbols
+from ase.units import GPa
+
+from metrics.geometry import dimension_of, periodic_axes
+from orchestrator.errors import BenchError
+
+log = logging.getLogger("orchestrator.datasets")
+
+DIMENSIONS = ("0D", "1D", "2D", "3D")
+#: Keys that carry a per-structure dimensionality label, in order of preference.
+DIMENSION_KEYS = ("id_dimension", "dimension", "dimensionality")
+#: Keys that carry the total uncorrected reference energy (eV), in order of preference.
+ENERGY_KEYS = ("uncorrected_energy", "energy_ref_ev", "energy_total", "energy")
+ID_KEYS = ("mat_id", "id")
+#: Files in a dataset folder that are never data.
+NOT_DATA = ("SHA256SUMS.json",)
+KBAR = 0.1 * GPa  # eV/Å^3 per kbar
+#: Positions, cell (Å) and energy (eV) within this are the same structure seen twice.
+SAME_TOL = 1e-4
+#: How many ids a warning lists before it says "and N more".
+SHOW_IDS = 10
+
+
+@dataclass
+class Dataset:
+    name: str                      # registry name or the local path given
+    files: list[Path]              # local, verified files
+    sha256: dict[str, str]         # filename -> sha256
+    structures: list[Atoms] = field(repr=False)  # reference records, sorted by (dimension, id)
+
+    @property
+    def identity(self) -> str:
+        """Short stable hash over the files' contents: the same data under another
+        name or path has the same identity; any changed file changes it."""
+        digest = hashlib.sha256("\n".join(sorted(self.sha256.values())).encode())
+        return digest.hexdigest()[:16]
+
+    def counts(self) -> dict[str, int]:
+        out = {d: 0 for d in DIMENSIONS}
+        for atoms in self.structures:
+            out[atoms.info["dimension"]] = out.get(atoms.info["dimension"], 0) + 1
+        return out
+
+
+# --------------------------------------------------------------------------- finding the files
+
+def load_dataset(spec: str, registry: dict, cache_dir: Path, *, show_progress: bool = True) -> Dataset:
+    """The dataset named `spec` in `registry` (downloaded into `cache_dir/<name>/`, or
+    taken from there), or the local file or folder at path `spec`."""
+    cache_dir = Path(cache_dir).expanduser()
+    registry = registry or {}
+    if spec in registry:
+        from orchestrator.download import fetch_dataset
+
+        files, sums = fetch_dataset(spec, registry[spec], cache_dir, show_progress=show_progress)
+    else:
+        files, sums = _local_files(spec, registry)
+    structures = read_files(files, sums, cache_dir)
+    dataset = Dataset(str(spec), files, sums, structures)
+    counts = ", ".join(f"{d} {n}" for d, n in dataset.counts().items())
+    log.info("dataset %s (identity %s): %d structures (%s) from %d file(s)",
+             spec, dataset.identity, len(structures), counts, len(files))
+    return dataset
+
+
+def _local_files(spec: str, registry: dict) -> tuple[list[Path], dict[str, str]]:
+    path = Path(spec).expanduser()
+    if not path.exists():
+        names = ", ".join(sorted(registry)) or "none"
+        raise BenchError(f"dataset {spec!r} is neither a registry name (known: {names}) nor an existing file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and _is_data_name(p.name))
+        if not files:
+            raise BenchError(f"dataset folder {path} holds no data file")
+    else:
+        files = [path]
+    return files, {p.name: sha256_of(p) for p in files}
+
+
+def _is_data_name(name: str) -> bool:
+    return not name.startswith(".") and not name.endswith(".part") and name not in NOT_DATA
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- formats
+
+def sniff(path: Path) -> tuple[str, bool]:
+    """(format, compressed) of a file by its first bytes: "db" (SQLite ASE database),
+    "json" (entries or ASE JSON database), "extxyz", or "unknown"."""
+    with open(path, "rb") as handle:
+        raw = handle.read(16)
+    compressed = raw.startswith(b"BZh")
+    if compressed:
+        with bz2.open(path, "rb") as handle:
+            raw = handle.read(512)
+    else:
+        with open(path, "rb") as handle:
+            raw = handle.read(512)
+    if raw.startswith(b"SQLite format 3\x00"):
+        return "db", compressed
+    text = raw.lstrip()
+    if text[:1] in (b"{", b"["):
+        return "json", compressed
+    first = text.split(b"\n", 1)[0].strip()
+    if first.isdigit():
+        return "extxyz", compressed
+    return "unknown", compressed
+
+
+def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> list[Atoms]:
+    """Reference records from every file, checked, with unique ids, sorted by (dimension, id)."""
+    structures = []
+    for path in files:
+        kind, compressed = sniff(path)
+        file_label = dimension_from_name(path.name)
+        if kind == "db":
+            db_path = _decompressed(path, sums.get(path.name) or sha256_of(path), cache_dir) if compressed else path
+            records = _read_ase_db(db_path, "db", path)
+        elif kind == "json":
+            records = _read_json(path, compressed)
+        elif kind == "extxyz":
+            records = _read_extxyz(path, compressed)
+        else:
+            raise BenchError(f"{path}: not a recognised dataset format (ASE database, Alexandria entries JSON "
+                             f"or extxyz, each plain or bz2-compressed)")
+        if not records:
+            raise BenchError(f"{path}: holds no structure")
+        _finish(records, path, file_label)
+        structures.extend(records)
+        counts = {d: 0 for d in DIMENSIONS}
+        for atoms in records:
+            counts[atoms.info["dimension"]] += 1
+        log.info("%s: %s%s, %d structures (%s)", path.name, kind, " (bz2)" if compressed else "", len(records),
+                 ", ".join(f"{d} {n}" for d, n in counts.items()))
+    structures = _unique_ids(structures)
+    structures.sort(key=lambda a: (a.info["dimension"], a.info["id"]))
+    return structures
+
+
+def _finish(records: list[Atoms], path: Path, file_label: str | None) -> None:
+    """Fill periodic_axes, dimension and source; report label/geometry disagreements."""
+    disagree = []
+    for atoms in records:
+        axes = periodic_axes(atoms)
+        detected = dimension_of(axes)
+        label = atoms.info.pop("_label", None) or file_label
+        atoms.info["periodic_axes"] = axes
+        atoms.info["dimension"] = label or detected
+        atoms.info["source"] = path.name
+        if label and label != detected:
+            disagree.append(f"{atoms.info['id']} ({label}, geometry {detected} '{axes}')")
+    if disagree:
+        log.warning("%s: %d structure(s) whose dimensionality label disagrees with the periodic axes found in "
+                    "their geometry; the label is kept: %s", path.name, len(disagree), _some(disagree))
+
+
+def _some(items: list[str]) -> str:
+    more = len(items) - SHOW_IDS
+    return ", ".join(items[:SHOW_IDS]) + (f" and {more} more" if more > 0 else "")
+
+
+def normalise_dimension(value) -> str | None:
+    """"2D", "2d", 2 or "2" -> "2D"; None for a missing value; an error for anything else."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip().upper()
+    if not text.endswith("D"):
+        text += "D"
+    if text not in DIMENSIONS:
+        raise BenchError(f"dimensionality {value!r} is not one of {', '.join(DIMENSIONS)}")
+    return text
+
+
+def dimension_from_name(name: str) -> str | None:
+    """A label such as "2D" standing alone in a file name ("alexandria_2D.json.bz2");
+    "0123D_pbe.db" names no single dimensionality."""
+    found = {m.upper() for m in re.findall(r"(?<![0-9A-Za-z])([0-3][dD])(?![0-9A-Za-z])", name)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _label(mapping: dict, where: str) -> str | None:
+    for key in DIMENSION_KEYS:
+        if mapping.get(key) not in (None, ""):
+            try:
+                return normalise_dimension(mapping[key])
+            except BenchError as err:
+                raise BenchError(f"{where}: {key}: {err}") from None
+    return None
+
+
+def _first(mapping: dict, keys: tuple[str, ...]):
+    for key in keys:
+        if mapping.get(key) is not None:
+            return key, mapping[key]
+    return None, None
+
+
+# --- Alexandria entries JSON
+
+def _read_json(path: Path, compressed: bool) -> list[Atoms]:
+    opener = bz2.open if compressed else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise BenchError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(data, dict) and "ids" in data and "nextid" in data:
+        return _read_ase_db(path, "json", path, compressed)
+    entries = data.get("entries") if isinstance(data, dict) else data
+    if not isinstance(entries, list) or (entries and not (isinstance(entries[0], dict) and "structure" in entries[0])):
+        raise BenchError(f"{path}: JSON but neither Alexandria entries ({{\"entries\": [...]}} of "
+                         f"ComputedStructureEntry dicts) nor an ASE database")
+    file_label = _label(data, str(path)) if isinstance(data, dict) else None
+    return [_entry_to_atoms(entry, f"{path.name} entry {i}", file_label) for i, entry in enumerate(entries)]
+
+
+def _entry_to_atoms(entry: dict, where: str, file_label: str | None) -> Atoms:
+    """One pymatgen ComputedStructureEntry dict as a reference record (no pymatgen needed)."""
+    try:
+        structure, data = entry["structure"], entry.get("data") or {}
+        sites = structure["sites"]
+        symbols = []
+        for site in sites:
+            species = site["species"]
+            if len(species) != 1 or float(species[0].get("occu", 1)) != 1.0:
+                raise BenchError(f"{where}: a site with partial occupancy {species} is not a structure to relax")
+            symbols.append(species[0]["element"])
+        atoms = Atoms(numbers=[atomic_numbers[s] for s in symbols], positions=[s["xyz"] for s in sites],
+                      cell=structure["lattice"]["matrix"], pbc=True)
+        mat_id = data.get("mat_id") or entry.get("entry_id")
+        energy = entry["energy"]
+    except (KeyError, TypeError, IndexError) as err:
+        raise BenchError(f"{where}: not a ComputedStructureEntry dict (missing {err})") from None
+    if not mat_id:
+        raise BenchError(f"{where}: no data.mat_id")
+    atoms.info["id"] = str(mat_id)
+    atoms.info["energy_ref_ev"] = float(energy)
+    label = _label(data, where) or _label(entry, where) or file_label
+    if label:
+        atoms.info["_label"] = label
+    forces = [site.get("properties", {}).get("forces") for site in sites]
+    if all(f is not None for f in forces):
+        atoms.arrays["forces_ref"] = np.array(forces, dtype=float).reshape(len(atoms), 3)
+    if data.get("stress") is not None:
+        atoms.info["stress_ref"] = _voigt(-KBAR * np.asarray(data["stress"], dtype=float), where)
+    return atoms
+
+
+def _voigt(stress: np.ndarray, where: str) -> np.ndarray:
+    if stress.shape == (3, 3):
+        return stress.reshape(9)[[0, 4, 8, 5, 2, 1]]
+    if stress.shape == (6,):
+        return stress
+    raise BenchError(f"{where}: stress of shape {stress.shape}, expected 3x3 or 6 Voigt components")
+
+
+# --- ASE database
+
+def _read_ase_db(db_path: Path, backend: str, original: Path, compressed: bool = False) -> list[Atoms]:
+    import ase.db
+
+    if backend == "json" and compressed:
+        db_path = _plain_copy(original)
+    try:
+        db = ase.db.connect(str(db_path), type=backend, create_indices=False, use_lock_file=False) \
+            if backend == "db" else ase.db.connect(str(db_path), type=backend, use_lock_file=False)
+        rows = list(db.select())
+    except (sqlite3.DatabaseError, ValueError, KeyError) as err:
+        raise BenchError(f"{original}: an ASE database that cannot be read ({err})") from None
+    finally:
+        if backend == "json" and compressed:
+            db_path.unlink(missing_ok=True)
+    records = []
+    for row in rows:
+        where = f"{original.name} row {row.id}"
+        atoms = row.toatoms()
+        atoms.pbc = True
+        kvp = dict(row.key_value_pairs)
+        _, mat_id = _first(kvp, ID_KEYS)
+        atoms.info = {"id": str(mat_id) if mat_id not in (None, "") else f"{original.name}:{row.id}"}
+        key, energy = _first(kvp, ENERGY_KEYS)
+        if energy is None:
+            energy = row.get("energy")
+        if energy is None:
+            raise BenchError(f"{where}: no reference energy (key-value pair uncorrected_energy, or a stored energy)")
+        atoms.info["energy_ref_ev"] = float(energy)
+        label = _label(kvp, where)
+        if label:
+            atoms.info["_label"] = label
+        if row.get("forces") is not None:
+            atoms.arrays["forces_ref"] = np.array(row.forces, dtype=float)
+        if row.get("stress") is not None:
+            atoms.info["stress_ref"] = _voigt(np.asarray(row.stress, dtype=float), where)
+        records.append(atoms)
+    return records
+
+
+def _decompressed(path: Path, sha: str, cache_dir: Path) -> Path:
+    """A bz2-compressed database decompressed once into the cache, named by its content."""
+    target = cache_dir / ".decompressed" / f"{sha[:16]}-{path.name.removesuffix('.bz2')}"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("decompressing %s into %s", path.name, target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as out, bz2.open(path, "rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                out.write(block)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _plain_copy(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(fd, "wb") as out, bz2.open(path, "rb") as src:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            out.write(block)
+    return Path(tmp)
+
+
+# --- extxyz
+
+def _read_extxyz(path: Path, compressed: bool) -> list[Atoms]:
+    from ase.io import read
+
+    opener = bz2.open if compressed else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        try:
+            frames = read(handle, index=":", format="extxyz")
+        except Exception as err:  # ase raises many kinds on malformed extxyz
+            raise BenchError(f"{path}: looks like extxyz but cannot be read ({type(err).__name__}: {err})") from None
+    records = []
+    for i, frame in enumerate(frames):
+        where = f"{path.name} frame {i}"
+        info = dict(frame.info)
+        calc = frame.calc.results if frame.calc is not None else {}
+        atoms = Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True)
+        _, mat_id = _first(info, ID_KEYS)
+        atoms.info["id"] = str(mat_id) if mat_id not in (None, "") else f"{path.name}:{i}"
+        _, energy = _first(info, ENERGY_KEYS)
+        if energy is None:
+            energy = calc.get("energy", calc.get("free_energy"))
+        if energy is None:
+            raise BenchError(f"{where}: no reference energy (info uncorrected_energy, energy_ref_ev or energy)")
+        atoms.info["energy_ref_ev"] = float(energy)
+        label = _label(info, where)
+        if label:
+            atoms.info["_label"] = label
+        forces = frame.arrays.get("forces_ref", calc.get("forces"))
+        if forces is not None:
+            atoms.arrays["forces_ref"] = np.array(forces, dtype=float)
+        stress = info.get("stress_ref", calc.get("stress"))
+        if stress is not None:
+            atoms.info["stress_ref"] = _voigt(np.asarray(stress, dtype=float), where)
+        records.append(atoms)
+    return records
+
+
+# --------------------------------------------------------------------------- ids
+
+def _same(a: Atoms, b: Atoms) -> bool:
+    return (len(a) == len(b) and (a.numbers == b.numbers).all()
+            and np.allclose(a.positions, b.positions, atol=SAME_TOL)
+            and np.allclose(a.cell[:], b.cell[:], atol=SAME_TOL)
+            and abs(a.info["energy_ref_ev"] - b.info["energy_ref_ev"]) <= SAME_TOL * len(a))
+
+
+def _unique_ids(structures: list[Atoms]) -> list[Atoms]:
+    """One record per id. The same mat_id twice (files in name order, then file order):
+    an identical structure (same atoms, positions and cell within 1e-4 Å, energy within
+    1e-4 eV/atom) is kept once, e.g. when a folder holds the same data as a database and as
+    JSON; a different one keeps its mat_id with "~2", "~3", ... appended, with a warning."""
+    seen: dict[str, list[Atoms]] = {}
+    out, dropped, renamed = [], [], []
+    for atoms in structures:
+        sid = atoms.info["id"]
+        twins = seen.setdefault(sid, [])
+        if any(_same(atoms, twin) for twin in twins):
+            dropped.append(f"{sid} ({atoms.info['source']})")
+            continue
+        twins.append(atoms)
+        if len(twins) > 1:
+            new = f"{sid}~{len(twins)}"
+            while new in seen:
+                new += "~"
+            atoms.info["id"] = new
+            renamed.append(f"{sid} -> {new} ({atoms.info['source']})")
+        out.append(atoms)
+    if dropped:
+        log.info("%d structure(s) appear more than once with identical content and are kept once: %s",
+                 len(dropped), _some(dropped))
+    if renamed:
+        log.warning("%d structure(s) share a mat_id with a different structure and were renamed: %s",
+                    len(renamed), _some(renamed))
+    return out
+
+
+# --------------------------------------------------------------------------- subsets
+
+def _as_list(value) -> list | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[,\s]+", value) if v]
+    return list(value) or None
+
+
+def _subset_args(dimensions, limit_per_dimension, seed, elements, ids):
+    dims = _as_list(dimensions)
+    dims = sorted({normalise_dimension(d) for d in dims}) if dims else None
+    els = _as_list(elements)
+    if els:
+        unknown = [e for e in els if e not in chemical_symbols[1:]]
+        if unknown:
+            raise BenchError(f"subset elements: {', '.join(map(str, unknown))} not a chemical symbol")
+        els = sorted(set(els))
+    id_list = _as_list(ids)
+    id_list = sorted({str(i) for i in id_list}) if id_list else None
+    if limit_per_dimension is not None:
+        if isinstance(limit_per_dimension, bool) or int(limit_per_dimension) != limit_per_dimension \
+                or limit_per_dimension < 1:
+            raise BenchError(f"subset limit_per_dimension must be a positive integer, not {limit_per_dimension!r}")
+        limit_per_dimension = int(limit_per_dimension)
+    return dims, limit_per_dimension, int(seed or 0), els, id_list
+
+
+def select(structures, *, dimensions=None, limit_per_dimension=None, seed=0, elements=None, ids=None) -> list[Atoms]:
+    """The structures kept by every given filter, in their input order.
+
+    dimensions: labels to keep ("0D".."3D"). elements: keep a structure that contains
+    ANY of these elements. ids: keep exactly these ids (an id not in the data is an
+    error). limit_per_dimension: then at most N per dimensionality, drawn as
+    random.Random(seed).sample(sorted ids, N) separately for each dimensionality, so a
+    dimensionality's draw does not depend on which others are selected.
+    """
+    dims, limit, seed, els, id_list = _subset_args(dimensions, limit_per_dimension, seed, elements, ids)
+    keep = list(structures)
+    if id_list:
+        known = {a.info["id"] for a in keep}
+        missing = [i for i in id_list if i not in known]
+        if missing:
+            raise BenchError(f"subset ids not in the dataset: {_some(missing)}")
+        wanted = set(id_list)
+        keep = [a for a in keep if a.info["id"] in wanted]
+    if dims:
+        keep = [a for a in keep if a.info["dimension"] in dims]
+    if els:
+        wanted_z = {atomic_numbers[e] for e in els}
+        keep = [a for a in keep if wanted_z.intersection(a.numbers.tolist())]
+    if limit:
+        chosen = set()
+        for dim in sorted({a.info["dimension"] for a in keep}):
+            pool = sorted(a.info["id"] for a in keep if a.info["dimension"] == dim)
+            chosen.update(random.Random(seed).sample(pool, min(limit, len(pool))))
+        keep = [a for a in keep if a.info["id"] in chosen]
+    return keep
+
+
+def subset_key(*, dimensions=None, limit_per_dimension=None, seed=0, elements=None, ids=None) -> str:
+    """A short stable name of a selection, "all" when nothing is selected; equal for equal
+    selections however they are spelled (order, case of "2d", repeats). E.g.
+    "0D+2D_n100s0_el-Fe+O_ids-1a2b3c4d"; the seed appears only with a limit."""
+    dims, limit, seed, els, id_list = _subset_args(dimensions, limit_per_dimension, seed, elements, ids)
+    parts = []
+    if dims:
+        parts.append("+".join(dims))
+    if limit:
+        parts.append(f"n{limit}s{seed}")
+    if els:
+        text = "+".join(els)
+        parts.append("el-" + (text if len(els) <= 6 else hashlib.sha256(text.encode()).hexdigest()[:8]))
+    if id_list:
+        parts.append("ids-" + hashlib.sha256("\n".join(id_list).encode()).hexdigest()[:8])
+    return "_".join(parts) or "all"

@@ -77,8 +77,7 @@ class Dataset:
     def identity(self) -> str:
         """Short stable hash over the files' contents: the same data under another
         name or path has the same identity; any changed file changes it."""
-        digest = hashlib.sha256("\n".join(sorted(self.sha256.values())).encode())
-        return digest.hexdigest()[:16]
+        return identity_of(self.sha256)
 
     def counts(self) -> dict[str, int]:
         out = {d: 0 for d in DIMENSIONS}
@@ -114,7 +113,7 @@ def _local_files(spec: str, registry: dict) -> tuple[list[Path], dict[str, str]]
         names = ", ".join(sorted(registry)) or "none"
         raise BenchError(f"dataset {spec!r} is neither a registry name (known: {names}) nor an existing file or folder")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _is_data_name(p.name))
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_data_name(p.name))
         if not files:
             raise BenchError(f"dataset folder {path} holds no data file")
     else:
@@ -122,7 +121,13 @@ def _local_files(spec: str, registry: dict) -> tuple[list[Path], dict[str, str]]
     return files, {p.name: sha256_of(p) for p in files}
 
 
-def _is_data_name(name: str) -> bool:
+def identity_of(sums: dict[str, str]) -> str:
+    """16 hex digits of sha256 over the sorted file checksums (names do not count)."""
+    return hashlib.sha256("\n".join(sorted(sums.values())).encode()).hexdigest()[:16]
+
+
+def is_data_name(name: str) -> bool:
+    """Whether a file in a dataset folder is data (not hidden, partial or the checksum record)."""
     return not name.startswith(".") and not name.endswith(".part") and name not in NOT_DATA
 
 

@@ -74,6 +74,15 @@ def test_all_formats_plain_and_bz2_give_the_same_records(tmp_path):
         "json": write_entries(tmp_path / "set.json", made, compress=False, label=True),
         "json.bz2": write_entries(tmp_path / "set.json.bz2", made, label=True),
     }
+    import ase.db
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    with ase.db.connect(str(tmp_path / "ase.json"), type="json") as db:  # ASE's JSON backend
+        for atoms in made:
+            copy = atoms.copy()
+            copy.calc = SinglePointCalculator(copy, forces=atoms.arrays["forces"])
+            db.write(copy, key_value_pairs={k: atoms.info[k] for k in ("mat_id", "id_dimension", "uncorrected_energy")})
+    files["ase-json.bz2"] = compress(tmp_path / "ase.json", tmp_path / "ase-json.bin")
     xyz = tmp_path / "set.extxyz"
     frames = []
     for atoms in made:

@@ -37,3 +37,307 @@ def periodic_axes(atoms, vacuum_gap: float = VACUUM_GAP_A) -> str:
 def dimension_of(axes: str) -> str:
     """Dimensionality label ("0D".."3D") of a set of periodic axes."""
     return f"{len(axes)}D"
+
+
+# --------------------------------------------------------------------------------------
+# Measures of a relaxed structure. Every function below takes one structure (positions
+# (N, 3), cell (3, 3)) or a batch of structures of equal size and equal periodic axes
+# (positions (B, N, 3), cell (B, 3, 3)) and returns a float or a (B,) array: scoring
+# 40,000 relaxations is a few hundred numpy calls, not 40,000 Python loops.
+# --------------------------------------------------------------------------------------
+
+#: Two atoms are bonded when closer than this multiple of the sum of their covalent
+#: radii (ase.neighborlist.natural_cutoffs(atoms, mult=BOND_MULTIPLIER)). Covalent and
+#: metallic bonds are at most ~1.1x the sum, non-bonded contacts ~1.4x and more: 1.25
+#: sits in the gap, so a bond stretched by a few per cent does not count as broken.
+BOND_MULTIPLIER = 1.25
+
+#: Numbers (float64) held by one vectorised chunk: ~64 MB.
+_CHUNK_ELEMENTS = 8_000_000
+
+
+def axes_mask(axes: str) -> np.ndarray:
+    """Boolean mask over the lattice vectors a, b, c: True where periodic."""
+    return np.array([axis in axes for axis in AXES])
+
+
+def _batched(positions, cell):
+    """(B, N, 3) positions and (B, 3, 3) cells, and whether the input was one structure."""
+    positions = np.asarray(positions, dtype=float)
+    cell = np.asarray(cell, dtype=float)
+    single = positions.ndim == 2
+    if single:
+        positions, cell = positions[None], cell[None]
+    return positions, cell, single
+
+
+def _out(values, single):
+    return float(values[0]) if single else values
+
+
+def _chunks(n_items: int, per_item: int):
+    """Slices of a batch so that each chunk holds about _CHUNK_ELEMENTS numbers."""
+    step = max(1, _CHUNK_ELEMENTS // max(per_item, 1))
+    return [slice(i, i + step) for i in range(0, n_items, step)]
+
+
+def _scaled(positions, cell):
+    """Fractional coordinates (B, N, 3) and a (B,) mask of the cells that can be inverted.
+
+    A singular cell (an Atoms without a cell, as a bare molecule has) gives zeros, and
+    the callers use the Cartesian positions as they are.
+    """
+    ok = np.abs(np.linalg.det(cell)) > 1e-6
+    safe = np.where(ok[:, None, None], cell, np.eye(3))
+    return np.einsum("bnj,bjk->bnk", positions, np.linalg.inv(safe)) * ok[:, None, None], ok
+
+
+def unwrap_vacuum(positions, cell, axes: str) -> np.ndarray:
+    """Cartesian positions made contiguous along every non-periodic lattice vector.
+
+    Along each lattice vector not in `axes`, atoms are moved by whole lattice vectors
+    so that the widest empty slab (the vacuum, as in vacuum_gaps) lies across the cell
+    boundary and the atoms sit together on one side of it: an atom that a code wrapped
+    to the far side of the vacuum comes back next to its neighbours. Atoms already on
+    the right side do not move. Periodic directions are left alone. A structure with a
+    singular cell is returned as it is.
+    """
+    positions, cell, single = _batched(positions, cell)
+    frac, ok = _scaled(positions, cell)
+    n_atoms = positions.shape[1]
+    shift = np.zeros_like(frac)
+    for k in np.flatnonzero(~axes_mask(axes)):
+        f = np.mod(frac[..., k], 1.0)
+        s = np.sort(f, axis=1)
+        gaps = np.diff(np.concatenate([s, s[:, :1] + 1.0], axis=1), axis=1)
+        # the first atom after the widest gap starts the contiguous stretch
+        start = np.take_along_axis(s, ((gaps.argmax(axis=1) + 1) % n_atoms)[:, None], axis=1)
+        shift[..., k] = np.round(np.mod(f - start, 1.0) + start - frac[..., k])
+    shift *= ok[:, None, None]
+    out = positions + np.einsum("bnj,bjk->bnk", shift, cell)
+    return out[0] if single else out
+
+
+def _max_pairwise_distance(points) -> np.ndarray:
+    """(B,) largest distance between any two of the (B, N, 3) points."""
+    n = points.shape[1]
+    result = np.empty(points.shape[0])
+    for part in _chunks(points.shape[0], n * n):
+        p = points[part] - points[part].mean(axis=1, keepdims=True)
+        sq = np.einsum("bni,bni->bn", p, p)
+        d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * np.einsum("bni,bmi->bnm", p, p)
+        result[part] = np.sqrt(np.clip(d2.reshape(len(p), -1).max(axis=1), 0.0, None))
+    return result
+
+
+def extent(positions, cell, axes: str):
+    """Size of a low-dimensional structure across its non-periodic directions (Å).
+
+    The positions are first made contiguous along the non-periodic lattice vectors
+    (unwrap_vacuum), so a structure straddling the cell boundary is measured whole.
+
+    - 2D (two periodic vectors a1, a2): thickness, the spread of the positions along
+      the unit normal a1 x a2 / |a1 x a2| of the periodic plane (max - min).
+    - 1D (one periodic vector a1): width, the largest distance between two atoms
+      after projecting the positions onto the plane perpendicular to a1.
+    - 0D: diameter, the largest interatomic distance.
+    - 3D: NaN (nothing to measure).
+
+    Periodic translations do not change any of these, so periodic directions need no
+    unwrapping.
+    """
+    positions, cell, single = _batched(positions, cell)
+    periodic = np.flatnonzero(axes_mask(axes))
+    if len(periodic) == 3:
+        return _out(np.full(len(positions), np.nan), single)
+    pos = unwrap_vacuum(positions, cell, axes)
+    if len(periodic) == 2:
+        normal = np.cross(cell[:, periodic[0]], cell[:, periodic[1]])
+        normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+        height = np.einsum("bni,bi->bn", pos, normal)
+        return _out(height.max(axis=1) - height.min(axis=1), single)
+    if len(periodic) == 1:
+        u = cell[:, periodic[0]] / np.linalg.norm(cell[:, periodic[0]], axis=1, keepdims=True)
+        pos = pos - np.einsum("bni,bi->bn", pos, u)[..., None] * u[:, None, :]
+    return _out(_max_pairwise_distance(pos), single)
+
+
+def _image_offsets(cell, axes: str, reach: float) -> np.ndarray:
+    """Integer lattice translations (M, 3), along periodic axes only, that can bring an
+    image of an atom within `reach` of another atom of the cell (exact for any cell
+    shape: a displacement d has |d . b_k| <= |d| along the unit reciprocal vector b_k,
+    and the lattice planes of vector k are `spacing_k` apart)."""
+    volume = np.abs(np.linalg.det(cell))
+    cross = np.linalg.norm(np.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]]), axis=2)
+    spacing = volume[:, None] / np.where(cross > 0, cross, np.inf)
+    with np.errstate(divide="ignore"):
+        reach_k = np.floor(reach / spacing + 0.5).max(axis=0)
+    ranges = [np.arange(-int(r), int(r) + 1) if periodic and np.isfinite(r) else np.zeros(1, int)
+              for r, periodic in zip(reach_k, axes_mask(axes))]
+    return np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
+
+
+def bonded(numbers, positions, cell, axes: str, multiplier: float = BOND_MULTIPLIER) -> np.ndarray:
+    """(B, N, N) (or (N, N)) bond matrix: atoms i and j are bonded when some image of j,
+    translated along the periodic axes only, lies closer to i than
+    multiplier x (r_cov(i) + r_cov(j)) (ASE covalent radii, as natural_cutoffs).
+
+    Positions are first made contiguous across the vacuum (unwrap_vacuum), so a
+    molecule cut by the cell boundary stays in one piece.
+    """
+    from ase.data import covalent_radii
+
+    positions, cell, single = _batched(positions, cell)
+    numbers = np.broadcast_to(np.asarray(numbers), positions.shape[:2])
+    pos = unwrap_vacuum(positions, cell, axes)
+    mask = axes_mask(axes)
+    frac, ok = _scaled(pos, cell)
+    if mask.any() and not ok.all():
+        raise ValueError("a structure with periodic axes has a singular cell")
+    cutoff = multiplier * covalent_radii[numbers]
+    n = pos.shape[1]
+    first, second = np.triu_indices(n, 1)  # each pair once
+    near = np.zeros((len(pos), len(first)), dtype=bool)
+    for part in _chunks(len(pos), len(first) * 8):
+        cut2 = (cutoff[part][:, first] + cutoff[part][:, second]) ** 2
+        if mask.any():
+            dfrac = frac[part][:, second] - frac[part][:, first]
+            dfrac[..., mask] -= np.round(dfrac[..., mask])
+            delta = np.moveaxis(dfrac @ cell[part], -1, 0)  # (3, b, pairs)
+            offsets = _image_offsets(cell[part], axes, float(np.sqrt(cut2.max(initial=0.0))))
+            shifts = np.einsum("mk,bkl->mlb", offsets, cell[part])[..., None]  # (M, 3, b, 1)
+            hit = np.zeros(cut2.shape, dtype=bool)
+            for shift in shifts:  # a running test over the images: no (b, pairs, M) array
+                d2 = (delta[0] + shift[0]) ** 2
+                d2 += (delta[1] + shift[1]) ** 2
+                d2 += (delta[2] + shift[2]) ** 2
+                hit |= d2 <= cut2
+            near[part] = hit
+        else:
+            d = pos[part][:, second] - pos[part][:, first]
+            near[part] = np.einsum("bpi,bpi->bp", d, d) <= cut2
+    result = np.zeros(pos.shape[:2] + (n,), dtype=bool)
+    result[:, first, second] = near
+    result[:, second, first] = near
+    return result[0] if single else result
+
+
+def count_components(adjacency) -> np.ndarray | int:
+    """Number of connected pieces of each (N, N) (or (B, N, N)) bond matrix, found by
+    scipy.sparse.csgraph.connected_components over one block-diagonal graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    adjacency = np.asarray(adjacency, dtype=bool)
+    single = adjacency.ndim == 2
+    if single:
+        adjacency = adjacency[None]
+    batch, n = adjacency.shape[:2]
+    if n == 0:
+        return 0 if single else np.zeros(batch, int)
+    b, i, j = np.nonzero(adjacency)
+    graph = coo_matrix((np.ones(len(b), bool), (b * n + i, b * n + j)), shape=(batch * n,) * 2)
+    _, labels = connected_components(graph, directed=False)
+    labels = np.sort(labels.reshape(batch, n), axis=1)
+    counts = 1 + (np.diff(labels, axis=1) != 0).sum(axis=1)
+    return int(counts[0]) if single else counts
+
+
+def fragments(numbers, positions, cell, axes: str, multiplier: float = BOND_MULTIPLIER):
+    """Number of covalently bonded pieces (see bonded), per structure."""
+    return count_components(bonded(numbers, positions, cell, axes, multiplier))
+
+
+def unwrap_to_reference(positions, cell, ref_positions, ref_cell, axes: str) -> np.ndarray:
+    """Model positions with periodic wrapping undone, atom by atom, against the reference.
+
+    Each atom's fractional displacement along the periodic lattice vectors, model
+    (in the model's cell) minus reference (in the PBE cell), is reduced to its minimum
+    image: the whole number of lattice vectors it contains is removed. The rounding is
+    done about the structure's mean displacement (a circular mean, so a rigidly
+    translated or slid structure is not torn apart at +-half a cell), and the removed
+    translations are lattice vectors of the model's own cell: that is how a code wraps
+    an atom, and it stays exact when the relaxation changed or rotated the cell (with
+    an unchanged cell it is the same as using the PBE cell). Non-periodic directions
+    are not touched.
+    """
+    positions, cell, single = _batched(positions, cell)
+    ref_positions = np.asarray(ref_positions, dtype=float).reshape(positions.shape)
+    ref_cell = np.asarray(ref_cell, dtype=float).reshape(cell.shape)
+    mask = axes_mask(axes)
+    if not mask.any():
+        return positions[0] if single else positions
+    frac, _ = _scaled(positions, cell)
+    ref_frac, _ = _scaled(ref_positions, ref_cell)
+    dfrac = frac - ref_frac
+    phase = np.exp(2j * np.pi * dfrac).mean(axis=1, keepdims=True)
+    centre = np.angle(phase) / (2.0 * np.pi)
+    wraps = np.round(dfrac - centre) * mask
+    out = positions - np.einsum("bnj,bjk->bnk", wraps, cell)
+    return out[0] if single else out
+
+
+def kabsch_align(positions, ref_positions) -> np.ndarray:
+    """`positions` moved rigidly (proper rotation + translation, no reflection) onto
+    `ref_positions` by the Kabsch algorithm: the least-squares superposition. Works on
+    (N, 3) or (B, N, 3) arrays (one batched SVD)."""
+    p = np.asarray(positions, dtype=float)
+    q = np.asarray(ref_positions, dtype=float)
+    single = p.ndim == 2
+    if single:
+        p, q = p[None], q[None]
+    p_mean, q_mean = p.mean(axis=1, keepdims=True), q.mean(axis=1, keepdims=True)
+    pc, qc = p - p_mean, q - q_mean
+    u, _, vt = np.linalg.svd(np.einsum("bni,bnj->bij", pc, qc))
+    d = np.sign(np.linalg.det(np.einsum("bij,bjk->bik", u, vt)))
+    d[d == 0] = 1.0
+    u[:, :, 2] *= d[:, None]
+    rotation = np.einsum("bij,bjk->bik", u, vt)
+    out = np.einsum("bni,bij->bnj", pc, rotation) + q_mean
+    return out[0] if single else out
+
+
+def position_errors(positions, cell, ref_positions, ref_cell, axes: str):
+    """(MAE, RMSD) in Å of a relaxed structure against its PBE reference.
+
+    Atom i of the model is compared with atom i of the reference (no permutations).
+    Wrapping across periodic boundaries is undone (unwrap_to_reference), the model is
+    superposed on the reference by Kabsch (rotation + translation), then
+    MAE = mean over the 3N Cartesian components of |x_model - x_ref| and
+    RMSD = sqrt(mean over the N atoms of |r_model - r_ref|^2).
+    """
+    positions, cell, single = _batched(positions, cell)
+    ref_positions = np.asarray(ref_positions, dtype=float).reshape(positions.shape)
+    ref_cell = np.asarray(ref_cell, dtype=float).reshape(cell.shape)
+    aligned = kabsch_align(unwrap_to_reference(positions, cell, ref_positions, ref_cell, axes), ref_positions)
+    diff = aligned - ref_positions
+    mae = np.abs(diff).mean(axis=(1, 2))
+    rmsd = np.sqrt((diff**2).sum(axis=2).mean(axis=1))
+    if single:
+        return float(mae[0]), float(rmsd[0])
+    return mae, rmsd
+
+
+def periodic_measure(cell, axes: str):
+    """Volume (3D), area |a1 x a2| of the two periodic vectors (2D), length of the
+    periodic vector (1D); NaN for 0D. For (3, 3) or (B, 3, 3) cells."""
+    cell = np.asarray(cell, dtype=float)
+    single = cell.ndim == 2
+    if single:
+        cell = cell[None]
+    periodic = np.flatnonzero(axes_mask(axes))
+    if len(periodic) == 3:
+        value = np.abs(np.linalg.det(cell))
+    elif len(periodic) == 2:
+        value = np.linalg.norm(np.cross(cell[:, periodic[0]], cell[:, periodic[1]]), axis=1)
+    elif len(periodic) == 1:
+        value = np.linalg.norm(cell[:, periodic[0]], axis=1)
+    else:
+        value = np.full(len(cell), np.nan)
+    return _out(value, single)
+
+
+def cell_change(cell, ref_cell, axes: str):
+    """Relative change (model - ref) / ref of periodic_measure: volume (3D), periodic
+    area (2D), periodic length (1D); NaN for 0D."""
+    return periodic_measure(cell, axes) / periodic_measure(ref_cell, axes) - 1.0

@@ -1,0 +1,166 @@
+"""metrics.per_structure.score on a hand-made run: errors, failure reasons, precedence."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase import Atoms
+from ase.build import bulk, graphene_nanoribbon, molecule, mx2, nanotube
+from scipy.spatial.transform import Rotation
+
+from metrics.per_structure import FAILURE_REASONS, score
+
+LIMITS = {"2D": 7.5, "1D": 12.5, "0D": 20.0}
+
+
+def _reference():
+    mol = molecule("CH3CH2OH")
+    mol.center(vacuum=15.0)  # 30 Å of vacuum: room for a fragment to end up > 20 Å away
+    tube = nanotube(6, 0, length=2, vacuum=7.5)
+    # the tube periodic along b: lattice vectors and Cartesian axes permuted together
+    order = [1, 2, 0]
+    tube = Atoms(tube.numbers, positions=tube.positions[:, order], cell=tube.cell.array[order][:, order])
+    ribbon = graphene_nanoribbon(3, 2, type="armchair", saturated=True, vacuum=7.5)
+    layer = mx2("MoS2", vacuum=7.5).repeat((2, 2, 1))
+    cell = layer.cell.array.copy()
+    cell[2] += 0.3 * cell[0]
+    layer.set_cell(cell)
+    si = bulk("Si", "diamond", 5.43) * (2, 1, 1)
+    structures = {"mol": (mol, "0D"), "tube": (tube, "1D"), "ribbon": (ribbon, "1D"), "mos2": (layer, "2D"),
+                  "si": (si, "3D")}
+    reference = {}
+    for sid, (atoms, dim) in structures.items():
+        atoms.pbc = True
+        atoms.info.update(id=sid, dimension=dim, energy_ref_ev=-5.0 * len(atoms))
+        reference[sid] = atoms
+    reference["tube"].info["periodic_axes"] = "b"  # given; the others are read off the geometry
+    return reference
+
+
+def _moved(atoms, seed):
+    """A rigidly rotated, translated and wrapped copy: a perfect relaxation."""
+    out = atoms.copy()
+    rotation = Rotation.random(random_state=seed).as_matrix()
+    out.set_cell(out.cell.array @ rotation.T, scale_atoms=True)
+    out.positions += [1.7, -2.9, 4.4]
+    out.wrap()
+    return out
+
+
+def _row(model, sid, ref, reason="", energy_per_atom=-5.0, steps=10):
+    return {"model": model, "id": sid, "dimension": ref.info["dimension"], "natoms": len(ref),
+            "converged": reason == "", "failure_reason": reason, "steps": steps,
+            "energy_ev": energy_per_atom * len(ref), "energy_ref_ev": ref.info["energy_ref_ev"],
+            "max_force_ev_per_a": 0.01, "wall_s": 1.0}
+
+
+@pytest.fixture(scope="module")
+def run():
+    reference = _reference()
+    rows, relaxed = [], {}
+    for k, (sid, ref) in enumerate(reference.items()):
+        rows.append(_row("good", sid, ref, energy_per_atom=-5.0 + 0.002 * (k + 1)))
+        relaxed[("good", sid)] = _moved(ref, k)
+    # "bad": every way to fail
+    mol = reference["mol"].copy()
+    mol.positions[:3] += [12.0, 12.0, 12.0]  # three atoms flung 21 Å away: 0D diameter > 20 Å
+    relaxed[("bad", "mol")] = mol
+    rows.append(_row("bad", "mol", mol, energy_per_atom=-5.1))
+    ribbon = reference["ribbon"].copy()
+    x = ribbon.positions[:, 0]
+    ribbon.positions[x > np.median(x), 0] += 3.0  # split lengthwise: narrow, but two pieces
+    relaxed[("bad", "ribbon")] = ribbon
+    rows.append(_row("bad", "ribbon", ribbon))
+    layer = reference["mos2"].copy()
+    layer.positions[0] += layer.cell.array[2] * 0.4  # an S atom 40 % of c into the vacuum, wrapped below
+    layer.wrap()
+    relaxed[("bad", "mos2")] = layer
+    rows.append(_row("bad", "mos2", layer))
+    tube = reference["tube"].copy()
+    tube.positions[:12, 0] += 9.0  # fragmented, but the container already said diverged
+    relaxed[("bad", "tube")] = tube
+    rows.append(_row("bad", "tube", tube, reason="diverged", energy_per_atom=np.nan))
+    rows.append(_row("bad", "si", reference["si"], reason="model_error", energy_per_atom=np.nan, steps=0))
+    results = pd.DataFrame(rows)
+    return results, reference, relaxed
+
+
+def by_key(scored):
+    return scored.set_index(["model", "id"])
+
+
+def test_perfect_relaxations_score_zero_and_keep_every_row(run):
+    results, reference, relaxed = run
+    scored = score(results, reference, relaxed, LIMITS)
+    assert len(scored) == len(results)
+    assert list(scored.columns[: len(results.columns)]) == list(results.columns)
+    good = by_key(scored).loc["good"]
+    assert (good["failure_reason"] == "").all()
+    assert good["position_mae_a"].max() < 1e-10
+    assert good["position_rmsd_a"].max() < 1e-10
+    assert np.allclose(good.loc[["tube", "ribbon", "mos2", "si"], "cell_change_rel"], 0.0, atol=1e-12)
+    assert np.isnan(good.loc["mol", "cell_change_rel"])
+    assert good["periodic_axes"].to_dict() == {"mol": "", "tube": "b", "ribbon": "c", "mos2": "ab", "si": "abc"}
+    assert 4.5 < good.loc["tube", "extent_a"] < 5.0
+    assert np.isnan(good.loc["si", "extent_a"])
+    assert (good["fragments"] == good["fragments_ref"]).all()
+    assert results["failure_reason"].tolist().count("") == 8  # the input is not modified
+
+
+def test_energy_error_is_signed_per_atom_in_mev(run):
+    results, reference, relaxed = run
+    scored = by_key(score(results, reference, relaxed, LIMITS))
+    good = scored.loc["good", "energy_error_mev_per_atom"]
+    assert good.tolist() == pytest.approx([2.0, 4.0, 6.0, 8.0, 10.0])  # the model is higher: positive
+    assert scored.loc[("bad", "mol"), "energy_error_mev_per_atom"] == pytest.approx(-100.0)
+    assert np.isnan(scored.loc[("bad", "tube"), "energy_error_mev_per_atom"])
+
+
+def test_failure_reasons_and_their_precedence(run):
+    results, reference, relaxed = run
+    scored = by_key(score(results, reference, relaxed, LIMITS))
+    bad = scored.loc["bad"]
+    assert bad["failure_reason"].to_dict() == {
+        "mol": "fragmented_diameter",   # also disconnected: fragmented wins
+        "ribbon": "disconnected",
+        "mos2": "fragmented_thickness",
+        "tube": "diverged",             # also fragmented: the container's reason wins
+        "si": "model_error",            # no final structure at all
+    }
+    assert bad.loc["mol", "extent_a"] > 20.0
+    assert bad.loc["mos2", "extent_a"] > 7.5
+    assert bad.loc["ribbon", "extent_a"] < 12.5
+    assert bad.loc["ribbon", "fragments"] == 2 and bad.loc["ribbon", "fragments_ref"] == 1
+    assert np.isnan(bad.loc["si", "position_mae_a"]) and np.isnan(bad.loc["si", "extent_a"])
+    assert bad.loc["tube", "extent_a"] > 12.5  # measured even when it does not decide
+    assert set(scored["failure_reason"]) <= {"", *FAILURE_REASONS}
+
+
+def test_limits_decide_fragmentation(run):
+    results, reference, relaxed = run
+    loose = by_key(score(results, reference, relaxed, {"2D": 50.0, "1D": 50.0, "0D": 50.0}))
+    assert loose.loc[("bad", "mol"), "failure_reason"] == "disconnected"
+    assert loose.loc[("bad", "mos2"), "failure_reason"] == "disconnected"  # the lifted S atom is alone
+
+
+def test_a_reference_in_several_pieces_is_not_a_failure():
+    h2 = Atoms("H2H2", positions=[[5, 5, 3], [5.74, 5, 3], [5, 5, 9], [5.74, 5, 9]], cell=[12, 12, 12], pbc=True)
+    h2.info.update(id="dimer", dimension="0D", energy_ref_ev=-1.0)
+    model = h2.copy()
+    model.positions[2:] += [0, 0, 0.5]
+    results = pd.DataFrame([_row("m", "dimer", h2)])
+    results["failure_reason"] = np.nan  # as read back from a CSV
+    scored = score(results, {"dimer": h2}, {("m", "dimer"): model}, LIMITS)
+    assert scored["failure_reason"].tolist() == [""]
+    assert scored["fragments"].tolist() == [2] and scored["fragments_ref"].tolist() == [2]
+    split = model.copy()
+    split.positions[1] += [1.0, 0, 0]
+    scored = score(results, {"dimer": h2}, {("m", "dimer"): split}, LIMITS)
+    assert scored["failure_reason"].tolist() == ["disconnected"]
+
+
+def test_an_unknown_id_is_an_error(run):
+    results, reference, relaxed = run
+    broken = results.copy()
+    broken.loc[0, "id"] = "nowhere"
+    with pytest.raises(ValueError, match="nowhere"):
+        score(broken, reference, relaxed, LIMITS)

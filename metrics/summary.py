@@ -1,0 +1,120 @@
+"""Tables per model x dimensionality over a scored results table (pure functions).
+
+Which structures enter which numbers:
+
+- failures: every structure of the run, each counted once under its failure_reason.
+- steps: structures the optimizer converged (`converged` true), whatever the host checks
+  said afterwards: it is the cost of a relaxation, and a converged-then-fragmented one
+  still took those steps.
+- energy and position errors: successful relaxations only (failure_reason ""): a
+  diverged or fragmented structure has no meaningful error, and it is already counted
+  as a failure.
+
+Rows are ordered by model (first appearance in the table) and dimensionality 0D..3D;
+a (model, dimensionality) pair without structures has no row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from metrics.per_structure import FAILURE_REASONS
+
+DIMENSIONS = ("0D", "1D", "2D", "3D")
+KEYS = ["model", "dimension"]
+#: The fraction of successful relaxations with |energy error| below this (meV/atom).
+ENERGY_WITHIN_MEV = 10.0
+
+
+def successful(scored: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose failure_reason is empty (NaN, as read back from CSV, counts as empty)."""
+    return scored[scored["failure_reason"].fillna("").astype(str) == ""]
+
+
+def _groups(scored: pd.DataFrame) -> pd.DataFrame:
+    """Every (model, dimension) pair present, in report order."""
+    pairs = scored[KEYS].drop_duplicates().astype(str)
+    models = list(dict.fromkeys(scored["model"].astype(str)))
+    order = {d: i for i, d in enumerate(DIMENSIONS)}
+    pairs = pairs.assign(_m=pairs["model"].map(models.index), _d=pairs["dimension"].map(lambda d: order.get(d, 99)))
+    return pairs.sort_values(["_m", "_d", "dimension"])[KEYS].reset_index(drop=True)
+
+
+def _describe(scored: pd.DataFrame, values: pd.Series, stats: dict) -> pd.DataFrame:
+    """One row per (model, dimension) of `scored`, with stats[name](values of the group)."""
+    pairs = _groups(scored)
+    keyed = {key: group for key, group in values.groupby([scored.loc[values.index, k].astype(str) for k in KEYS])}
+    rows = []
+    for model, dim in pairs.itertuples(index=False):
+        v = keyed.get((model, dim), values.iloc[:0]).dropna().to_numpy(dtype=float)
+        rows.append({"model": model, "dimension": dim, "n": len(v),
+                     **{name: (func(v) if len(v) else np.nan) for name, func in stats.items()}})
+    return pd.DataFrame(rows, columns=[*KEYS, "n", *stats])
+
+
+def _q(p):
+    return lambda v: float(np.quantile(v, p))
+
+
+def failures(scored: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table II: structures, failed, failed %, and one column per reason."""
+    reasons = scored["failure_reason"].fillna("").astype(str)
+    pairs = _groups(scored)
+    counts = pd.crosstab([scored["model"].astype(str), scored["dimension"].astype(str)], reasons)
+    rows = []
+    for model, dim in pairs.itertuples(index=False):
+        row = counts.loc[(model, dim)] if (model, dim) in counts.index else pd.Series(dtype=int)
+        total = int(row.sum())
+        failed = total - int(row.get("", 0))
+        rows.append({"model": model, "dimension": dim, "structures": total, "failed": failed,
+                     "failed_pct": 100.0 * failed / total if total else np.nan,
+                     **{reason: int(row.get(reason, 0)) for reason in FAILURE_REASONS}})
+    other = sorted(set(reasons) - {"", *FAILURE_REASONS})
+    if other:  # a reason this code does not know still counts, under its own name
+        for row in rows:
+            for reason in other:
+                row[reason] = int(counts.loc[(row["model"], row["dimension"])].get(reason, 0))
+    return pd.DataFrame(rows)
+
+
+def steps(scored: pd.DataFrame) -> pd.DataFrame:
+    """Optimizer steps of converged relaxations: n, median, quartiles, mean, max."""
+    converged = scored["converged"].astype(str).str.lower().isin(["true", "1", "1.0"])
+    return _describe(scored, scored.loc[converged, "steps"],
+                     {"median": np.median, "q1": _q(0.25), "q3": _q(0.75), "mean": np.mean, "max": np.max})
+
+
+def energy(scored: pd.DataFrame) -> pd.DataFrame:
+    """Energy error (meV/atom) of successful relaxations: n, mean (signed), median
+    (signed), MAE, quartiles (signed), and the fraction with |error| < 10 meV/atom."""
+    values = successful(scored)["energy_error_mev_per_atom"]
+    return _describe(scored, values, {
+        "mean": np.mean, "median": np.median, "mae": lambda v: float(np.abs(v).mean()),
+        "q1": _q(0.25), "q3": _q(0.75),
+        "within_10_mev": lambda v: float((np.abs(v) < ENERGY_WITHIN_MEV).mean())})
+
+
+def positions(scored: pd.DataFrame) -> pd.DataFrame:
+    """Position MAE (Å) of successful relaxations: n, median, quartiles, mean; and the
+    median RMSD and median |relative cell change| where present."""
+    ok = successful(scored)
+    table = _describe(scored, ok["position_mae_a"],
+                      {"median": np.median, "q1": _q(0.25), "q3": _q(0.75), "mean": np.mean})
+    for column, name, transform in (("position_rmsd_a", "rmsd_median", None),
+                                    ("cell_change_rel", "cell_change_abs_median", np.abs)):
+        if column in ok:
+            values = ok[column] if transform is None else transform(ok[column])
+            table[name] = _describe(scored, values, {"m": np.median})["m"].to_numpy()
+    return table
+
+
+def summary(scored: pd.DataFrame) -> pd.DataFrame:
+    """One line per (model, dimension): the headline number of each table."""
+    fail, st, en, pos = failures(scored), steps(scored), energy(scored), positions(scored)
+    return pd.DataFrame({
+        "model": fail["model"], "dimension": fail["dimension"], "structures": fail["structures"],
+        "failed": fail["failed"], "failed_pct": fail["failed_pct"], "median_steps": st["median"],
+        "energy_mae_mev": en["mae"], "energy_median_mev": en["median"], "energy_within_10_mev": en["within_10_mev"],
+        "position_mae_median_a": pos["median"],
+    })

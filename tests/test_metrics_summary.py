@@ -1,0 +1,101 @@
+"""metrics.summary on a small hand-made scored table."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metrics import summary
+
+
+def scored_table():
+    rows = [
+        # model, dim, converged, reason, steps, energy error, position MAE
+        ("m1", "3D", True, "", 10, 2.0, 0.01),
+        ("m1", "3D", True, "", 20, -4.0, 0.03),
+        ("m1", "3D", True, "", 30, 12.0, 0.02),
+        ("m1", "3D", False, "not_converged", 15000, 500.0, 0.9),
+        ("m1", "0D", True, "", 5, -20.0, 0.10),
+        ("m1", "0D", True, "fragmented_diameter", 7, 1.0, 3.0),
+        ("m1", "0D", False, "model_error", 0, np.nan, np.nan),
+        ("m2", "2D", True, "disconnected", 40, 0.0, 0.5),
+        ("m2", "3D", True, "", 8, 1.0, 0.004),
+    ]
+    table = pd.DataFrame(rows, columns=["model", "dimension", "converged", "failure_reason", "steps",
+                                        "energy_error_mev_per_atom", "position_mae_a"])
+    table["id"] = [f"s{i}" for i in range(len(table))]
+    table["position_rmsd_a"] = table["position_mae_a"] * 2
+    table["cell_change_rel"] = -0.01
+    return table
+
+
+def row(table, model, dim):
+    match = table[(table["model"] == model) & (table["dimension"] == dim)]
+    assert len(match) == 1
+    return match.iloc[0]
+
+
+def test_failures_count_each_reason_once_per_model_and_dimension():
+    table = summary.failures(scored_table())
+    assert list(zip(table["model"], table["dimension"])) == [("m1", "0D"), ("m1", "3D"), ("m2", "2D"), ("m2", "3D")]
+    zero_d = row(table, "m1", "0D")
+    assert (zero_d["structures"], zero_d["failed"]) == (3, 2)
+    assert zero_d["failed_pct"] == pytest.approx(200 / 3)
+    assert (zero_d["fragmented_diameter"], zero_d["model_error"], zero_d["diverged"]) == (1, 1, 0)
+    assert row(table, "m1", "3D")["not_converged"] == 1
+    assert row(table, "m2", "2D")["disconnected"] == 1
+    assert row(table, "m2", "3D")["failed"] == 0
+    assert table["structures"].sum() == 9
+
+
+def test_steps_are_over_converged_relaxations():
+    table = summary.steps(scored_table())
+    bulk = row(table, "m1", "3D")
+    assert bulk["n"] == 3 and bulk["median"] == 20 and bulk["q1"] == 15 and bulk["q3"] == 25
+    zero_d = row(table, "m1", "0D")
+    assert zero_d["n"] == 2 and zero_d["median"] == 6  # the fragmented one converged: 5 and 7
+    assert row(table, "m2", "2D")["median"] == 40
+
+
+def test_energy_statistics_over_successful_relaxations():
+    table = summary.energy(scored_table())
+    bulk = row(table, "m1", "3D")  # 2, -4, 12; the unconverged 500 is left out
+    assert bulk["n"] == 3
+    assert bulk["mean"] == pytest.approx(10 / 3)
+    assert bulk["median"] == pytest.approx(2.0)
+    assert bulk["mae"] == pytest.approx(6.0)
+    assert bulk["q1"] == pytest.approx(-1.0) and bulk["q3"] == pytest.approx(7.0)
+    assert bulk["within_10_mev"] == pytest.approx(2 / 3)
+    assert row(table, "m1", "0D")["mean"] == pytest.approx(-20.0)
+    empty = row(table, "m2", "2D")  # its only structure failed
+    assert empty["n"] == 0 and np.isnan(empty["median"])
+
+
+def test_position_statistics_over_successful_relaxations():
+    table = summary.positions(scored_table())
+    bulk = row(table, "m1", "3D")
+    assert bulk["n"] == 3 and bulk["median"] == pytest.approx(0.02)
+    assert bulk["q1"] == pytest.approx(0.015) and bulk["q3"] == pytest.approx(0.025)
+    assert bulk["rmsd_median"] == pytest.approx(0.04)
+    assert bulk["cell_change_abs_median"] == pytest.approx(0.01)
+    assert row(table, "m1", "0D")["median"] == pytest.approx(0.10)
+
+
+def test_summary_and_a_table_read_back_from_csv(tmp_path):
+    table = scored_table()
+    path = tmp_path / "results.csv"
+    table.to_csv(path, index=False)
+    back = pd.read_csv(path)
+    assert back["failure_reason"].isna().sum() == 5  # "" comes back as NaN
+    line = row(summary.summary(back), "m1", "3D")
+    assert line["failed"] == 1 and line["median_steps"] == 20
+    assert line["energy_mae_mev"] == pytest.approx(6.0)
+    assert line["position_mae_median_a"] == pytest.approx(0.02)
+    assert line["energy_within_10_mev"] == pytest.approx(2 / 3)
+
+
+def test_an_unknown_failure_reason_is_counted_under_its_name():
+    table = scored_table()
+    table.loc[0, "failure_reason"] = "timeout"
+    fails = summary.failures(table)
+    assert row(fails, "m1", "3D")["timeout"] == 1
+    assert row(fails, "m1", "3D")["failed"] == 2

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import io
 import json
 import logging
 import os
@@ -93,13 +94,16 @@ def load_dataset(spec: str, registry: dict, cache_dir: Path, *, show_progress: b
     taken from there), or the local file or folder at path `spec`."""
     cache_dir = Path(cache_dir).expanduser()
     registry = registry or {}
-    if spec in registry:
-        from orchestrator.download import fetch_dataset
+    try:
+        if spec in registry:
+            from orchestrator.download import fetch_dataset
 
-        files, sums = fetch_dataset(spec, registry[spec], cache_dir, show_progress=show_progress)
-    else:
-        files, sums = _local_files(spec, registry)
-    structures = read_files(files, sums, cache_dir)
+            files, sums = fetch_dataset(spec, registry[spec], cache_dir, show_progress=show_progress)
+        else:
+            files, sums = _local_files(spec, registry)
+        structures = read_files(files, sums, cache_dir)
+    except OSError as err:  # disk full, permissions, a file vanishing: the user's to fix
+        raise BenchError(f"dataset {spec}: {err}") from err
     dataset = Dataset(str(spec), files, sums, structures)
     counts = ", ".join(f"{d} {n}" for d, n in dataset.counts().items())
     log.info("dataset %s (identity %s): %d structures (%s) from %d file(s)",
@@ -164,24 +168,26 @@ def sniff(path: Path) -> tuple[str, bool]:
     return "unknown", compressed
 
 
+class NotADataset(BenchError):
+    """A file whose content is none of the recognised formats."""
+
+
 def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> list[Atoms]:
-    """Reference records from every file, checked, with unique ids, sorted by (dimension, id)."""
+    """Reference records from every file, checked, with unique ids, sorted by (dimension, id).
+    In a dataset of several files, one in no recognised format is skipped with a warning
+    (an index may list more than structures); a single such file is an error."""
     structures = []
     for path in files:
-        kind, compressed = sniff(path)
-        file_label = dimension_from_name(path.name)
-        if kind == "db":
-            db_path = _decompressed(path, sums.get(path.name) or sha256_of(path), cache_dir) if compressed else path
-            records = _read_ase_db(db_path, "db", path)
-        elif kind == "json":
-            records = _read_json(path, compressed)
-        elif kind == "extxyz":
-            records = _read_extxyz(path, compressed)
-        else:
-            raise BenchError(f"{path}: not a recognised dataset format (ASE database, Alexandria entries JSON "
-                             f"or extxyz, each plain or bz2-compressed)")
+        try:
+            kind, compressed, records = _read_file(path, sums, cache_dir)
+        except NotADataset as err:
+            if len(files) == 1:
+                raise
+            log.warning("skipped %s", err)
+            continue
         if not records:
             raise BenchError(f"{path}: holds no structure")
+        file_label = dimension_from_name(path.name)
         _finish(records, path, file_label)
         structures.extend(records)
         counts = {d: 0 for d in DIMENSIONS}
@@ -189,9 +195,24 @@ def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> list
             counts[atoms.info["dimension"]] += 1
         log.info("%s: %s%s, %d structures (%s)", path.name, kind, " (bz2)" if compressed else "", len(records),
                  ", ".join(f"{d} {n}" for d, n in counts.items()))
+    if not structures:
+        raise BenchError(f"none of {', '.join(p.name for p in files)} holds structures in a recognised format")
     structures = _unique_ids(structures)
     structures.sort(key=lambda a: (a.info["dimension"], a.info["id"]))
     return structures
+
+
+def _read_file(path: Path, sums: dict[str, str], cache_dir: Path) -> tuple[str, bool, list[Atoms]]:
+    kind, compressed = sniff(path)
+    if kind == "db":
+        db_path = _decompressed(path, sums.get(path.name) or sha256_of(path), cache_dir) if compressed else path
+        return kind, compressed, _read_ase_db(db_path, "db", path)
+    if kind == "json":
+        return kind, compressed, _read_json(path, compressed)
+    if kind == "extxyz":
+        return kind, compressed, _read_extxyz(path, compressed)
+    raise NotADataset(f"{path}: not a recognised dataset format (ASE database, Alexandria entries JSON "
+                      f"or extxyz, each plain or bz2-compressed)")
 
 
 def _finish(records: list[Atoms], path: Path, file_label: str | None) -> None:
@@ -265,7 +286,7 @@ def _read_json(path: Path, compressed: bool) -> list[Atoms]:
         return _read_ase_db(path, "json", path, compressed)
     entries = data.get("entries") if isinstance(data, dict) else data
     if not isinstance(entries, list) or (entries and not (isinstance(entries[0], dict) and "structure" in entries[0])):
-        raise BenchError(f"{path}: JSON but neither Alexandria entries ({{\"entries\": [...]}} of "
+        raise NotADataset(f"{path}: JSON but neither Alexandria entries ({{\"entries\": [...]}} of "
                          f"ComputedStructureEntry dicts) nor an ASE database")
     file_label = _label(data, str(path)) if isinstance(data, dict) else None
     return [_entry_to_atoms(entry, f"{path.name} entry {i}", file_label) for i, entry in enumerate(entries)]
@@ -321,7 +342,8 @@ def _read_ase_db(db_path: Path, backend: str, original: Path, compressed: bool =
     try:
         db = ase.db.connect(str(db_path), type=backend, create_indices=False, use_lock_file=False) \
             if backend == "db" else ase.db.connect(str(db_path), type=backend, use_lock_file=False)
-        rows = list(db.select())
+        with db:  # one connection for all rows, not one per row
+            rows = list(db.select())
     except (sqlite3.DatabaseError, ValueError, KeyError) as err:
         raise BenchError(f"{original}: an ASE database that cannot be read ({err})") from None
     finally:
@@ -330,8 +352,7 @@ def _read_ase_db(db_path: Path, backend: str, original: Path, compressed: bool =
     records = []
     for row in rows:
         where = f"{original.name} row {row.id}"
-        atoms = row.toatoms()
-        atoms.pbc = True
+        atoms = Atoms(numbers=row.numbers, positions=row.positions, cell=row.cell, pbc=True)
         kvp = dict(row.key_value_pairs)
         _, mat_id = _first(kvp, ID_KEYS)
         atoms.info = {"id": str(mat_id) if mat_id not in (None, "") else f"{original.name}:{row.id}"}
@@ -357,7 +378,13 @@ def _decompressed(path: Path, sha: str, cache_dir: Path) -> Path:
     target = cache_dir / ".decompressed" / f"{sha[:16]}-{path.name.removesuffix('.bz2')}"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only cache: decompress next to other temporary files
+        target = Path(tempfile.gettempdir()) / "umlip-0123d-decompressed" / target.name
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
     log.info("decompressing %s into %s", path.name, target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
     try:
@@ -415,6 +442,30 @@ def _read_extxyz(path: Path, compressed: bool) -> list[Atoms]:
             atoms.info["stress_ref"] = _voigt(np.asarray(stress, dtype=float), where)
         records.append(atoms)
     return records
+
+
+def write_extxyz(path: Path, structures) -> None:
+    """Reference records as extxyz (bz2-compressed when the name ends in .bz2), written
+    atomically, that load_dataset reads back to the same records. periodic_axes is left
+    out: ASE writes the 0D value "" as a bare `periodic_axes=`, which swallows the next key
+    on reading; the loader derives it from the geometry again."""
+    from ase.io import write
+
+    path = Path(path)
+    records = []
+    for atoms in structures:
+        copy = atoms.copy()
+        copy.info = {k: v for k, v in atoms.info.items() if k != "periodic_axes"}
+        records.append(copy)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with (bz2.open(raw, "wt") if path.name.endswith(".bz2") else io.TextIOWrapper(raw)) as out:
+                write(out, records, format="extxyz")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------- ids

@@ -34,6 +34,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -86,8 +87,13 @@ def fetch_dataset(name: str, entry: dict, cache_dir: Path, *, show_progress: boo
     url = entry.get("url")
     if not isinstance(url, str) or not url:
         raise BenchError(f"datasets.{name}: needs a url")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise BenchError(f"datasets.{name}: a dataset name is a folder name: letters, digits, '.', '_', '-'")
     folder = Path(cache_dir).expanduser() / name
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create the dataset cache folder {folder}: {err}") from None
     with _locked(folder):
         record = _read_record(folder)
         items = _index_items(name, entry, folder, record) if url.endswith("/") else [_file_item(name, entry)]
@@ -113,7 +119,15 @@ def _file_item(name: str, entry: dict) -> Item:
         raise BenchError(f"datasets.{name}: url {url} does not end in a file name")
     if entry.get("files"):
         raise BenchError(f"datasets.{name}: files pins belong to a directory url (ending in /), not to {url}")
-    return Item(filename, url, entry.get("sha256"), None)
+    return Item(filename, url, _pin(name, entry.get("sha256")), None)
+
+
+def _pin(where: str, value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise BenchError(f"datasets.{where}: sha256 pin {value!r} is not 64 hexadecimal digits")
+    return value.lower()
 
 
 def _index_items(name: str, entry: dict, folder: Path, record: dict) -> list[Item]:
@@ -126,7 +140,8 @@ def _index_items(name: str, entry: dict, folder: Path, record: dict) -> list[Ite
         for filename in pins:
             if not is_data_name(filename) or "/" in filename:
                 raise BenchError(f"datasets.{name}.files: {filename!r} is not a file name")
-        return [Item(f, urljoin(url, quote(f)), sha, None) for f, sha in sorted(pins.items())]
+        return [Item(f, urljoin(url, quote(f)), _pin(f"{name}.files.{f}", sha), None)
+                for f, sha in sorted(pins.items())]
     try:
         listing = list_index(url)
     except NetworkError as err:
@@ -370,8 +385,11 @@ def _read_record(folder: Path) -> dict:
 
 def _write_record(folder: Path, record: dict) -> None:
     tmp = folder / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, folder / RECORD)
+    try:
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, folder / RECORD)
+    except OSError as err:  # a read-only, pre-seeded cache still works
+        log.warning("cannot record checksums in %s (%s)", folder / RECORD, err)
 
 
 def _report_change(name: str, record: dict, sums: dict[str, str]) -> None:
@@ -390,7 +408,12 @@ def _report_change(name: str, record: dict, sums: dict[str, str]) -> None:
 @contextlib.contextmanager
 def _locked(folder: Path):
     """One process at a time fills a dataset folder; others wait, then find the files."""
-    with open(folder / ".lock", "w") as handle:
+    try:
+        handle = open(folder / ".lock", "w")
+    except OSError:  # read-only cache: nothing will be written into it either
+        yield
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

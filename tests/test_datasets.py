@@ -11,7 +11,7 @@ from ase.io import write
 from ase.units import GPa
 
 from datasets_helpers import P000, SAMPLE, compress, structures, write_db, write_entries
-from orchestrator.datasets import load_dataset, select, sniff, subset_key
+from orchestrator.datasets import load_dataset, select, sniff, subset_key, write_extxyz
 from orchestrator.errors import BenchError
 
 
@@ -144,6 +144,33 @@ def test_records_survive_an_extxyz_round_trip(sample, tmp_path):
         assert np.allclose(a.arrays["forces_ref"], b.arrays["forces_ref"], atol=1e-7)
         assert np.allclose(a.info["stress_ref"], b.info["stress_ref"], atol=1e-10)
         assert b.info["periodic_axes"] == a.info["periodic_axes"]
+
+
+def test_write_extxyz_round_trips_every_dimensionality(tmp_path):
+    original = load_dataset(str(write_db(tmp_path / "x.db", structures())), {}, tmp_path / "c").structures
+    assert original[0].info["periodic_axes"] == ""  # the 0D value that plain extxyz writing mangles
+    for name in ("ref.extxyz", "ref.extxyz.bz2"):
+        write_extxyz(tmp_path / name, original)
+        again = load_dataset(str(tmp_path / name), {}, tmp_path / "c").structures
+        assert [a.info["id"] for a in again] == [a.info["id"] for a in original]
+        for a, b in zip(original, again):
+            assert b.info["dimension"] == a.info["dimension"] and b.info["periodic_axes"] == a.info["periodic_axes"]
+            assert b.info["energy_ref_ev"] == pytest.approx(a.info["energy_ref_ev"], abs=1e-8)
+            assert np.allclose(b.arrays["forces_ref"], a.arrays["forces_ref"], atol=1e-7)
+    assert sniff(tmp_path / "ref.extxyz.bz2") == ("extxyz", True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_unrecognised_file_in_a_folder_is_skipped_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_entries(folder / "a.json.bz2", structures())
+    (folder / "notes.bz2").write_bytes(bz2.compress(b"release notes"))
+    (folder / "other.json").write_text('{"something": 1}')
+    with caplog.at_level(logging.WARNING, logger="orchestrator.datasets"):
+        dataset = load_dataset(str(folder), {}, tmp_path / "c")
+    assert len(dataset.structures) == 8
+    assert "skipped" in caplog.text and "notes.bz2" in caplog.text and "other.json" in caplog.text
 
 
 def test_dimension_from_geometry_when_the_data_has_no_label(tmp_path):

@@ -341,3 +341,13 @@ def test_parse_index_keeps_bz2_files_of_that_folder():
     assert got == [("0123D_pbe.db.bz2", base + "0123D_pbe.db.bz2", "01-Aug-2025 10:00 123456789"),
                    ("abs.json.bz2", base + "abs.json.bz2", None),
                    ("alexandria 0D.json.bz2", base + "alexandria%200D.json.bz2", "02-Aug-2025 11:00 42")]
+
+
+def test_registry_entries_are_checked_before_any_request(site, tmp_path):
+    with pytest.raises(BenchError, match="64 hexadecimal"):
+        load_dataset("p", {"p": {"url": site.url + "a.json.bz2", "sha256": "abc"}}, tmp_path)
+    with pytest.raises(BenchError, match="folder name"):
+        load_dataset("../up", {"../up": {"url": site.url + "a.json.bz2"}}, tmp_path)
+    with pytest.raises(BenchError, match="files: "):
+        load_dataset("d", {"d": {"url": site.url, "sha256": "0" * 64}}, tmp_path)
+    assert site.requests == [] and not (tmp_path.parent / "up").exists()

@@ -1,0 +1,376 @@
+"""The report of one run and the leaderboard over every finished run.
+
+write_run_report(run_dir) reads run_dir/results.csv (the scored table) and
+run_dir/provenance.json, and writes run_dir/report/: report.md, a self-contained
+report.html (plots embedded as PNG, tables as HTML), every table as CSV and parquet, and
+the plots as PNG and SVG. write_leaderboard(results_dir) ranks every finished run (a
+folder with both files) per model x dimensionality.
+
+Provenance is rendered as found: a missing key shows as "-", never as an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metrics import plots, summary
+from orchestrator.errors import BenchError
+
+#: Columns a scored results.csv must have for the report and the leaderboard.
+REQUIRED_COLUMNS = ("model", "id", "dimension", "converged", "failure_reason", "steps",
+                    "energy_error_mev_per_atom", "position_mae_a")
+TABLES = ("summary", "failures", "steps", "energy", "positions")
+DEFINITIONS = """\
+- **Failed**: the relaxation did not produce a usable structure. Reasons, first match wins:
+  `model_error` (exception or NaN), `diverged` (a force above the divergence limit),
+  `not_converged` (step limit reached), then the host's checks `fragmented_thickness` (2D),
+  `fragmented_width` (1D), `fragmented_diameter` (0D) above the fragmentation limits, then
+  `disconnected` (more covalently bonded pieces than the PBE structure).
+- **Steps**: FIRE steps of the relaxations that converged.
+- **Energy error**: (E_model - E_PBE) / N_atoms in meV/atom, signed, over successful relaxations;
+  MAE is the mean of its absolute value; `within_10_mev` the fraction with |error| < 10 meV/atom.
+- **Position MAE**: mean |x_model - x_PBE| over the 3N Cartesian components (Å) after undoing
+  periodic wrapping and a Kabsch superposition, over successful relaxations.
+"""
+
+
+# ---- reading ----------------------------------------------------------------------
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A scored results.csv, checked for REQUIRED_COLUMNS; failure_reason "" for success."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"{path}: no such results table")
+    try:
+        table = pd.read_csv(path, dtype={"model": str, "id": str, "dimension": str, "failure_reason": str},
+                            keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path}: not a readable CSV table ({exc})") from exc
+    for column in REQUIRED_COLUMNS:
+        if column not in table.columns:
+            raise BenchError(f"{path}: missing column '{column}' (a scored results table has "
+                             f"{', '.join(REQUIRED_COLUMNS)}); was it written by the scoring step?")
+    table["failure_reason"] = table["failure_reason"].fillna("")
+    return table
+
+
+def read_provenance(path: Path) -> dict:
+    """provenance.json as a dict ({} when absent; a non-object is kept under "value")."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path}: not valid JSON ({exc})") from exc
+    return data if isinstance(data, dict) else {"value": data}
+
+
+def tables(scored: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every table of the report, by name (see TABLES)."""
+    return {"summary": summary.summary(scored), "failures": summary.failures(scored), "steps": summary.steps(scored),
+            "energy": summary.energy(scored), "positions": summary.positions(scored)}
+
+
+# ---- formatting -------------------------------------------------------------------
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and np.isnan(value))
+
+
+def _column_format(values: pd.Series):
+    """A formatter for one column: integers as integers; other numbers with as many
+    decimals as the column's typical magnitude needs (3 significant digits, 1 to 6)."""
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return lambda value: "-" if _missing(value) else str(value)
+    finite = values.astype(float)
+    finite = finite[np.isfinite(finite)]
+    if (finite == finite.round()).all():
+        decimals = 0
+    else:
+        typical = finite.abs()[finite != 0].median() if (finite != 0).any() else 1.0
+        decimals = int(np.clip(2 - np.floor(np.log10(typical)), 1, 6))
+
+    def fmt(value) -> str:
+        if _missing(value):
+            return "-"
+        if isinstance(value, (bool, np.bool_)):
+            return str(bool(value))
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            return f"{float(value):.{decimals}f}"
+        return str(value)
+
+    return fmt
+
+
+def _text(value) -> str:
+    """A provenance value as one line: scalars as they are, containers as compact JSON."""
+    if value is None:
+        return "-"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str, separators=(", ", ": "))
+    return str(value)
+
+
+def formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """All cells as display strings, numbers formatted per column (see _column_format)."""
+    return pd.DataFrame({name: table[name].map(_column_format(table[name])).astype(str) for name in table.columns},
+                        columns=table.columns)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    cells = formatted(table)
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in cells.columns) + " |",
+             "| " + " | ".join("---" for _ in cells.columns) + " |"]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(table: pd.DataFrame) -> str:
+    return formatted(table).to_html(index=False, border=0, classes="table", escape=True)
+
+
+HTML_HEAD = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
+th, td {{ padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }}
+th {{ background: #f4f4f4; }}
+td:first-child, th:first-child, td:nth-child(2) {{ text-align: left; }}
+img {{ max-width: 100%; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.8em; }}
+code {{ background: #f6f6f6; }}
+</style></head><body>
+"""
+
+
+def _markdown_to_html(text: str) -> str:
+    """The few Markdown constructs used in DEFINITIONS: bullets, **bold**, `code`."""
+    import re
+
+    items, current = [], None
+    for line in text.splitlines():
+        if line.startswith("- "):
+            current = line[2:]
+            items.append(current)
+        elif line.strip() and items:
+            items[-1] += " " + line.strip()
+    out = []
+    for item in items:
+        item = html.escape(item)
+        item = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", item)
+        item = re.sub(r"`(.+?)`", r"<code>\1</code>", item)
+        out.append(f"<li>{item}</li>")
+    return "<ul>" + "".join(out) + "</ul>"
+
+
+# ---- provenance -------------------------------------------------------------------
+
+def _get(mapping, *keys, default=None):
+    """mapping[k1][k2]... or default, for whatever shape the JSON has."""
+    for key in keys:
+        if not isinstance(mapping, dict) or key not in mapping:
+            return default
+        mapping = mapping[key]
+    return mapping
+
+
+def packages_text(model_record) -> str:
+    packages = _get(model_record, "packages") or _get(model_record, "versions")
+    if isinstance(packages, dict):
+        return ", ".join(f"{name}={version if version is not None else '?'}" for name, version in packages.items())
+    return _text(packages) if packages is not None else "-"
+
+
+def models_table(provenance: dict) -> pd.DataFrame:
+    """One row per model of provenance["models"]: image, image id, python, packages."""
+    models = _get(provenance, "models", default={})
+    if isinstance(models, list):  # a list of records with a name
+        models = {str(_get(m, "name", default=i)): m for i, m in enumerate(models)}
+    rows = []
+    for name, record in (models.items() if isinstance(models, dict) else []):
+        rows.append({"model": name, "image": _text(_get(record, "image")), "image_id": _text(_get(record, "image_id")),
+                     "calculator": _text(_get(record, "calculator")), "python": _text(_get(record, "python")),
+                     "packages": packages_text(record)})
+    return pd.DataFrame(rows, columns=["model", "image", "image_id", "calculator", "python", "packages"])
+
+
+def dataset_sha256(provenance: dict) -> str:
+    """The dataset's sha256 (or the per-file hashes, or its identity), as one string."""
+    dataset = _get(provenance, "dataset", default={})
+    if not isinstance(dataset, dict):
+        return _text(dataset)
+    if dataset.get("sha256"):
+        return _text(dataset["sha256"])
+    files = dataset.get("files")
+    if isinstance(files, dict) and files:
+        return "; ".join(f"{name}: {_text(sha)}" for name, sha in files.items())
+    return _text(dataset.get("identity")) if dataset.get("identity") else "-"
+
+
+def protocol_text(provenance: dict) -> str:
+    protocol = _get(provenance, "protocol")
+    if isinstance(protocol, dict):
+        return ", ".join(f"{k}={_text(v)}" for k, v in protocol.items())
+    return _text(protocol)
+
+
+def run_facts(run_dir: Path, provenance: dict) -> list[tuple[str, str]]:
+    """(label, value) lines describing the run, from whatever provenance holds."""
+    dataset = _get(provenance, "dataset", default={})
+    facts = [("run", _text(provenance.get("run_id", Path(run_dir).name))),
+             ("started", _text(provenance.get("started", provenance.get("start")))),
+             ("finished", _text(provenance.get("finished", provenance.get("end")))),
+             ("dataset", _text(_get(dataset, "name") if isinstance(dataset, dict) else dataset)),
+             ("dataset sha256", dataset_sha256(provenance)),
+             ("protocol", protocol_text(provenance)),
+             ("fragmentation limits (Å)", _text(provenance.get("fragmentation_limits_a"))),
+             ("tool commit", _text(_get(provenance, "host", "tool_commit")))]
+    if isinstance(dataset, dict):
+        for key in ("structures", "subset", "identity"):
+            if key in dataset:
+                facts.append((f"dataset {key}", _text(dataset[key])))
+    return facts
+
+
+# ---- run report -------------------------------------------------------------------
+
+def write_run_report(run_dir: Path) -> Path:
+    """Tables, plots, report.md and a self-contained report.html under run_dir/report/."""
+    run_dir = Path(run_dir)
+    scored = read_results(run_dir / "results.csv")
+    provenance = read_provenance(run_dir / "provenance.json")
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    named = tables(scored)
+    for name, table in named.items():
+        table.to_csv(out / f"{name}.csv", index=False)
+        table.to_parquet(out / f"{name}.parquet", index=False)
+    models = models_table(provenance)
+    models.to_csv(out / "models.csv", index=False)
+    figures = plots.plot_all(scored, out)
+
+    title = f"0123D benchmark: {run_dir.name}"
+    facts = run_facts(run_dir, provenance)
+    sections = [("Summary", "summary", "Failures over all structures; errors over successful relaxations."),
+                ("Failures (Table II)", "failures", "Structures per failure reason; a structure has one reason."),
+                ("Steps to converge", "steps", "FIRE steps of converged relaxations."),
+                ("Energy error (meV/atom)", "energy", "E_model - E_PBE per atom, successful relaxations."),
+                ("Position error (Å)", "positions", "Kabsch-aligned MAE over 3N components, successful relaxations.")]
+    figure_titles = {"steps": "Steps to converge", "energy_error": "Energy error", "position_mae": "Position error"}
+
+    md = [f"# {title}\n", *[f"- **{label}**: {value}" for label, value in facts], "",
+          "## Models\n", markdown_table(models) if len(models) else "(no model records in provenance.json)\n"]
+    for heading, name, caption in sections:
+        md += [f"## {heading}\n", caption + "\n", markdown_table(named[name])]
+    md.append("## Figures\n")
+    for metric, (png, svg) in figures.items():
+        md.append(f"### {figure_titles[metric]}\n\n![{figure_titles[metric]}]({png.name}) ([SVG]({svg.name}))\n")
+    md += ["## Definitions\n", DEFINITIONS, "## Provenance (provenance.json)\n",
+           "```json\n" + json.dumps(provenance, indent=2, default=str) + "\n```\n"]
+    (out / "report.md").write_text("\n".join(md))
+
+    body = [HTML_HEAD.format(title=html.escape(title)), f"<h1>{html.escape(title)}</h1><ul>"]
+    body += [f"<li><b>{html.escape(label)}</b>: {html.escape(value)}</li>" for label, value in facts]
+    body += ["</ul><h2>Models</h2>", html_table(models) if len(models) else "<p>(no model records)</p>"]
+    for heading, name, caption in sections:
+        body += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>", html_table(named[name])]
+    body.append("<h2>Figures</h2>")
+    for metric, (png, _) in figures.items():
+        data = base64.b64encode(png.read_bytes()).decode()
+        body.append(f"<h3>{figure_titles[metric]}</h3><img alt=\"{figure_titles[metric]}\" "
+                    f"src=\"data:image/png;base64,{data}\">")
+    body += ["<h2>Definitions</h2>", _markdown_to_html(DEFINITIONS),
+             "<details><summary>provenance.json</summary><pre>"
+             + html.escape(json.dumps(provenance, indent=2, default=str)) + "</pre></details></body></html>\n"]
+    (out / "report.html").write_text("\n".join(body))
+    return out / "report.md"
+
+
+# ---- leaderboard ------------------------------------------------------------------
+
+LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "failed_pct", "energy_median_mev",
+                       "energy_mae_mev", "position_mae_median_a", "median_steps", "image_id", "packages",
+                       "dataset_sha256", "protocol"]
+
+
+def finished_runs(results_dir: Path) -> list[Path]:
+    """Sub-folders of results_dir with both results.csv and provenance.json, by name."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return []
+    return sorted(d for d in results_dir.iterdir()
+                  if d.is_dir() and (d / "results.csv").is_file() and (d / "provenance.json").is_file())
+
+
+def leaderboard(results_dir: Path) -> pd.DataFrame:
+    """One row per (run, model, dimensionality), ranked within each dimensionality by
+    failed %, then energy MAE, then median position MAE (fewer, smaller first)."""
+    runs = finished_runs(results_dir)
+    if not runs:
+        raise BenchError(f"{results_dir}: no finished run (a folder with results.csv and provenance.json); "
+                         "run the benchmark first")
+    rows = []
+    for run_dir in runs:
+        scored = read_results(run_dir / "results.csv")
+        provenance = read_provenance(run_dir / "provenance.json")
+        line = summary.summary(scored)
+        line["run"] = run_dir.name
+        records = _get(provenance, "models", default={})
+        records = records if isinstance(records, dict) else {}
+        line["image_id"] = [_text(_get(records, m, "image_id")) for m in line["model"]]
+        line["packages"] = [packages_text(records.get(m)) for m in line["model"]]
+        line["dataset_sha256"] = dataset_sha256(provenance)
+        line["protocol"] = protocol_text(provenance)
+        rows.append(line)
+    table = pd.concat(rows, ignore_index=True)
+    order = {d: i for i, d in enumerate(summary.DIMENSIONS)}
+    table["_d"] = table["dimension"].map(lambda d: order.get(d, 99))
+    table = table.sort_values(["_d", "dimension", "failed_pct", "energy_mae_mev", "position_mae_median_a"],
+                              na_position="last", kind="stable")
+    return table[LEADERBOARD_COLUMNS].reset_index(drop=True)
+
+
+def _short(value: str, keep: int = 12) -> str:
+    """An image id or hash cut to a readable prefix (the CSV keeps it whole)."""
+    text = str(value)
+    head, _, tail = text.partition(":")
+    if tail and len(tail) > keep and head.isalnum():
+        return f"{head}:{tail[:keep]}"
+    return text
+
+
+def write_leaderboard(results_dir: Path) -> Path:
+    """leaderboard.csv (every column), .md and .html (one ranking per dimensionality and
+    one line of provenance per run) in results_dir; returns the .md path."""
+    results_dir = Path(results_dir)
+    table = leaderboard(results_dir)
+    table.to_csv(results_dir / "leaderboard.csv", index=False)
+    ranking_columns = ["model", "run", "structures", "failed", "failed_pct", "energy_median_mev", "energy_mae_mev",
+                       "position_mae_median_a", "median_steps", "image_id", "packages"]
+    runs = table.drop_duplicates("run")[["run", "dataset_sha256", "protocol"]].sort_values("run")
+    md = ["# 0123D leaderboard\n", f"{table['run'].nunique()} finished run(s) in `{results_dir}`. Ranked within "
+          "each dimensionality by failed %, then energy MAE, then median position MAE.\n"]
+    body = [HTML_HEAD.format(title="0123D leaderboard"), "<h1>0123D leaderboard</h1>",
+            f"<p>{table['run'].nunique()} finished run(s). Ranked within each dimensionality by failed %, "
+            "then energy MAE, then median position MAE.</p>"]
+    for dim, group in table.groupby("dimension", sort=False):
+        view = group[ranking_columns].copy()
+        view.insert(0, "rank", range(1, len(view) + 1))
+        view["image_id"] = view["image_id"].map(_short)
+        md += [f"## {dim}\n", markdown_table(view)]
+        body += [f"<h2>{html.escape(str(dim))}</h2>", html_table(view)]
+    md += ["## Runs\n", markdown_table(runs), "## Definitions\n", DEFINITIONS]
+    body += ["<h2>Runs</h2>", html_table(runs), "<h2>Definitions</h2>", _markdown_to_html(DEFINITIONS),
+             "</body></html>\n"]
+    (results_dir / "leaderboard.md").write_text("\n".join(md))
+    (results_dir / "leaderboard.html").write_text("\n".join(body))
+    return results_dir / "leaderboard.md"

@@ -192,8 +192,11 @@ def bonded(numbers, positions, cell, axes: str, multiplier: float = BOND_MULTIPL
     pos = unwrap_vacuum(positions, cell, axes)
     mask = axes_mask(axes)
     frac, ok = _scaled(pos, cell)
-    if mask.any() and not ok.all():
-        raise ValueError("a structure with periodic axes has a singular cell")
+    if mask.any() and not ok.all():  # a collapsed cell has no images: bonds within the cell only
+        result = np.zeros(pos.shape[:2] + (pos.shape[1],), dtype=bool)
+        result[ok] = bonded(numbers[ok], pos[ok], cell[ok], axes, multiplier)
+        result[~ok] = bonded(numbers[~ok], pos[~ok], cell[~ok], "", multiplier)
+        return result[0] if single else result
     cutoff = multiplier * covalent_radii[numbers]
     n = pos.shape[1]
     first, second = np.triu_indices(n, 1)  # each pair once

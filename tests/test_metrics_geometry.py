@@ -277,3 +277,11 @@ def test_cell_change_per_dimensionality():
     assert np.isnan(cell_change(strained, cell, ""))
     tilted = tilted_mos2().cell.array
     assert cell_change(tilted, tilted, "ab") == pytest.approx(0.0)
+
+
+def test_a_collapsed_cell_does_not_stop_the_batch():
+    tubes = [tube(), tube()]
+    cells = np.stack([t.cell.array for t in tubes])
+    cells[1, 2] = 0.0  # the periodic vector collapsed
+    counts = fragments(np.stack([t.numbers for t in tubes]), np.stack([t.positions for t in tubes]), cells, "c")
+    assert counts[0] == 1 and counts[1] >= 1

@@ -148,7 +148,7 @@ def _index_items(name: str, entry: dict, folder: Path, record: dict) -> list[Ite
         present = [f for f in record["files"] if (folder / f).is_file()] or \
             sorted(p.name for p in folder.iterdir() if p.is_file() and is_data_name(p.name))
         if not present:
-            raise BenchError(f"cannot list dataset {name} at {url}: {err}. Without network access, download "
+            raise BenchError(f"dataset {name}: cannot list {url}: {err}. Without network access, download "
                              f"every .bz2 file listed there elsewhere and copy them into {folder}/") from None
         log.warning("cannot list dataset %s at %s (%s); using the %d file(s) already in %s: %s",
                     name, url, err, len(present), folder, ", ".join(present))
@@ -212,7 +212,7 @@ def list_index(url: str) -> list[tuple[str, str, str]]:
         try:
             html = response.read().decode(response.headers.get_content_charset() or "utf-8", "replace")
         except (OSError, http.client.HTTPException) as err:
-            raise NetworkError(f"{url}: {err}") from None
+            raise NetworkError(str(err)) from None
     return parse_index(html, base if base.endswith("/") else base + "/")
 
 
@@ -242,7 +242,7 @@ def _obtain(dataset: str, item: Item, folder: Path, record: dict, progress) -> s
     try:
         download(item.url, part, progress)
     except NetworkError as err:
-        raise BenchError(f"cannot download {item.url} for dataset {dataset}: {err}. Without network access, "
+        raise BenchError(f"dataset {dataset}: cannot download {item.url}: {err}. Without network access, "
                          f"download it elsewhere and copy it to {path}") from None
     sha = sha256_of(part)
     if item.pinned and sha != item.pinned:
@@ -257,7 +257,7 @@ def _obtain(dataset: str, item: Item, folder: Path, record: dict, progress) -> s
 
 def download(url: str, part: Path, progress=None) -> None:
     """Fetch `url` into `part`, resuming what `part` already holds; retries with backoff."""
-    task = progress.add_task(part.name.removesuffix(".part"), total=None) if progress else None
+    task = {}  # the progress bar's task, made when the first response arrives
     failures = {"connect": 0, "transfer": 0}
     while True:
         before = part.stat().st_size if part.exists() else 0
@@ -273,7 +273,7 @@ def download(url: str, part: Path, progress=None) -> None:
             if failures[err.kind] >= limit:
                 raise NetworkError(f"{err} (after {failures[err.kind]} attempts)") from None
             wait = BACKOFF_S * 2 ** (failures[err.kind] - 1)
-            log.info("%s: %s; retrying in %.0f s", url, err, wait)
+            log.info("%s: %s; retrying in %.1f s", url, err, wait)
             time.sleep(wait)
 
 
@@ -281,7 +281,7 @@ def _validator_path(part: Path) -> Path:
     return part.with_name(f".{part.name}.validator")
 
 
-def _transfer(url: str, part: Path, progress, task) -> None:
+def _transfer(url: str, part: Path, progress, task: dict) -> None:
     """One request: the rest of `part` (Range, If-Range with the validator of the response
     that started it, so a file changed upstream meanwhile comes whole) or all of it."""
     have = part.stat().st_size if part.exists() else 0
@@ -307,18 +307,20 @@ def _transfer(url: str, part: Path, progress, task) -> None:
         length = response.headers.get("Content-Length")
         expected = have + int(length) if length and length.isdigit() else None
         if progress:
-            progress.update(task, total=expected, completed=have)
+            if not task:
+                task["id"] = progress.add_task(part.name.removesuffix(".part"))
+            progress.update(task["id"], total=expected, completed=have)
         with open(part, "ab" if resumed else "wb") as out:
             try:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     have += len(chunk)
                     if progress:
-                        progress.update(task, completed=have)
+                        progress.update(task["id"], completed=have)
             except (OSError, http.client.HTTPException) as err:
-                raise _Retry("transfer", f"{url}: connection lost after {have} bytes ({err})") from None
+                raise _Retry("transfer", f"connection lost after {have} bytes ({err})") from None
     if expected is not None and have < expected:
-        raise _Retry("transfer", f"{url}: connection lost after {have} of {expected} bytes")
+        raise _Retry("transfer", f"connection lost after {have} of {expected} bytes")
 
 
 def _open(url: str, headers: dict | None = None):
@@ -334,14 +336,14 @@ def _open_classified(url: str, headers: dict, part: Path | None):
         err.close()
         if err.code == 416 and part is not None:  # the partial file is not a prefix of this file
             part.unlink(missing_ok=True)
-            raise _Retry("transfer", f"{url}: HTTP 416 for the resumed range; starting over") from None
+            raise _Retry("transfer", "HTTP 416 for the resumed range; starting over") from None
         if err.code in (408, 429) or err.code >= 500:
-            raise _Retry("transfer", f"{url}: HTTP {err.code} {err.reason}") from None
-        raise NetworkError(f"{url}: HTTP {err.code} {err.reason}") from None
+            raise _Retry("transfer", f"HTTP {err.code} {err.reason}") from None
+        raise NetworkError(f"HTTP {err.code} {err.reason}") from None
     except urllib.error.URLError as err:
-        raise _Retry("connect", f"{url}: {_reason(err.reason)}") from None
+        raise _Retry("connect", _reason(err.reason)) from None
     except (OSError, http.client.HTTPException) as err:  # timeouts, resets while connecting
-        raise _Retry("connect", f"{url}: {_reason(err)}") from None
+        raise _Retry("connect", _reason(err)) from None
 
 
 def _with_retries(url: str, action):
@@ -354,7 +356,9 @@ def _with_retries(url: str, action):
             failures[err.kind] += 1
             if failures[err.kind] >= (CONNECT_ATTEMPTS if err.kind == "connect" else TRANSFER_ATTEMPTS):
                 raise NetworkError(f"{err} (after {failures[err.kind]} attempts)") from None
-            time.sleep(BACKOFF_S * 2 ** (failures[err.kind] - 1))
+            wait = BACKOFF_S * 2 ** (failures[err.kind] - 1)
+            log.info("%s: %s; retrying in %.1f s", url, err, wait)
+            time.sleep(wait)
 
 
 def _reason(err) -> str:

@@ -22,6 +22,13 @@ three axes as stored and
     info["stress_ref"]     6 Voigt components (xx yy zz yz xz xy), eV/Å^3, ASE's sign
                            convention (positive = tensile), where the data has stress
 
+The dimensionality label is taken, in this order, from the structure's own data
+(key id_dimension, dimension or dimensionality: an entry's `data`, a database row's
+key-value pairs, an extxyz frame's info), from a label standing alone in the file name
+("alexandria_2D.json.bz2"), and otherwise from the geometry. Where a label and the
+periodic axes found in the geometry disagree, a warning lists the ids and the label is
+kept.
+
 Alexandria's `data.stress` is VASP's stress tensor in kbar with VASP's sign
 (positive = compressive, the "in kB" line of OUTCAR, as pymatgen stores it);
 ASE's VASP readers convert it the same way: stress_ase = -0.1 GPa * stress_kbar.

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator import merge, provenance
 from orchestrator.engine import console, docker_client
-from orchestrator.datasets import load_dataset, select, subset_key
+from orchestrator.datasets import load_dataset, select, subset_key, write_extxyz
 from orchestrator.errors import BenchError
 from orchestrator.images import ImageBuilder, Model, discover_models
 from orchestrator.manifest import Manifest
@@ -95,11 +95,8 @@ def bench(manifest: Manifest, model_names: list[str]) -> Path:
 
     shard_size = _fixed_shard_size(run_dir, manifest["shard_size"])
     shards = write_shards(structures, run_dir / "shards", shard_size)
-    reference_path = run_dir / "reference.extxyz"
-    if not reference_path.exists():
-        from ase.io import write
-
-        write(reference_path, structures, format="extxyz")
+    if not (run_dir / "reference.extxyz").exists():
+        write_extxyz(run_dir / "reference.extxyz", structures)
 
     builder = ImageBuilder(client, manifest["base_image"], manifest.path_setting("ca_bundle"),
                            manifest.path_setting("wheelhouse"), cache_dir / "build-logs",
@@ -184,14 +181,20 @@ def score_run(run_dir: Path, manifest: Manifest, structures: list):
 def print_summary(table) -> None:
     from rich.table import Table
 
+    from metrics.summary import summary
+
     view = Table(title="0123D summary (failures by the paper's criteria; errors over successful relaxations)")
-    for column in ("model", "dim", "structures", "failed", "median steps", "energy MAE meV/atom",
-                   "median position MAE Å"):
-        view.add_column(column, justify="left" if column in ("model", "dim") else "right")
-    for (model, dim), group in table.groupby(["model", "dimension"]):
-        ok = group[group["failure_reason"] == ""]
-        view.add_row(model, dim, str(len(group)), str(len(group) - len(ok)),
-                     f"{ok['steps'].median():.0f}" if len(ok) else "-",
-                     f"{ok['energy_error_mev_per_atom'].abs().mean():.1f}" if len(ok) else "-",
-                     f"{ok['position_mae_a'].median():.4f}" if len(ok) else "-")
+    columns = {"model": "model", "dimension": "dim", "structures": "n", "failed": "failed",
+               "median_steps": "steps (median)", "energy_mae_mev": "ΔE MAE meV/at",
+               "energy_median_mev": "ΔE median meV/at", "position_mae_median_a": "Δr MAE median Å"}
+    for title in columns.values():
+        view.add_column(title, justify="left" if title in ("model", "dim") else "right")
+    for row in summary(table).itertuples(index=False):
+        cells = []
+        for key in columns:
+            value = getattr(row, key)
+            cells.append(value if isinstance(value, str) else "-" if value != value else
+                         f"{value:.4f}" if key == "position_mae_median_a" else f"{value:.1f}" if isinstance(value, float)
+                         else str(value))
+        view.add_row(*cells)
     console.print(view)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -136,6 +137,13 @@ def _interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from rich.logging import RichHandler
+
+    from orchestrator.engine import console
+
+    # what the dataset loader found (formats, counts per dimensionality, warnings) is shown
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
     # a batch scheduler's SIGTERM stops the containers like Ctrl-C does
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -74,7 +74,7 @@ def content_hash(context: Path, build_args: dict) -> str:
 
 
 def runtime_context(dest: Path, ca_bundle: Path | None, wheelhouse: Path | None) -> Path:
-    shutil.copy(IMAGES_DIR / "base" / "Dockerfile", dest / "Dockerfile")
+    shutil.copytree(IMAGES_DIR / "base", dest, dirs_exist_ok=True)
     (dest / "extra-ca.crt").write_bytes(ca_bundle.read_bytes() if ca_bundle else b"")
     (dest / "wheelhouse").mkdir()
     for wheel in sorted(wheelhouse.glob("*.whl")) if wheelhouse else []:

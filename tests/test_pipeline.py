@@ -78,7 +78,8 @@ def test_emt_bench_end_to_end_and_reuse(tmp_path):
     import docker
 
     assert docker.from_env().images.get(image["image"]).id == image["image_id"]
-    assert image["packages"]["ase"] == "3.26.0"
+    pinned = (REPO / "images" / "base" / "constraints.txt").read_text().split("ase==")[1].split()[0]
+    assert image["packages"]["ase"] == pinned
     assert provenance["dataset"]["structures"] == 5 and provenance["protocol"]["fmax_ev_per_a"] == 0.04
     assert (run_dir / "report" / "report.html").exists()
 
@@ -117,6 +118,8 @@ def test_chgnet_and_sevennet_relax_the_whole_sample_like_plain_ase(tmp_path, doc
     assert "0123D summary" in done.stderr
 
     provenance = json.loads((run_dir / "provenance.json").read_text())
+    ase_versions = {m: r["packages"]["ase"] for m, r in provenance["models"].items()}
+    assert len(set(ase_versions.values())) == 1, ase_versions  # one optimizer for every model
     shard = run_dir / "shards" / "shard-0000.jsonl"
     some = tmp_path / "shards" / "five.jsonl"
     some.parent.mkdir()

@@ -18,6 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
 from conftest import REPO, SAMPLE
+from perf.pipeline_overhead import run_plain_loop
 
 pytestmark = pytest.mark.docker
 
@@ -97,15 +98,6 @@ def test_unknown_model_and_missing_dataset_are_named(tmp_path):
     assert done.returncode == 2 and "nowhere.extxyz" in done.stderr
 
 
-def plain_loop(client, image: str, calculator: str, options: dict, shard: Path) -> list[dict]:
-    out = client.containers.run(
-        image, ["python", "/perf/plain_ase_loop.py", calculator, json.dumps(options), f"/shards/{shard.name}"],
-        volumes={str(REPO / "tests" / "perf"): {"bind": "/perf", "mode": "ro"},
-                 str(shard.parent): {"bind": "/shards", "mode": "ro"}},
-        working_dir="/opt/umlip-0123d", remove=True, stderr=False)
-    return [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
-
-
 @pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/data")
 def test_chgnet_and_sevennet_relax_the_whole_sample_like_plain_ase(tmp_path, docker_client):
     done = bench("--models", "chgnet", "sevennet-0", "--dataset", str(SAMPLE), results=tmp_path / "r")
@@ -126,7 +118,7 @@ def test_chgnet_and_sevennet_relax_the_whole_sample_like_plain_ase(tmp_path, doc
     some.write_text("".join(shard.read_text().splitlines(keepends=True)[:5]))
     for model in ("chgnet", "sevennet-0"):
         record = provenance["models"][model]
-        plain = plain_loop(docker_client, record["image"], record["calculator"], record["options"], some)
+        plain = run_plain_loop(docker_client, record["image"], record["calculator"], record["options"], some, 2)
         rows = table[table["model"] == model].set_index("id")
         assert len(plain) == 5
         for result in plain:

@@ -341,6 +341,32 @@ def _voigt(stress: np.ndarray, where: str) -> np.ndarray:
 
 # --- ASE database
 
+def _record(numbers, positions, cell, keys: dict, *, stored: dict, default_id: str, where: str,
+            energy_hint: str) -> Atoms:
+    """A reference record from one database row or extxyz frame.
+
+    keys: its key-value pairs or info (id, energy, dimensionality label);
+    stored: the energy, forces and stress it carries as computed results.
+    """
+    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
+    _, mat_id = _first(keys, ID_KEYS)
+    atoms.info["id"] = str(mat_id) if mat_id not in (None, "") else default_id
+    _, energy = _first(keys, ENERGY_KEYS)
+    if energy is None:
+        energy = stored["energy"]
+    if energy is None:
+        raise BenchError(f"{where}: no reference energy ({energy_hint})")
+    atoms.info["energy_ref_ev"] = float(energy)
+    label = _label(keys, where)
+    if label:
+        atoms.info["_label"] = label
+    if stored["forces"] is not None:
+        atoms.arrays["forces_ref"] = np.array(stored["forces"], dtype=float)
+    if stored["stress"] is not None:
+        atoms.info["stress_ref"] = _voigt(np.asarray(stored["stress"], dtype=float), where)
+    return atoms
+
+
 def _read_ase_db(db_path: Path, backend: str, original: Path, compressed: bool = False) -> list[Atoms]:
     import ase.db
 
@@ -358,25 +384,11 @@ def _read_ase_db(db_path: Path, backend: str, original: Path, compressed: bool =
             db_path.unlink(missing_ok=True)
     records = []
     for row in rows:
-        where = f"{original.name} row {row.id}"
-        atoms = Atoms(numbers=row.numbers, positions=row.positions, cell=row.cell, pbc=True)
-        kvp = dict(row.key_value_pairs)
-        _, mat_id = _first(kvp, ID_KEYS)
-        atoms.info = {"id": str(mat_id) if mat_id not in (None, "") else f"{original.name}:{row.id}"}
-        key, energy = _first(kvp, ENERGY_KEYS)
-        if energy is None:
-            energy = row.get("energy")
-        if energy is None:
-            raise BenchError(f"{where}: no reference energy (key-value pair uncorrected_energy, or a stored energy)")
-        atoms.info["energy_ref_ev"] = float(energy)
-        label = _label(kvp, where)
-        if label:
-            atoms.info["_label"] = label
-        if row.get("forces") is not None:
-            atoms.arrays["forces_ref"] = np.array(row.forces, dtype=float)
-        if row.get("stress") is not None:
-            atoms.info["stress_ref"] = _voigt(np.asarray(row.stress, dtype=float), where)
-        records.append(atoms)
+        records.append(_record(
+            row.numbers, row.positions, row.cell, dict(row.key_value_pairs),
+            stored={"energy": row.get("energy"), "forces": row.get("forces"), "stress": row.get("stress")},
+            default_id=f"{original.name}:{row.id}", where=f"{original.name} row {row.id}",
+            energy_hint="key-value pair uncorrected_energy, or a stored energy"))
     return records
 
 
@@ -426,28 +438,14 @@ def _read_extxyz(path: Path, compressed: bool) -> list[Atoms]:
             raise BenchError(f"{path}: looks like extxyz but cannot be read ({type(err).__name__}: {err})") from None
     records = []
     for i, frame in enumerate(frames):
-        where = f"{path.name} frame {i}"
-        info = dict(frame.info)
         calc = frame.calc.results if frame.calc is not None else {}
-        atoms = Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True)
-        _, mat_id = _first(info, ID_KEYS)
-        atoms.info["id"] = str(mat_id) if mat_id not in (None, "") else f"{path.name}:{i}"
-        _, energy = _first(info, ENERGY_KEYS)
-        if energy is None:
-            energy = calc.get("energy", calc.get("free_energy"))
-        if energy is None:
-            raise BenchError(f"{where}: no reference energy (info uncorrected_energy, energy_ref_ev or energy)")
-        atoms.info["energy_ref_ev"] = float(energy)
-        label = _label(info, where)
-        if label:
-            atoms.info["_label"] = label
-        forces = frame.arrays.get("forces_ref", calc.get("forces"))
-        if forces is not None:
-            atoms.arrays["forces_ref"] = np.array(forces, dtype=float)
-        stress = info.get("stress_ref", calc.get("stress"))
-        if stress is not None:
-            atoms.info["stress_ref"] = _voigt(np.asarray(stress, dtype=float), where)
-        records.append(atoms)
+        records.append(_record(
+            frame.numbers, frame.positions, frame.cell, dict(frame.info),
+            stored={"energy": calc.get("energy", calc.get("free_energy")),
+                    "forces": frame.arrays.get("forces_ref", calc.get("forces")),
+                    "stress": frame.info.get("stress_ref", calc.get("stress"))},
+            default_id=f"{path.name}:{i}", where=f"{path.name} frame {i}",
+            energy_hint="info uncorrected_energy, energy_ref_ev or energy"))
     return records
 
 

@@ -16,7 +16,7 @@ from orchestrator.errors import BenchError
 from orchestrator.images import ImageBuilder, Model, discover_models
 from orchestrator.manifest import Manifest
 from orchestrator.scheduler import Job, Scheduler, device_slots
-from orchestrator.shards import read_ids, write_shards
+from orchestrator.shards import complete_lines, read_ids, write_shards
 
 def run_identity(dataset, subset: str, protocol: dict) -> str:
     """Run folder name: the data, the subset and the protocol decide the results."""
@@ -68,9 +68,8 @@ class ResultsProgress:
                 with path.open("rb") as handle:
                     handle.seek(self.offsets.get(path, 0))
                     chunk = handle.read()
-                complete = chunk[: chunk.rfind(b"\n") + 1]
-                self.offsets[path] = self.offsets.get(path, 0) + len(complete)
-                for line in complete.splitlines():
+                self.offsets[path] = self.offsets.get(path, 0) + chunk.rfind(b"\n") + 1
+                for line in complete_lines(chunk):
                     self.done[model] += 1
                     self.failed[model] += bool(json.loads(line).get("failure_reason"))
             speed = self.progress.tasks[task].speed

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+
+from orchestrator.shards import read_records
 
 COLUMNS = ["model", "id", "dimension", "natoms", "converged", "failure_reason", "steps", "energy_ev",
            "energy_ref_ev", "max_force_ev_per_a", "wall_s", "error"]
@@ -18,11 +19,8 @@ def read_results(out_dir: Path) -> dict[str, dict]:
     """Complete result lines of a model's folder, keyed by id (a repeated id keeps its first line)."""
     results: dict[str, dict] = {}
     for path in sorted(out_dir.glob("shard-*.jsonl")):
-        data = path.read_bytes()
-        for line in data[: data.rfind(b"\n") + 1].splitlines():
-            if line.strip():
-                record = json.loads(line)
-                results.setdefault(record["id"], record)
+        for record in read_records(path):
+            results.setdefault(record["id"], record)
     return results
 
 

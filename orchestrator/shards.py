@@ -40,10 +40,15 @@ def write_shards(structures: list, shard_dir: Path, shard_size: int) -> list[Pat
     return paths
 
 
+def complete_lines(data: bytes) -> list[bytes]:
+    """The finished lines of JSON-lines data; a torn last line (a writer killed mid-line) is left out."""
+    return [line for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+
+
+def read_records(path: Path) -> list[dict]:
+    """The complete JSON lines of a shard or result file, in order."""
+    return [json.loads(line) for line in complete_lines(path.read_bytes())] if path.exists() else []
+
+
 def read_ids(path: Path) -> list[str]:
-    """Ids of the complete JSON lines of a shard or result file, in order."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    return [json.loads(line)["id"] for line in complete.splitlines() if line.strip()]
+    return [record["id"] for record in read_records(path)]

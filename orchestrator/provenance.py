@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from orchestrator.images import REPO
+from orchestrator.scheduler import query_gpus
 
 
 def now() -> str:
@@ -27,15 +28,9 @@ def git_commit() -> str | None:
 
 
 def host_info(client) -> dict:
-    gpus = []
-    try:
-        gpus = subprocess.run(["nvidia-smi", "--query-gpu=index,name,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True).stdout.strip().splitlines()
-    except OSError:
-        pass
     version = client.version()
     return {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "gpus": gpus, "docker": version.get("Version"),
+            "cpu_count": os.cpu_count(), "gpus": query_gpus("index,name,driver_version"), "docker": version.get("Version"),
             "tool_commit": git_commit()}
 
 

@@ -36,13 +36,18 @@ class Slot:
         return "cuda" if self.gpu is not None else "cpu"
 
 
-def host_gpus() -> list[int]:
-    """GPU indices the NVIDIA driver reports; empty when there is none."""
+def query_gpus(fields: str) -> list[str]:
+    """One line per GPU from nvidia-smi (e.g. fields="index,name"); empty without a driver."""
     if not shutil.which("nvidia-smi"):
         return []
-    listing = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+    listing = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
                              capture_output=True, text=True, check=False)
-    return [int(line) for line in listing.stdout.split() if line.strip().isdigit()]
+    return [line.strip() for line in listing.stdout.splitlines() if line.strip()]
+
+
+def host_gpus() -> list[int]:
+    """GPU indices the NVIDIA driver reports; empty when there is none."""
+    return [int(line) for line in query_gpus("index") if line.isdigit()]
 
 
 def device_slots(devices, workers_per_device: int, threads_per_worker: int | None,

@@ -18,6 +18,7 @@ from orchestrator.manifest import Manifest
 from orchestrator.scheduler import Job, Scheduler, device_slots
 from orchestrator.shards import complete_lines, read_ids, write_shards
 
+
 def run_identity(dataset, subset: str, protocol: dict) -> str:
     """Run folder name: the data, the subset and the protocol decide the results."""
     digest = hashlib.sha256(json.dumps([dataset.identity, subset, protocol], sort_keys=True).encode())
@@ -97,12 +98,11 @@ def bench(manifest: Manifest, model_names: list[str]) -> Path:
     if not (run_dir / "reference.extxyz").exists():
         write_extxyz(run_dir / "reference.extxyz", structures)
 
-    builder = ImageBuilder(client, manifest["base_image"], manifest.path_setting("ca_bundle"),
-                           manifest.path_setting("wheelhouse"), cache_dir / "build-logs",
-                           echo=lambda msg: console.print(msg))
+    builder = ImageBuilder.from_manifest(client, manifest, echo=console.print)
     record = provenance.read(run_dir / "provenance.json")
     model_records = record.get("models", {})
     jobs, totals = [], {}
+    shard_ids = {shard: set(read_ids(shard)) for shard in shards}
     for model in models:
         image = builder.model(model)
         image_id = client.images.get(image).id
@@ -115,9 +115,8 @@ def bench(manifest: Manifest, model_names: list[str]) -> Path:
                                          **provenance.image_versions(client, image, model.packages)}
         totals[model.name] = len(structures)
         job = {"calculator": model.calculator, "options": model.options, "protocol": manifest["protocol"]}
-        for shard in shards:
-            done = set(read_ids(out_dir / f"{shard.stem}.jsonl"))
-            if not set(read_ids(shard)) <= done:
+        for shard, ids in shard_ids.items():
+            if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):
                 jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))
 
     slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"])

@@ -69,10 +69,7 @@ def cmd_build(args) -> None:
     from orchestrator.images import ImageBuilder
 
     manifest = load(args.manifest, overrides_from(args))
-    client = docker_client()
-    cache = manifest.path_setting("cache_dir")
-    builder = ImageBuilder(client, manifest["base_image"], manifest.path_setting("ca_bundle"),
-                           manifest.path_setting("wheelhouse"), cache / "build-logs", echo=console.print)
+    builder = ImageBuilder.from_manifest(docker_client(), manifest, echo=console.print)
     for model in pick_models(manifest, manifest["models"]):
         print(builder.model(model))
 

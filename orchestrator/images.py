@@ -105,6 +105,13 @@ class ImageBuilder:
         self.echo = echo
         self._runtime_tag: str | None = None
 
+    @classmethod
+    def from_manifest(cls, client, manifest, log_dir: Path | None = None, echo=print) -> "ImageBuilder":
+        """The builder the manifest describes; build logs under cache_dir/build-logs unless told."""
+        return cls(client, manifest["base_image"], manifest.path_setting("ca_bundle"),
+                   manifest.path_setting("wheelhouse"),
+                   log_dir or manifest.path_setting("cache_dir") / "build-logs", echo=echo)
+
     def runtime(self) -> str:
         if self._runtime_tag is None:
             base_id = self._base_image_id()

@@ -45,9 +45,8 @@ def merge(reference: list[Atoms], results: dict[str, dict[str, dict]]):
                 "wall_s": record.get("wall_s", np.nan), "error": record.get("error", ""),
             })
             if "positions" in record:
-                atoms = Atoms(numbers=ref.numbers, positions=record["positions"], cell=record["cell"], pbc=ref.pbc)
-                atoms.info.update(model=model, id=sid, dimension=ref.info["dimension"])
-                relaxed[(model, sid)] = atoms
+                relaxed[(model, sid)] = Atoms(numbers=ref.numbers, positions=record["positions"],
+                                              cell=record["cell"], pbc=ref.pbc)
     return pd.DataFrame(rows, columns=COLUMNS), relaxed
 
 

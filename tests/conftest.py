@@ -34,8 +34,7 @@ def docker_client():
 def builder(docker_client, manifest, tmp_path_factory):
     from orchestrator.images import ImageBuilder
 
-    return ImageBuilder(docker_client, manifest["base_image"], manifest.path_setting("ca_bundle"),
-                        manifest.path_setting("wheelhouse"), tmp_path_factory.mktemp("build-logs"))
+    return ImageBuilder.from_manifest(docker_client, manifest, tmp_path_factory.mktemp("build-logs"))
 
 
 @pytest.fixture(scope="session")

@@ -43,8 +43,7 @@ def main() -> None:
 
     manifest = load(REPO / "benchmark.yaml")
     client = docker_client()
-    builder = ImageBuilder(client, manifest["base_image"], manifest.path_setting("ca_bundle"),
-                           manifest.path_setting("wheelhouse"), Path(tempfile.gettempdir()) / "umlip-build-logs")
+    builder = ImageBuilder.from_manifest(client, manifest)
     model = discover_models()["chgnet"]
     image = builder.model(model)
     threads = os.cpu_count()

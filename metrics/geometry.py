@@ -118,6 +118,21 @@ def unwrap_vacuum(positions, cell, axes: str) -> np.ndarray:
     return out[0] if single else out
 
 
+def rotations_onto_z(directions) -> np.ndarray:
+    """(B, 3, 3) proper rotations taking each (B, 3) direction onto +z (Rodrigues; the
+    identity for a direction already along +z, a half turn about x for one along -z)."""
+    u = np.asarray(directions, dtype=float)
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    v = np.stack([u[:, 1], -u[:, 0], np.zeros(len(u))], axis=1)  # u x z
+    c = u[:, 2]
+    skew = np.zeros((len(u), 3, 3))
+    skew[:, 0, 2], skew[:, 1, 2], skew[:, 2, 0], skew[:, 2, 1] = v[:, 1], -v[:, 0], -v[:, 1], v[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rotation = np.eye(3) + skew + skew @ skew / (1.0 + c)[:, None, None]
+    rotation[c < -1.0 + 1e-12] = np.diag([1.0, -1.0, -1.0])
+    return rotation
+
+
 def _max_pairwise_distance(points) -> np.ndarray:
     """(B,) largest distance between any two of the (B, N, 3) points."""
     n = points.shape[1]
@@ -138,8 +153,9 @@ def extent(positions, cell, axes: str):
 
     - 2D (two periodic vectors a1, a2): thickness, the spread of the positions along
       the unit normal a1 x a2 / |a1 x a2| of the periodic plane (max - min).
-    - 1D (one periodic vector a1): width, the largest distance between two atoms
-      after projecting the positions onto the plane perpendicular to a1.
+    - 1D (one periodic vector a1): width as the authors' code measures it
+      (adjust_vacuum_1D): in the frame where a1 lies along z, the larger of the spans
+      (max - min) along x and along y, each of which is tested against the limit.
     - 0D: diameter, the largest interatomic distance.
     - 3D: NaN (nothing to measure).
 
@@ -157,8 +173,9 @@ def extent(positions, cell, axes: str):
         height = np.einsum("bni,bi->bn", pos, normal)
         return _out(height.max(axis=1) - height.min(axis=1), single)
     if len(periodic) == 1:
-        u = cell[:, periodic[0]] / np.linalg.norm(cell[:, periodic[0]], axis=1, keepdims=True)
-        pos = pos - np.einsum("bni,bi->bn", pos, u)[..., None] * u[:, None, :]
+        upright = np.einsum("bij,bnj->bni", rotations_onto_z(cell[:, periodic[0]]), pos)
+        spans = upright[..., :2].max(axis=1) - upright[..., :2].min(axis=1)
+        return _out(spans.max(axis=1), single)
     return _out(_max_pairwise_distance(pos), single)
 
 
@@ -252,17 +269,17 @@ def fragments(numbers, positions, cell, axes: str, multiplier: float = BOND_MULT
 
 
 def unwrap_to_reference(positions, cell, ref_positions, ref_cell, axes: str) -> np.ndarray:
-    """Model positions with periodic wrapping undone, atom by atom, against the reference.
+    """Model positions with wrapping undone, atom by atom, against the reference.
 
-    Each atom's fractional displacement along the periodic lattice vectors, model
+    Each atom's fractional displacement along the lattice vectors in `axes`, model
     (in the model's cell) minus reference (in the PBE cell), is reduced to its minimum
     image: the whole number of lattice vectors it contains is removed. The rounding is
     done about the structure's mean displacement (a circular mean, so a rigidly
     translated or slid structure is not torn apart at +-half a cell), and the removed
     translations are lattice vectors of the model's own cell: that is how a code wraps
     an atom, and it stays exact when the relaxation changed or rotated the cell (with
-    an unchanged cell it is the same as using the PBE cell). Non-periodic directions
-    are not touched.
+    an unchanged cell it is the same as using the PBE cell). Lattice vectors not in
+    `axes` are not touched.
     """
     positions, cell, single = _batched(positions, cell)
     ref_positions = np.asarray(ref_positions, dtype=float).reshape(positions.shape)
@@ -304,15 +321,21 @@ def position_errors(positions, cell, ref_positions, ref_cell, axes: str):
     """(MAE, RMSD) in Å of a relaxed structure against its PBE reference.
 
     Atom i of the model is compared with atom i of the reference (no permutations).
-    Wrapping across periodic boundaries is undone (unwrap_to_reference), the model is
-    superposed on the reference by Kabsch (rotation + translation), then
+    The reference is first made contiguous across the vacuum (unwrap_vacuum: Alexandria
+    stores molecules and slabs cut by the cell boundary); then each model atom is
+    brought to the image, in the model's own cell, nearest its twin about the mean
+    displacement, along every lattice vector (unwrap_to_reference over "abc": a wrap
+    across the vacuum, or the re-centring of the authors' protocol, is undone like a
+    periodic wrap; a structure wider than half its cell is a failure anyway); the model
+    is superposed on the reference by Kabsch (rotation + translation), and
     MAE = mean over the 3N Cartesian components of |x_model - x_ref| and
     RMSD = sqrt(mean over the N atoms of |r_model - r_ref|^2).
     """
     positions, cell, single = _batched(positions, cell)
     ref_positions = np.asarray(ref_positions, dtype=float).reshape(positions.shape)
     ref_cell = np.asarray(ref_cell, dtype=float).reshape(cell.shape)
-    aligned = kabsch_align(unwrap_to_reference(positions, cell, ref_positions, ref_cell, axes), ref_positions)
+    ref_positions = unwrap_vacuum(ref_positions, ref_cell, axes)
+    aligned = kabsch_align(unwrap_to_reference(positions, cell, ref_positions, ref_cell, AXES), ref_positions)
     diff = aligned - ref_positions
     mae = np.abs(diff).mean(axis=(1, 2))
     rmsd = np.sqrt((diff**2).sum(axis=2).mean(axis=1))

@@ -3,29 +3,35 @@
 score() adds to the merged results table, one row per (model, structure):
 
 - `periodic_axes`: lattice vectors without vacuum in the PBE structure ("abc", "ab", "c", "").
+  The dimensionality of every row (`dimension`: cell mask, extent, limit) is the one of
+  these axes; the dataset's own label stays in `dimension_label`, and
+  `dimension_mismatch` flags where the two disagree.
 - `energy_error_mev_per_atom`: (E_model - E_PBE) / N_atoms * 1000, signed; E_PBE is the
   uncorrected total PBE energy. NaN when the model gave no energy.
 - `position_mae_a`, `position_rmsd_a`: geometry.position_errors of the final structure
-  against the PBE one (same atom order, periodic wrapping undone, Kabsch superposition).
+  against the PBE one (same atom order, reference made contiguous across the vacuum,
+  periodic wrapping undone, Kabsch superposition).
 - `cell_change_rel`: geometry.cell_change, (model - PBE) / PBE of the volume (3D), the
   periodic area (2D) or the periodic length (1D); NaN for 0D.
-- `extent_a`: geometry.extent of the final structure: thickness (2D), width (1D),
-  diameter (0D); NaN for 3D.
-- `fragments`, `fragments_ref`: covalently bonded pieces (geometry.fragments) of the final
-  and of the PBE structure.
+- `extent_a`, `extent_ref_a`: geometry.extent of the final and of the PBE structure:
+  thickness (2D), width (1D, the authors' spans), diameter (0D); NaN for 3D.
+- `reference_over_limit`: the PBE structure itself is wider than its limit (it fails for
+  every model; counted per dimensionality in the report).
+- `fragments`, `fragments_ref`, `disconnected`: covalently bonded pieces
+  (geometry.fragments) of the final and of the PBE structure, and whether the final one
+  has more. A diagnostic only: the paper does not count it as a failure.
 
-and sets `failure_reason` by this precedence, first match wins (mutually exclusive):
+and sets `failure_reason`, the paper's failures (Table II) and only those, by this
+precedence, first match wins (mutually exclusive):
 
 1. a reason the container gave: `model_error`, `diverged`, `not_converged`;
 2. `fragmented_thickness` (2D), `fragmented_width` (1D), `fragmented_diameter` (0D): the
-   extent is larger than the limit for the structure's `dimension`;
-3. `disconnected`: the final structure has more bonded pieces than the PBE structure
-   (a PBE structure that is already several pieces, such as a molecular crystal, is not
-   a failure; one that falls apart further is).
+   extent is larger than the limit for the structure's dimensionality.
 
-`converged` stays what the optimizer said. Rows without a final structure keep their
-reason and get NaN geometry. All the geometry is computed in batches of structures with
-the same number of atoms and the same periodic axes.
+`converged` stays what the optimizer said. Rows without a usable final structure (none,
+or non-finite numbers in it) keep their reason and get NaN geometry: one bad row never
+stops the scoring of the others. All the geometry is computed in batches of structures
+with the same number of atoms and the same periodic axes.
 """
 
 from __future__ import annotations
@@ -40,10 +46,10 @@ from metrics import geometry
 CONTAINER_REASONS = ("model_error", "diverged", "not_converged")
 FRAGMENTED = {"2D": "fragmented_thickness", "1D": "fragmented_width", "0D": "fragmented_diameter"}
 #: Every failure reason, in order of precedence ("" is success).
-FAILURE_REASONS = (*CONTAINER_REASONS, "fragmented_thickness", "fragmented_width", "fragmented_diameter",
-                   "disconnected")
-SCORE_COLUMNS = ("periodic_axes", "energy_error_mev_per_atom", "position_mae_a", "position_rmsd_a",
-                 "cell_change_rel", "extent_a", "fragments", "fragments_ref")
+FAILURE_REASONS = (*CONTAINER_REASONS, "fragmented_thickness", "fragmented_width", "fragmented_diameter")
+SCORE_COLUMNS = ("periodic_axes", "dimension_label", "dimension_mismatch", "energy_error_mev_per_atom",
+                 "position_mae_a", "position_rmsd_a", "cell_change_rel", "extent_a", "extent_ref_a",
+                 "reference_over_limit", "fragments", "fragments_ref", "disconnected")
 
 
 def reference_axes(atoms) -> str:
@@ -58,13 +64,24 @@ def energy_error_mev_per_atom(energy_ev, energy_ref_ev, natoms):
         / np.asarray(natoms, dtype=float) * 1000.0
 
 
+def _usable(atoms, reference) -> bool:
+    """A final structure that can be scored: same size as the reference, finite numbers."""
+    return (atoms is not None and len(atoms) == len(reference)
+            and np.isfinite(atoms.positions).all() and np.isfinite(atoms.cell.array).all())
+
+
+def _pieces(structures: list, axes: str) -> np.ndarray:
+    return geometry.fragments(np.stack([a.numbers for a in structures]), np.stack([a.positions for a in structures]),
+                              np.stack([a.cell.array for a in structures]), axes)
+
+
 def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -> pd.DataFrame:
     """A copy of `results` with the score columns added and `failure_reason` completed.
 
-    results: one row per (model, id) with at least model, id, dimension, natoms,
-    failure_reason, energy_ev, energy_ref_ev. reference: PBE Atoms by id. relaxed: final
-    Atoms by (model, id), same atom order as the reference (missing: the relaxation
-    raised before a step). limits: fragmentation limits in Å by dimension, e.g.
+    results: one row per (model, id) with at least model, id, natoms, failure_reason,
+    energy_ev, energy_ref_ev. reference: PBE Atoms by id. relaxed: final Atoms by
+    (model, id), same atom order as the reference (missing: the relaxation raised
+    before a step). limits: fragmentation limits in Å by dimension, e.g.
     {"2D": 7.5, "1D": 12.5, "0D": 20.0}. See the module docstring for the columns.
     """
     table = results.copy()
@@ -78,6 +95,11 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
 
     axes_of = {sid: reference_axes(reference[sid]) for sid in set(ids)}
     table["periodic_axes"] = [axes_of[sid] for sid in ids]
+    dims = np.array([geometry.dimension_of(axes_of[sid]) for sid in ids], dtype=object)
+    table["dimension"] = dims.astype(str)
+    labels = [reference[sid].info.get("dimension_label") or dim for sid, dim in zip(ids, dims)]
+    table["dimension_label"] = labels
+    table["dimension_mismatch"] = np.array(labels, dtype=object) != dims
     table["energy_error_mev_per_atom"] = energy_error_mev_per_atom(
         table["energy_ev"], table["energy_ref_ev"], table["natoms"])
 
@@ -86,51 +108,43 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
     pieces = np.full(n_rows, -1)
     groups = defaultdict(list)  # (natoms, axes) -> rows with a usable final structure
     for row, (model, sid) in enumerate(zip(models, ids)):
-        atoms = relaxed.get((model, sid))
-        if atoms is not None and len(atoms) == len(reference[sid]):
-            groups[(len(atoms), axes_of[sid])].append(row)
-
-    need_ref = defaultdict(set)  # (natoms, axes) -> ids whose PBE pieces are needed
+        if _usable(relaxed.get((model, sid)), reference[sid]):
+            groups[(len(reference[sid]), axes_of[sid])].append(row)
     for (natoms, axes), rows in groups.items():
         rows = np.asarray(rows)
         finals = [relaxed[(models[r], ids[r])] for r in rows]
-        refs = [reference[ids[r]] for r in rows]
         pos = np.stack([a.positions for a in finals])
         cell = np.stack([a.cell.array for a in finals])
-        ref_pos = np.stack([a.positions for a in refs])
-        ref_cell = np.stack([a.cell.array for a in refs])
+        ref_pos = np.stack([reference[ids[r]].positions for r in rows])
+        ref_cell = np.stack([reference[ids[r]].cell.array for r in rows])
         mae, rmsd = geometry.position_errors(pos, cell, ref_pos, ref_cell, axes)
         columns["position_mae_a"][rows] = mae
         columns["position_rmsd_a"][rows] = rmsd
         columns["cell_change_rel"][rows] = geometry.cell_change(cell, ref_cell, axes)
         columns["extent_a"][rows] = geometry.extent(pos, cell, axes)
-        # connectivity only where it can still decide the outcome
-        check = reason[rows] == ""
-        if check.any():
-            numbers = np.stack([finals[i].numbers for i in np.flatnonzero(check)])
-            pieces[rows[check]] = geometry.fragments(numbers, pos[check], cell[check], axes)
-            need_ref[(natoms, axes)].update(ids[rows[check]])
+        pieces[rows] = _pieces(finals, axes)
 
-    ref_pieces = {}
-    for (natoms, axes), wanted in need_ref.items():
-        wanted = sorted(wanted)
+    ref_ids = defaultdict(list)  # (natoms, axes) -> PBE structures of the run
+    for sid in sorted(set(ids)):
+        ref_ids[(len(reference[sid]), axes_of[sid])].append(sid)
+    ref_extent, ref_pieces = {}, {}
+    for (natoms, axes), wanted in ref_ids.items():
         refs = [reference[sid] for sid in wanted]
-        counts = geometry.fragments(np.stack([a.numbers for a in refs]), np.stack([a.positions for a in refs]),
-                                    np.stack([a.cell.array for a in refs]), axes)
-        ref_pieces.update(zip(wanted, counts))
+        ref_extent.update(zip(wanted, np.atleast_1d(geometry.extent(
+            np.stack([a.positions for a in refs]), np.stack([a.cell.array for a in refs]), axes))))
+        ref_pieces.update(zip(wanted, _pieces(refs, axes)))
 
     for name, values in columns.items():
         table[name] = values
-    ref_count = np.array([ref_pieces.get(sid, -1) for sid in ids])
-    table["fragments"] = pd.array(np.where(pieces >= 0, pieces, None), dtype="Int64")
-    table["fragments_ref"] = pd.array(np.where(ref_count >= 0, ref_count, None), dtype="Int64")
-
-    dims = table["dimension"].astype(str).to_numpy()
     limit = np.array([limits.get(d, np.inf) if d in FRAGMENTED else np.inf for d in dims], dtype=float)
-    ok = reason == ""
-    fragmented = ok & (columns["extent_a"] > limit)
+    table["extent_ref_a"] = [ref_extent[sid] for sid in ids]
+    table["reference_over_limit"] = table["extent_ref_a"].to_numpy(dtype=float) > limit
+    ref_count = np.array([ref_pieces[sid] for sid in ids])
+    table["fragments"] = pd.array(np.where(pieces >= 0, pieces, None), dtype="Int64")
+    table["fragments_ref"] = pd.array(ref_count, dtype="Int64")
+    table["disconnected"] = (pieces >= 0) & (pieces > ref_count)
+
+    fragmented = (reason == "") & (columns["extent_a"] > limit)
     reason[fragmented] = [FRAGMENTED[d] for d in dims[fragmented]]
-    disconnected = (reason == "") & (pieces >= 0) & (ref_count >= 0) & (pieces > ref_count)
-    reason[disconnected] = "disconnected"
     table["failure_reason"] = reason.astype(str)
     return table

@@ -9,6 +9,8 @@ Which structures enter which numbers:
 - energy and position errors: successful relaxations only (failure_reason ""): a
   diverged or fragmented structure has no meaningful error, and it is already counted
   as a failure.
+- connectivity (a diagnostic, never a failure): every structure with a final structure.
+- reference: every PBE structure of the run once, per dimensionality.
 
 Rows are ordered by model (first appearance in the table) and dimensionality 0D..3D;
 a (model, dimensionality) pair without structures has no row.
@@ -107,6 +109,58 @@ def positions(scored: pd.DataFrame) -> pd.DataFrame:
             values = ok[column] if transform is None else transform(ok[column])
             table[name] = _describe(scored, values, {"m": np.median})["m"].to_numpy()
     return table
+
+
+def _flag(scored: pd.DataFrame, column: str) -> pd.Series:
+    """A boolean column as read from the table or back from CSV (absent: all False)."""
+    if column not in scored:
+        return pd.Series(False, index=scored.index)
+    return scored[column].astype(str).str.lower().isin(["true", "1", "1.0"])
+
+
+def connectivity(scored: pd.DataFrame) -> pd.DataFrame:
+    """Diagnostic: relaxed structures with more bonded pieces than their PBE structure,
+    per (model, dimension), counted among all structures and among the successful ones."""
+    disconnected = _flag(scored, "disconnected")
+    ok = scored["failure_reason"].fillna("").astype(str) == ""
+    rows = []
+    for model, dim in _groups(scored).itertuples(index=False):
+        group = (scored["model"].astype(str) == model) & (scored["dimension"].astype(str) == dim)
+        rows.append({"model": model, "dimension": dim, "structures": int(group.sum()),
+                     "disconnected": int((group & disconnected).sum()),
+                     "disconnected_successful": int((group & disconnected & ok).sum())})
+    return pd.DataFrame(rows, columns=[*KEYS, "structures", "disconnected", "disconnected_successful"])
+
+
+def reference(scored: pd.DataFrame) -> pd.DataFrame:
+    """The PBE structures of the run, per dimensionality: how many, how many already wider
+    than their own fragmentation limit (they fail for every model), and how many whose
+    dataset label disagrees with the dimensionality of their geometry."""
+    ref = scored.drop_duplicates("id")
+    rows = []
+    present = set(ref["dimension"].astype(str))
+    for dim in [d for d in DIMENSIONS if d in present] + sorted(present - set(DIMENSIONS)):
+        group = ref["dimension"].astype(str) == dim
+        rows.append({"dimension": dim, "structures": int(group.sum()),
+                     "over_own_limit": int((group & _flag(ref, "reference_over_limit")).sum()),
+                     "label_mismatch": int((group & _flag(ref, "dimension_mismatch")).sum())})
+    return pd.DataFrame(rows, columns=["dimension", "structures", "over_own_limit", "label_mismatch"])
+
+
+def energy_by_element(scored: pd.DataFrame) -> pd.DataFrame:
+    """Energy error (meV/atom) of successful relaxations per (model, dimension, element):
+    each structure counts once for every element it contains (column `elements`)."""
+    columns = [*KEYS, "element", "n", "mean", "mae"]
+    ok = successful(scored)
+    if "elements" not in ok or ok.empty:
+        return pd.DataFrame(columns=columns)
+    long = ok.assign(element=ok["elements"].fillna("").astype(str).str.split()).explode("element")
+    long = long[long["element"].astype(bool) & long["energy_error_mev_per_atom"].notna()]
+    error = long["energy_error_mev_per_atom"].astype(float)
+    grouped = long.assign(abs_error=error.abs(), error=error).groupby(
+        [long["model"].astype(str), long["dimension"].astype(str), "element"], sort=False)
+    table = grouped.agg(n=("error", "size"), mean=("error", "mean"), mae=("abs_error", "mean")).reset_index()
+    return table[columns]
 
 
 def summary(scored: pd.DataFrame) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from orchestrator.shards import read_records
 
-COLUMNS = ["model", "id", "dimension", "natoms", "converged", "failure_reason", "steps", "energy_ev",
+COLUMNS = ["model", "id", "dimension", "natoms", "elements", "converged", "failure_reason", "steps", "energy_ev",
            "energy_ref_ev", "max_force_ev_per_a", "wall_s", "error"]
 
 
@@ -38,6 +38,7 @@ def merge(reference: list[Atoms], results: dict[str, dict[str, dict]]):
                                         "error": "no result: the worker container failed; see its .log"}
             rows.append({
                 "model": model, "id": sid, "dimension": ref.info["dimension"], "natoms": len(ref),
+                "elements": " ".join(sorted(set(ref.get_chemical_symbols()))),
                 "converged": bool(record["converged"]), "failure_reason": record.get("failure_reason") or "",
                 "steps": int(record["steps"]), "energy_ev": record.get("energy_ev", np.nan),
                 "energy_ref_ev": ref.info["energy_ref_ev"],

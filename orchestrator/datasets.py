@@ -14,7 +14,8 @@ Every structure becomes one reference record, an `ase.Atoms` with pbc on all
 three axes as stored and
 
     info["id"]             mat_id (see `_unique_ids` for collisions)
-    info["dimension"]      "0D".."3D": the data's label, else the file's, else the geometry's
+    info["dimension"]      "0D".."3D": the dimensionality of periodic_axes (the one rule)
+    info["dimension_label"] "0D".."3D": the data's label, else the file's, else = dimension
     info["energy_ref_ev"]  total (uncorrected) PBE energy, eV
     info["periodic_axes"]  metrics.geometry.periodic_axes, e.g. "ab" for a layer
     info["source"]         file name
@@ -22,12 +23,14 @@ three axes as stored and
     info["stress_ref"]     6 Voigt components (xx yy zz yz xz xy), eV/Å^3, ASE's sign
                            convention (positive = tensile), where the data has stress
 
-The dimensionality label is taken, in this order, from the structure's own data
-(key id_dimension, dimension or dimensionality: an entry's `data`, a database row's
-key-value pairs, an extxyz frame's info), from a label standing alone in the file name
-("alexandria_2D.json.bz2"), and otherwise from the geometry. Where a label and the
-periodic axes found in the geometry disagree, a warning lists the ids and the label is
-kept.
+One rule decides a structure's dimensionality everywhere (subset, cell mask, extent,
+fragmentation limit, tables): the number of periodic axes found in its geometry. The
+cell mask needs those axes, and a label cannot say which lattice vectors they are. The
+dataset's label is kept beside it as `dimension_label`, taken in this order from the
+structure's own data (key id_dimension, dimension or dimensionality: an entry's `data`,
+a database row's key-value pairs, an extxyz frame's info) or from a label standing alone
+in the file name ("alexandria_2D.json.bz2"); where the two disagree, a warning lists the
+ids, and the results flag them (`dimension_mismatch`).
 
 Alexandria's `data.stress` is VASP's stress tensor in kbar with VASP's sign
 (positive = compressive, the "in kB" line of OUTCAR, as pymatgen stores it);
@@ -223,20 +226,22 @@ def _read_file(path: Path, sums: dict[str, str], cache_dir: Path) -> tuple[str, 
 
 
 def _finish(records: list[Atoms], path: Path, file_label: str | None) -> None:
-    """Fill periodic_axes, dimension and source; report label/geometry disagreements."""
+    """Fill periodic_axes, dimension (from the geometry), dimension_label and source;
+    report label/geometry disagreements."""
     disagree = []
     for atoms in records:
         axes = periodic_axes(atoms)
         detected = dimension_of(axes)
         label = atoms.info.pop("_label", None) or file_label
         atoms.info["periodic_axes"] = axes
-        atoms.info["dimension"] = label or detected
+        atoms.info["dimension"] = detected
+        atoms.info["dimension_label"] = label or detected
         atoms.info["source"] = path.name
         if label and label != detected:
             disagree.append(f"{atoms.info['id']} ({label}, geometry {detected} '{axes}')")
     if disagree:
         log.warning("%s: %d structure(s) whose dimensionality label disagrees with the periodic axes found in "
-                    "their geometry; the label is kept: %s", path.name, len(disagree), _some(disagree))
+                    "their geometry; the geometry decides, the label is kept as dimension_label: %s", path.name, len(disagree), _some(disagree))
 
 
 def _some(items: list[str]) -> str:
@@ -451,16 +456,19 @@ def _read_extxyz(path: Path, compressed: bool) -> list[Atoms]:
 
 def write_extxyz(path: Path, structures) -> None:
     """Reference records as extxyz (bz2-compressed when the name ends in .bz2), written
-    atomically, that load_dataset reads back to the same records. periodic_axes is left
-    out: ASE writes the 0D value "" as a bare `periodic_axes=`, which swallows the next key
-    on reading; the loader derives it from the geometry again."""
+    atomically, that load_dataset reads back to the same records. periodic_axes and
+    dimension are left out: ASE writes the 0D value "" as a bare `periodic_axes=`, which
+    swallows the next key on reading, and the loader derives both from the geometry
+    again; the label is written as `id_dimension`, as the authors' database has it."""
     from ase.io import write
 
     path = Path(path)
     records = []
     for atoms in structures:
         copy = atoms.copy()
-        copy.info = {k: v for k, v in atoms.info.items() if k != "periodic_axes"}
+        copy.info = {k: v for k, v in atoms.info.items() if k not in ("periodic_axes", "dimension", "dimension_label")}
+        if "dimension_label" in atoms.info:
+            copy.info["id_dimension"] = atoms.info["dimension_label"]
         records.append(copy)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -147,14 +147,18 @@ def test_records_survive_an_extxyz_round_trip(sample, tmp_path):
 
 
 def test_write_extxyz_round_trips_every_dimensionality(tmp_path):
-    original = load_dataset(str(write_db(tmp_path / "x.db", structures())), {}, tmp_path / "c").structures
+    made = structures()
+    made[0].info["id_dimension"] = "2D"  # a label that disagrees with the geometry survives too
+    original = load_dataset(str(write_db(tmp_path / "x.db", made)), {}, tmp_path / "c").structures
     assert original[0].info["periodic_axes"] == ""  # the 0D value that plain extxyz writing mangles
+    assert original[0].info["dimension_label"] == "2D"
     for name in ("ref.extxyz", "ref.extxyz.bz2"):
         write_extxyz(tmp_path / name, original)
         again = load_dataset(str(tmp_path / name), {}, tmp_path / "c").structures
         assert [a.info["id"] for a in again] == [a.info["id"] for a in original]
         for a, b in zip(original, again):
             assert b.info["dimension"] == a.info["dimension"] and b.info["periodic_axes"] == a.info["periodic_axes"]
+            assert b.info["dimension_label"] == a.info["dimension_label"]
             assert b.info["energy_ref_ev"] == pytest.approx(a.info["energy_ref_ev"], abs=1e-8)
             assert np.allclose(b.arrays["forces_ref"], a.arrays["forces_ref"], atol=1e-7)
     assert sniff(tmp_path / "ref.extxyz.bz2") == ("extxyz", True)
@@ -188,7 +192,8 @@ def test_file_name_label_is_used_and_disagreement_is_reported(tmp_path, caplog):
     path = write_entries(tmp_path / "alexandria_2D.json.bz2", made)
     with caplog.at_level(logging.WARNING, logger="orchestrator.datasets"):
         dataset = load_dataset(str(path), {}, tmp_path / "c")
-    assert {a.info["dimension"] for a in dataset.structures} == {"2D"}  # the data's label is kept
+    assert {a.info["dimension_label"] for a in dataset.structures} == {"2D"}  # the data's label is kept
+    assert dataset.counts() == {"0D": 2, "1D": 2, "2D": 2, "3D": 2}  # the geometry decides
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1 and "6 structure(s)" in warning[0]
     for sid in ("t0D0", "t1D1", "t3D1"):
@@ -207,7 +212,8 @@ def test_per_structure_label_disagreeing_with_geometry_is_reported(tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="orchestrator.datasets"):
         dataset = load_dataset(str(write_db(tmp_path / "x.db", made)), {}, tmp_path / "c")
     record = next(a for a in dataset.structures if a.info["id"] == "t0D0")
-    assert record.info["dimension"] == "3D" and record.info["periodic_axes"] == ""
+    assert record.info["dimension"] == "0D" and record.info["periodic_axes"] == ""
+    assert record.info["dimension_label"] == "3D"
     assert "t0D0 (3D, geometry 0D" in caplog.text and "1 structure(s)" in caplog.text
 
 

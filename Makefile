@@ -1,5 +1,5 @@
 # make bench MODEL=chgnet                      relax, merge, score, report (last line: the run folder)
-# make bench MODEL="chgnet sevennet-0" DATASET=path LIMIT=20 DIM=0D,2D GPUS=0,1
+# make bench MODEL="chgnet sevennet-0" DATASET=path LIMIT=20 DIM=0D,2D GPUS=0,1 PROTOCOL=authors
 # make report                                  reports of every finished run + leaderboard
 # make test                                    unit tests and Docker integration tests
 # make perf                                    pipeline overhead vs a plain ASE loop (CHGNet, 50 structures)
@@ -8,7 +8,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
-             $(if $(LIMIT),--limit $(LIMIT)) $(if $(DIM),--dim $(DIM)) $(if $(GPUS),--gpus $(GPUS))
+             $(if $(LIMIT),--limit $(LIMIT)) $(if $(DIM),--dim $(DIM)) $(if $(GPUS),--gpus $(GPUS)) \
+             $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
 .PHONY: bench build report test test-unit perf doctor models clean-venv
 

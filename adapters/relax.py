@@ -3,7 +3,10 @@
     python -m adapters.relax --job JOB_JSON --shard IN.jsonl --out OUT.jsonl
 
 JOB_JSON holds the calculator name and options, the device and the protocol
-(fmax, max_steps, divergence limit, optimizer, cell filter). The calculator is
+(variant, fmax, max_steps, divergence limit, optimizer, cell filter, fragmentation
+limits). Two variants: `paper`, the text of Benedini et al. (one FIRE run of up to
+max_steps), and `authors`, their code (cycles of FIRE with the vacuum reset between
+them; see relax_authors). The calculator is
 loaded once; each structure's result is appended and flushed as it finishes, so
 a killed worker loses at most the structure in flight. Rerun on the same files,
 it skips what is done; a structure that killed the process itself (segfault,
@@ -83,45 +86,184 @@ class Diverged(Exception):
     pass
 
 
+def check_forces(forces: np.ndarray, limit: float) -> None:
+    """Stop a relaxation whose model returns NaN or a force beyond the divergence limit."""
+    if not np.all(np.isfinite(forces)):
+        raise FloatingPointError("model returned non-finite forces")
+    if np.abs(forces).max() > limit:
+        raise Diverged(f"|F| above {limit} eV/Å")
+
+
+def max_force(target) -> float:
+    """max |F| over the rows the optimizer sees: atoms, and the cell's generalized forces
+    when a cell filter is on (the quantity ASE's convergence test compares with fmax)."""
+    return float(np.linalg.norm(target.get_forces(), axis=1).max())
+
+
+def outcome(atoms: Atoms, target, converged: bool, failure: str | None, steps: int) -> dict:
+    """The result fields of a finished relaxation (atoms still in the relaxation frame)."""
+    energy = float(atoms.get_potential_energy())
+    if not math.isfinite(energy):
+        raise FloatingPointError("model returned a non-finite energy")
+    return {
+        "converged": bool(converged),
+        "failure_reason": failure,
+        "steps": int(steps),
+        "energy_ev": energy,
+        "max_force_ev_per_a": max_force(target),
+        "max_atom_force_ev_per_a": float(np.linalg.norm(atoms.get_forces(), axis=1).max()),
+    }
+
+
 def relax(atoms: Atoms, calculator, protocol: dict, periodic_axes: str) -> dict:
-    """Relax atoms in place per the protocol; return the result fields."""
+    """Relax atoms in place per the protocol's variant; return the result fields."""
+    variant = lookup(VARIANTS, protocol.get("variant", "paper"), "protocol variant")
+    atoms.calc = calculator
+    result = variant(atoms, protocol, periodic_axes)
+    result["positions"] = atoms.positions.tolist()
+    result["cell"] = atoms.cell[:].tolist()
+    return result
+
+
+def relax_paper(atoms: Atoms, protocol: dict, periodic_axes: str) -> dict:
+    """The paper's text: one FIRE run from the PBE geometry, converged at max |F| < fmax
+    (cell forces included), not converged after max_steps, diverged past the limit."""
     rotation, mask = alignment_and_mask(atoms.cell[:], periodic_axes)
     atoms.positions = atoms.positions @ rotation.T
     atoms.set_cell(atoms.cell[:] @ rotation.T, scale_atoms=False)
-    atoms.calc = calculator
     target = atoms
     if mask is not None:
         target = lookup(CELL_FILTERS, protocol["cell_filter"], "cell filter")(atoms, mask=mask)
     optimizer = lookup(OPTIMIZERS, protocol["optimizer"], "optimizer")(target, logfile=None)
-    limit = protocol["divergence_limit_ev_per_a"]
-    converged = False
-    failure = None
+    converged, failure = False, None
     try:
         for converged in optimizer.irun(fmax=protocol["fmax_ev_per_a"], steps=protocol["max_steps"]):
-            forces = atoms.get_forces()
-            if not np.all(np.isfinite(forces)):
-                raise FloatingPointError("model returned non-finite forces")
-            if np.abs(forces).max() > limit:
-                raise Diverged(f"|F| above {limit} eV/Å")
+            check_forces(atoms.get_forces(), protocol["divergence_limit_ev_per_a"])
     except Diverged:
         failure, converged = "diverged", False
     if failure is None and not converged:
         failure = "not_converged"
-    energy = float(atoms.get_potential_energy())
-    if not math.isfinite(energy):
-        raise FloatingPointError("model returned a non-finite energy")
-    forces = atoms.get_forces()
+    result = outcome(atoms, target, converged, failure, optimizer.nsteps)
     atoms.positions = atoms.positions @ rotation
     atoms.set_cell(atoms.cell[:] @ rotation, scale_atoms=False)
-    return {
-        "converged": bool(converged),
-        "failure_reason": failure,
-        "steps": int(optimizer.nsteps),
-        "energy_ev": energy,
-        "max_force_ev_per_a": float(np.linalg.norm(forces, axis=1).max()),
-        "positions": atoms.positions.tolist(),
-        "cell": atoms.cell[:].tolist(),
-    }
+    return result
+
+
+# ---- the authors' protocol (benchmark_ph/umlip.py of hyllios/utils, relax_structure) --
+
+#: Their cell masks, Voigt order (xx yy zz yz xz xy), for a layer in the xy plane and a
+#: wire along z; 0D keeps its cell.
+AUTHORS_MASKS = {3: [1, 1, 1, 1, 1, 1], 2: [1, 1, 0, 0, 0, 1], 1: [0, 0, 1, 0, 0, 0]}
+AUTHORS_CYCLES, AUTHORS_CYCLE_STEPS, AUTHORS_VACUUM_A = 15, 500, 15.0
+#: Between cycles the extent is checked against this multiple of the limit.
+AUTHORS_CYCLE_LIMIT_FACTOR = 1.5
+FRAGMENTED = {2: "fragmented_thickness", 1: "fragmented_width"}
+
+
+class Fragmented(Exception):
+    pass
+
+
+def authors_frame(cell: np.ndarray, periodic_axes: str) -> tuple[list[int], np.ndarray]:
+    """Their code assumes a layer periodic in a and b with its normal along z, and a wire
+    periodic along c = z. Returns the cyclic order of the lattice vectors that puts the
+    periodic ones there (handedness kept) and the proper rotation (rows: the new x, y, z)
+    that puts a layer's a along x and b in the xy plane, or a wire's axis along z."""
+    n = len(periodic_axes)
+    if n in (0, 3):
+        return [0, 1, 2], np.eye(3)
+    # the vector that goes last: a layer's vacuum vector, a wire's periodic one
+    last = "abc".index(periodic_axes) if n == 1 else next(k for k in range(3) if "abc"[k] not in periodic_axes)
+    order = [(last + 1) % 3, (last + 2) % 3, last]
+    a, b, c = cell[order]
+    z = np.cross(a, b) if n == 2 else c
+    z = z / np.linalg.norm(z)
+    x = a - np.dot(a, z) * z
+    x /= np.linalg.norm(x)
+    return order, np.array([x, np.cross(z, x), z])
+
+
+def reset_vacuum(atoms: Atoms, dims: int, limit: float | None) -> None:
+    """The authors' adjust_vacuum_2D / adjust_vacuum_1D, in place: re-centre the structure,
+    measure it, raise Fragmented if wider than `limit` (None: no check), and give it a
+    fresh vacuum (2D: c = (0, 0, thickness + 15 Å); 1D: a hexagonal in-plane cell of side
+    15 Å + the wire's radius). Their sanity checks (cell vectors over 30 Å, connectivity)
+    are left out: connectivity is no failure in the paper's counts."""
+    if dims == 2:
+        frac = atoms.get_scaled_positions()
+        frac[:, 2] -= frac[:, 2].min() + 0.5  # a slab split by the boundary comes back whole
+        frac = np.remainder(frac, 1.0)
+        frac[:, 2] += 0.5 - frac[:, 2].mean()
+        atoms.set_scaled_positions(frac)
+        cell = atoms.cell[:].copy()
+        cell[2] = [0.0, 0.0, np.linalg.norm(cell[2])]  # their straighten(): c made orthogonal
+        atoms.set_cell(cell, scale_atoms=False)
+        thickness = float(np.ptp(atoms.positions[:, 2]))
+        if limit is not None and thickness > limit:
+            raise Fragmented(f"thickness {thickness:.2f} Å above {limit:.2f} Å")
+        cell[2, 2] = thickness + AUTHORS_VACUUM_A
+        atoms.set_cell(cell, scale_atoms=False)
+        frac = atoms.get_scaled_positions(wrap=False)
+        frac[:, 2] += 0.5 - frac[:, 2].mean()
+        atoms.set_scaled_positions(frac)
+    elif dims == 1:
+        pos = atoms.get_positions(wrap=True)
+        spans = np.ptp(pos[:, :2], axis=0)
+        if limit is not None and spans.max() > limit:
+            raise Fragmented(f"span {spans.max():.2f} Å above {limit:.2f} Å")
+        cell = atoms.cell[:]
+        pos[:, :2] += 0.5 * (cell[0, :2] + cell[1, :2]) - pos[:, :2].mean(axis=0)
+        radius = np.linalg.norm(pos[:, :2] - pos[:, :2].mean(axis=0), axis=1).max()
+        side = AUTHORS_VACUUM_A + radius
+        atoms.set_positions(pos)
+        atoms.set_cell([[side, 0.0, 0.0], [-side / 2, side * np.sqrt(3) / 2, 0.0], [0.0, 0.0, cell[2, 2]]],
+                       scale_atoms=False)
+        pos = atoms.get_positions(wrap=True)
+        pos[:, :2] += 0.5 * (atoms.cell[0, :2] + atoms.cell[1, :2]) - pos[:, :2].mean(axis=0)
+        atoms.set_positions(pos)
+
+
+def relax_authors(atoms: Atoms, protocol: dict, periodic_axes: str) -> dict:
+    """The authors' code: up to 15 cycles, each resetting the vacuum (extent checked at
+    1.5 x the limit) and running a fresh FIRE on a fresh cell filter for up to 500 steps
+    to fmax/2; stop early once max |F| (cell forces included) < fmax/2; then reset the
+    vacuum once more with the limit itself and accept at max |F| < fmax. Steps are the
+    total over the cycles."""
+    dims = len(periodic_axes)
+    order, rotation = authors_frame(atoms.cell[:], periodic_axes)
+    atoms.set_cell(atoms.cell[:][order] @ rotation.T, scale_atoms=False)
+    atoms.positions = atoms.positions @ rotation.T
+    limit = protocol["fragmentation_limits_a"].get(f"{dims}D") if dims in FRAGMENTED else None
+    fmax, steps, cycles, failure, converged = protocol["fmax_ev_per_a"], 0, 0, None, False
+    make_filter = lookup(CELL_FILTERS, protocol["cell_filter"], "cell filter")
+    mask = AUTHORS_MASKS.get(dims)
+    target = atoms
+    try:
+        for _ in range(AUTHORS_CYCLES):
+            reset_vacuum(atoms, dims, limit and AUTHORS_CYCLE_LIMIT_FACTOR * limit)
+            target = make_filter(atoms, mask=mask) if mask else atoms
+            optimizer = lookup(OPTIMIZERS, protocol["optimizer"], "optimizer")(target, logfile=None)
+            for _ in optimizer.irun(fmax=fmax / 2, steps=AUTHORS_CYCLE_STEPS):
+                check_forces(target.get_forces(), protocol["divergence_limit_ev_per_a"])
+            steps += optimizer.nsteps
+            cycles += 1
+            if max_force(target) < fmax / 2:
+                break
+        reset_vacuum(atoms, dims, limit)
+        target = make_filter(atoms, mask=mask) if mask else atoms
+        converged = max_force(target) < fmax
+        failure = None if converged else "not_converged"
+    except Diverged:
+        failure = "diverged"
+    except Fragmented:
+        failure = FRAGMENTED[dims]
+    result = {**outcome(atoms, target, converged, failure, steps), "cycles": cycles}
+    atoms.positions = atoms.positions @ rotation
+    atoms.set_cell((atoms.cell[:] @ rotation)[np.argsort(order)], scale_atoms=False)
+    return result
+
+
+VARIANTS = {"paper": relax_paper, "authors": relax_authors}
 
 
 def structure_from_record(record: dict) -> Atoms:

@@ -89,7 +89,8 @@ def bench(manifest: Manifest, model_names: list[str]) -> Path:
     if not structures:
         raise BenchError(f"the subset {subset} of dataset {dataset.name} selects no structure")
     key = subset_key(**subset)
-    run_dir = manifest.path_setting("results_dir") / run_identity(dataset, key, manifest["protocol"])
+    protocol = manifest.relaxation_protocol()
+    run_dir = manifest.path_setting("results_dir") / run_identity(dataset, key, protocol)
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"run folder {run_dir}: {len(structures)} structures x {len(models)} model(s)")
 
@@ -114,7 +115,7 @@ def bench(manifest: Manifest, model_names: list[str]) -> Path:
                                          "options": model.options, "description": model.description,
                                          **provenance.image_versions(client, image, model.packages)}
         totals[model.name] = len(structures)
-        job = {"calculator": model.calculator, "options": model.options, "protocol": manifest["protocol"]}
+        job = {"calculator": model.calculator, "options": model.options, "protocol": protocol}
         for shard, ids in shard_ids.items():
             if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):
                 jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))

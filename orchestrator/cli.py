@@ -52,6 +52,8 @@ def overrides_from(args) -> dict:
         overrides["subset.dimensions"] = dims
     if args.gpus:
         overrides["devices"] = parse_gpus(args.gpus)
+    if args.protocol:
+        overrides["protocol.variant"] = args.protocol
     return overrides
 
 
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--limit", type=int, help="structures per dimensionality (LIMIT)")
             p.add_argument("--dim", help="dimensionalities, e.g. 0D,2D (DIM)")
             p.add_argument("--gpus", help="cpu, all, or indices like 0,1 (GPUS)")
+            p.add_argument("--protocol", help="paper (default) or authors (PROTOCOL)")
 
     for name, func, help_text in (("bench", cmd_bench, "relax, merge, score and report"),
                                   ("build", cmd_build, "build (or reuse) the model images"),

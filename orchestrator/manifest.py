@@ -11,6 +11,8 @@ import yaml
 from orchestrator.errors import BenchError
 
 DIMENSIONS = ("0D", "1D", "2D", "3D")
+#: paper: the text of Benedini et al.; authors: their code (adapters.relax.relax_authors).
+PROTOCOL_VARIANTS = ("paper", "authors")
 OPTIONAL_STR = (str, type(None))
 OPTIONAL_INT = (int, type(None))
 OPTIONAL_LIST = (list, type(None))
@@ -26,6 +28,7 @@ SCHEMA = {
         "ids": (OPTIONAL_LIST, None),
     },
     "protocol": {
+        "variant": (str, "paper"),
         "optimizer": (str, "FIRE"),
         "fmax_ev_per_a": ((int, float), 0.04),
         "max_steps": (int, 15000),
@@ -69,6 +72,12 @@ class Manifest:
             return None
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.path.parent / path).resolve()
+
+    def relaxation_protocol(self) -> dict:
+        """What decides a relaxation, as sent to the containers and hashed into the run's
+        identity: the protocol and, since the authors' variant checks them between its
+        cycles, the fragmentation limits."""
+        return {**self.values["protocol"], "fragmentation_limits_a": self.values["fragmentation_limits_a"]}
 
 
 def _type_name(types) -> str:
@@ -155,6 +164,9 @@ def _validate(values: dict, where: str) -> None:
     for key in ("workers_per_device", "shard_size"):
         if values[key] < 1:
             raise BenchError(f"{where}: {key} must be at least 1")
+    if values["protocol"]["variant"] not in PROTOCOL_VARIANTS:
+        raise BenchError(f"{where}: protocol.variant must be one of {', '.join(PROTOCOL_VARIANTS)}, "
+                         f"not {values['protocol']['variant']!r}")
     for key in ("fmax_ev_per_a", "max_steps", "divergence_limit_ev_per_a"):
         if values["protocol"][key] <= 0:
             raise BenchError(f"{where}: protocol.{key} must be positive")

@@ -4,6 +4,11 @@ from benchmark.yaml and UMLIP_* variables (CI sets a local base image)."""
 import os
 from pathlib import Path
 
+# BLAS single-threaded before numpy loads: ASE's cell filter does tiny matrix functions
+# every step, and threaded BLAS makes the in-process EMT relaxations ~50x slower.
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent

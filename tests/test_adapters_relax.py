@@ -139,3 +139,87 @@ def test_unknown_calculator_family_lists_the_choices():
 
     with pytest.raises(ValueError, match="chgnet"):
         make_calculator("mace-typo", "cpu", {})
+
+
+# ---- the authors' protocol ----------------------------------------------------------
+
+AUTHORS = {**PROTOCOL, "variant": "authors", "fragmentation_limits_a": {"2D": 7.5, "1D": 12.5, "0D": 20.0}}
+
+
+def emt_structures():
+    """A rattled EMT structure of every dimensionality, as Alexandria stores them."""
+    cluster = Atoms("Cu4", positions=[[0, 0, 0], [2.5, 0, 0], [1.25, 2.2, 0], [1.25, 0.7, 2.0]])
+    cluster.center(vacuum=8.0)
+    wire = Atoms("Cu2", positions=[[0, 0, 0], [0.3, 0.2, 2.4]], cell=[16.0, 16.0, 5.0])
+    wire.center(vacuum=8.0, axis=(0, 1))
+    slab = fcc111("Al", (2, 2, 2), vacuum=8.0)
+    crystal = bulk("Cu", cubic=True)
+    out = {"": cluster, "c": wire, "ab": slab, "abc": crystal}
+    for k, atoms in enumerate(out.values()):
+        atoms.pbc = True
+        atoms.rattle(0.08, seed=k)
+    return out
+
+
+@pytest.mark.parametrize("axes", ["", "c", "ab", "abc"])
+def test_authors_cycles_end_converged_at_fmax(axes, monkeypatch):
+    import adapters.relax as entry
+
+    monkeypatch.setattr(entry, "AUTHORS_CYCLE_STEPS", 4)  # short cycles: several are needed
+    result = relax(emt_structures()[axes], EMT(), AUTHORS, axes)
+    assert result["converged"] and result["failure_reason"] is None
+    assert 1 < result["cycles"] <= entry.AUTHORS_CYCLES
+    assert result["steps"] <= 4 * result["cycles"]
+    assert result["max_force_ev_per_a"] < AUTHORS["fmax_ev_per_a"]  # accepted at fmax, not fmax/2
+
+
+def test_authors_cycles_stop_at_fifteen_and_accept_at_fmax(monkeypatch):
+    import adapters.relax as entry
+
+    monkeypatch.setattr(entry, "AUTHORS_CYCLE_STEPS", 1)
+    atoms = bulk("Cu", cubic=True)
+    atoms.rattle(0.2, seed=1)
+    result = relax(atoms, EMT(), AUTHORS, "abc")
+    assert result["cycles"] == 15 and result["steps"] == 15
+    assert (result["converged"], result["failure_reason"]) == (False, "not_converged")
+
+
+def test_authors_reset_the_vacuum_of_layers_and_wires():
+    structures = emt_structures()
+    layer = relax(structures["ab"].copy(), EMT(), AUTHORS, "ab")
+    z = np.array(layer["positions"])[:, 2]
+    assert np.allclose(layer["cell"][2], [0, 0, np.ptp(z) + 15.0])  # c orthogonal, thickness + 15 Å
+    assert z.mean() == pytest.approx(layer["cell"][2][2] / 2)  # centred
+    wire = relax(structures["c"].copy(), EMT(), AUTHORS, "c")
+    cell, pos = np.array(wire["cell"]), np.array(wire["positions"])
+    side = 15.0 + np.linalg.norm(pos[:, :2] - pos[:, :2].mean(axis=0), axis=1).max()
+    assert np.allclose(cell[:2], [[side, 0, 0], [-side / 2, side * np.sqrt(3) / 2, 0]])  # hexagonal
+    assert cell[2][:2] == pytest.approx([0, 0])
+
+
+def test_authors_frame_for_a_wire_along_a_relaxes_like_along_c():
+    wire = emt_structures()["c"]
+    order = [2, 0, 1]  # the wire periodic along a (x): lattice vectors and Cartesian axes permuted
+    along_a = Atoms(wire.numbers, positions=wire.positions[:, order], cell=wire.cell.array[order][:, order],
+                    pbc=True)
+    along_c = relax(wire.copy(), EMT(), AUTHORS, "c")
+    turned = relax(along_a, EMT(), AUTHORS, "a")
+    assert (turned["steps"], turned["cycles"]) == (along_c["steps"], along_c["cycles"])
+    assert turned["energy_ev"] == pytest.approx(along_c["energy_ev"], abs=1e-8)
+    assert np.linalg.norm(turned["cell"][0]) == pytest.approx(np.linalg.norm(along_c["cell"][2]))
+
+
+def test_authors_stop_a_layer_that_thickens_past_one_and_a_half_limits():
+    slab = fcc111("Al", (2, 2, 2), vacuum=15.0)
+    slab.pbc = True
+    slab.positions[0, 2] += 12.0  # thicker than 1.5 x 7.5 Å before the first cycle
+    result = relax(slab, EMT(), AUTHORS, "ab")
+    assert (result["converged"], result["failure_reason"], result["steps"]) == (False, "fragmented_thickness", 0)
+
+
+def test_default_variant_is_the_papers_text():
+    atoms = emt_structures()["abc"]
+    assert relax(atoms.copy(), EMT(), PROTOCOL, "abc") == relax(atoms.copy(), EMT(), {**PROTOCOL, "variant": "paper"},
+                                                                "abc")
+    with pytest.raises(ValueError, match="protocol variant"):
+        relax(atoms.copy(), EMT(), {**PROTOCOL, "variant": "mine"}, "abc")

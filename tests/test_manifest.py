@@ -17,7 +17,7 @@ def write(tmp_path, text):
 
 def test_repository_manifest_holds_the_paper_protocol():
     m = load(REPO_MANIFEST, environ={})
-    assert m["protocol"] == {"optimizer": "FIRE", "fmax_ev_per_a": 0.04, "max_steps": 15000,
+    assert m["protocol"] == {"variant": "paper", "optimizer": "FIRE", "fmax_ev_per_a": 0.04, "max_steps": 15000,
                              "divergence_limit_ev_per_a": 10000.0, "cell_filter": "FrechetCellFilter"}
     assert m["fragmentation_limits_a"] == {"2D": 7.5, "1D": 12.5, "0D": 20.0}
 
@@ -53,12 +53,22 @@ def test_precedence_and_sources(tmp_path):
 
 def test_make_variables_become_overrides():
     args = build_parser().parse_args(["bench", "--models", "chgnet", "sevennet-0", "--limit", "20",
-                                      "--dim", "0d,2D", "--gpus", "0,1", "--set", "protocol.max_steps=500"])
+                                      "--dim", "0d,2D", "--gpus", "0,1", "--set", "protocol.max_steps=500",
+                                      "--protocol", "authors"])
     overrides = overrides_from(args)
     assert overrides == {"models": ["chgnet", "sevennet-0"], "subset.limit_per_dimension": 20,
-                         "subset.dimensions": ["0D", "2D"], "devices": [0, 1], "protocol.max_steps": 500}
+                         "subset.dimensions": ["0D", "2D"], "devices": [0, 1], "protocol.max_steps": 500,
+                         "protocol.variant": "authors"}
     m = load(REPO_MANIFEST, overrides, environ={})
     assert m["protocol"]["max_steps"] == 500 and m["devices"] == [0, 1]
+    # the variant and the limits decide the relaxation, so both go to the containers
+    assert m.relaxation_protocol()["variant"] == "authors"
+    assert m.relaxation_protocol()["fragmentation_limits_a"] == {"2D": 7.5, "1D": 12.5, "0D": 20.0}
+
+
+def test_an_unknown_protocol_variant_is_named(tmp_path):
+    with pytest.raises(BenchError, match="protocol.variant must be one of paper, authors, not 'mine'"):
+        load(write(tmp_path, "protocol: {variant: mine}\n"), environ={})
 
 
 def test_bad_make_variables_are_named():

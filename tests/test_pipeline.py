@@ -91,6 +91,25 @@ def test_emt_bench_end_to_end_and_reuse(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in raw} == raw  # nothing relaxed again
 
 
+def test_emt_bench_with_the_authors_protocol(tmp_path):
+    dataset = tmp_path / "emt-set.extxyz"
+    emt_dataset(dataset)
+    paper = bench("--models", "emt", "--dataset", str(dataset), "--limit", "1", results=tmp_path / "r")
+    authors = bench("--models", "emt", "--dataset", str(dataset), "--limit", "1", "--protocol", "authors",
+                    results=tmp_path / "r")
+    paper_dir, run_dir = (Path(done.stdout.strip().splitlines()[-1]) for done in (paper, authors))
+    assert run_dir != paper_dir  # the variant is part of the run's identity
+    assert json.loads((run_dir / "provenance.json").read_text())["protocol"]["variant"] == "authors"
+    table = pd.read_csv(run_dir / "results.csv", keep_default_na=False).set_index("id")
+    ok = [i for i in table.index if i != "si-3d"]
+    assert (table.loc[ok, "failure_reason"] == "").all() and table.loc[ok, "converged"].all()
+    assert (table.loc[ok, "position_mae_a"].astype(float) < 0.1).all()  # re-centring is no position error
+    raw = [json.loads(line) for path in (run_dir / "raw" / "emt").glob("*.jsonl") for line in path.open()]
+    assert all(1 <= r["cycles"] <= 15 for r in raw if r["id"] != "si-3d")
+    slab = next(f for f in read(run_dir / "relaxed.extxyz", index=":") if f.info["id"] == "al-2d")
+    assert slab.cell[2][2] == pytest.approx(np.ptp(slab.positions[:, 2]) + 15.0)  # the vacuum was reset
+
+
 def test_unknown_model_and_missing_dataset_are_named(tmp_path):
     done = bench("--models", "mace-typo", results=tmp_path, check=False)
     assert done.returncode == 2 and "mace-typo" in done.stderr and "chgnet" in done.stderr

@@ -118,3 +118,130 @@ def plot_all(scored: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:
               "energy_error": "Energy error (successful relaxations)",
               "position_mae": "Position error (successful relaxations)"}
     return {metric: box_plot(scored, metric, out_dir, titles[metric]) for metric in METRICS}
+
+
+# ---- periodic tables and the dataset's figures ------------------------------------------
+
+def ptable_position(z: int) -> tuple[int, int]:
+    """(row, column) of element z in the usual 18-column periodic table; lanthanides and
+    actinides on rows 8 and 9, below a gap."""
+    if z <= 2:
+        return 0, 0 if z == 1 else 17
+    for period, (first, last) in enumerate(((3, 10), (11, 18)), start=1):
+        if first <= z <= last:
+            return period, z - first if z - first < 2 else z - first + 10
+    for period, first in ((3, 19), (4, 37)):
+        if first <= z <= first + 17:
+            return period, z - first
+    for period, first in ((5, 55), (6, 87)):
+        if z > first + 31:
+            continue
+        if z < first + 2:
+            return period, z - first
+        if z < first + 17:
+            return period + 3, z - first  # the f block: columns 2..16
+        return period, z - first - 14
+    raise ValueError(f"no element {z}")
+
+
+def periodic_table(ax, values: dict[str, float], label: str, cmap: str = "viridis", norm=None) -> None:
+    """A heat map of `values` (by element symbol) on a periodic table in `ax`; elements
+    without a value are light grey."""
+    from ase.data import chemical_symbols
+    from matplotlib import colors as mcolors
+    from matplotlib.patches import Rectangle
+
+    finite = [v for v in values.values() if np.isfinite(v)]
+    norm = norm or mcolors.Normalize(min(finite, default=0.0), max(finite, default=1.0))
+    colormap = plt.get_cmap(cmap)
+    for z in range(1, 104):
+        symbol = chemical_symbols[z]
+        row, col = ptable_position(z)
+        value = values.get(symbol)
+        face = colormap(norm(value)) if value is not None and np.isfinite(value) else "#eeeeee"
+        ax.add_patch(Rectangle((col, row), 0.92, 0.92, facecolor=face, edgecolor="white"))
+        dark = value is not None and np.isfinite(value) and np.mean(mcolors.to_rgb(face)) < 0.5
+        ax.text(col + 0.46, row + 0.5, symbol, ha="center", va="center", fontsize=6,
+                color="white" if dark else "black")
+    ax.set_xlim(0, 18)
+    ax.set_ylim(10, 0)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    mappable = plt.cm.ScalarMappable(norm=norm, cmap=colormap)
+    ax.figure.colorbar(mappable, ax=ax, orientation="horizontal", fraction=0.05, pad=0.02, label=label)
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=150)
+    with plt.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def _dims(present) -> list[str]:
+    present = set(present)
+    return [d for d in DIMENSIONS if d in present] + sorted(present - set(DIMENSIONS))
+
+
+def dataset_elements(counts: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """dataset_elements.png/.svg: structures containing each element, one periodic table
+    per dimensionality (metrics.dataset.element_counts), on a common log colour scale."""
+    from matplotlib import colors as mcolors
+
+    dims = _dims(counts["dimension"])
+    fig, axes = plt.subplots(len(dims), 1, figsize=(7.5, 3.6 * len(dims)), squeeze=False)
+    top = max(int(counts["structures"].max()) if len(counts) else 1, 2)
+    for ax, dim in zip(axes[:, 0], dims):
+        group = counts[counts["dimension"] == dim]
+        periodic_table(ax, dict(zip(group["element"], group["structures"].astype(float))), "structures",
+                       norm=mcolors.LogNorm(1, top))
+        ax.set_title(f"{dim}: structures containing each element", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_dir, "dataset_elements")
+
+
+def dataset_distributions(table: pd.DataFrame, distances: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
+    """dataset_distributions.png/.svg: atoms per cell, interatomic distances below 7 Å and
+    PBE energy per atom, one curve per dimensionality (metrics.dataset)."""
+    dims = _dims(table["dimension"])
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.4))
+    top = int(table["natoms"].max()) if len(table) else 1
+    for dim in dims:
+        colour = COLOURS.get(dim, "#8c8c8c")
+        group = table[table["dimension"] == dim]
+        axes[0].hist(group["natoms"], bins=np.arange(0.5, top + 1.5), histtype="step", color=colour, label=dim)
+        if len(distances.get(dim, [])):
+            axes[1].hist(distances[dim], bins=140, range=(0, 7), density=True, histtype="step", color=colour)
+        axes[2].hist(group["energy_per_atom_ev"], bins=60, histtype="step", color=colour)
+    for ax, label in zip(axes, ("atoms per cell", "interatomic distance (Å)", "PBE energy (eV/atom)")):
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("structures")
+    axes[1].set_ylabel("density")
+    axes[0].legend(title="dimensionality", frameon=False)
+    fig.tight_layout()
+    return _save(fig, out_dir, "dataset_distributions")
+
+
+def energy_by_element(by_element: pd.DataFrame, model: str, out_dir: Path) -> list[Path]:
+    """energy_by_element_<model>.png/.svg: the model's energy MAE (meV/atom, successful
+    relaxations containing the element) on a periodic table per dimensionality, on a
+    common colour scale up to the 95th percentile."""
+    from matplotlib import colors as mcolors
+
+    mine = by_element[by_element["model"] == model]
+    dims = _dims(mine["dimension"])
+    fig, axes = plt.subplots(len(dims), 1, figsize=(7.5, 3.6 * len(dims)), squeeze=False)
+    top = float(np.nanpercentile(mine["mae"], 95)) if len(mine) else 1.0
+    for ax, dim in zip(axes[:, 0], dims):
+        group = mine[mine["dimension"] == dim]
+        periodic_table(ax, dict(zip(group["element"], group["mae"])), "energy MAE (meV/atom)", cmap="magma_r",
+                       norm=mcolors.Normalize(0.0, max(top, 1e-3)))
+        ax.set_title(f"{model}, {dim}: energy MAE per element", fontsize=10)
+    fig.tight_layout()
+    safe = "".join(c if c.isalnum() or c in "-." else "_" for c in model)
+    return _save(fig, out_dir, f"energy_by_element_{safe}")

@@ -19,19 +19,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metrics import plots, summary
+from metrics import paper, plots, summary
 from orchestrator.errors import BenchError
 
 #: Columns a scored results.csv must have for the report and the leaderboard.
 REQUIRED_COLUMNS = ("model", "id", "dimension", "converged", "failure_reason", "steps",
                     "energy_error_mev_per_atom", "position_mae_a")
-TABLES = ("summary", "failures", "steps", "energy", "positions")
+TABLES = ("summary", "failures", "steps", "energy", "positions", "connectivity", "reference", "energy_by_element")
+#: Elements per (model, dimensionality) shown in the report's per-element table (all in the CSV).
+WORST_ELEMENTS = 5
 DEFINITIONS = """\
-- **Failed**: the relaxation did not produce a usable structure. Reasons, first match wins:
-  `model_error` (exception or NaN), `diverged` (a force above the divergence limit),
-  `not_converged` (step limit reached), then the host's checks `fragmented_thickness` (2D),
-  `fragmented_width` (1D), `fragmented_diameter` (0D) above the fragmentation limits, then
-  `disconnected` (more covalently bonded pieces than the PBE structure).
+- **Failed** (the paper's Table II, and only its failures): `model_error` (exception or NaN),
+  `diverged` (a force above the divergence limit), `not_converged` (step limit reached), then
+  the host's checks `fragmented_thickness` (2D), `fragmented_width` (1D, the authors' spans
+  across the wire), `fragmented_diameter` (0D) above the fragmentation limits; first match wins.
+- **Dimensionality**: the periodic axes of the PBE geometry decide it everywhere; a dataset label
+  that disagrees is kept as `dimension_label` and counted in the reference table.
+- **Disconnected** (a diagnostic, never a failure): more covalently bonded pieces than the PBE
+  structure.
 - **Steps**: FIRE steps of the relaxations that converged.
 - **Energy error**: (E_model - E_PBE) / N_atoms in meV/atom, signed, over successful relaxations;
   MAE is the mean of its absolute value; `within_10_mev` the fraction with |error| < 10 meV/atom.
@@ -75,7 +80,31 @@ def read_provenance(path: Path) -> dict:
 def tables(scored: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Every table of the report, by name (see TABLES)."""
     return {"summary": summary.summary(scored), "failures": summary.failures(scored), "steps": summary.steps(scored),
-            "energy": summary.energy(scored), "positions": summary.positions(scored)}
+            "energy": summary.energy(scored), "positions": summary.positions(scored),
+            "connectivity": summary.connectivity(scored), "reference": summary.reference(scored),
+            "energy_by_element": summary.energy_by_element(scored)}
+
+
+def worst_elements(by_element: pd.DataFrame, keep: int = WORST_ELEMENTS) -> pd.DataFrame:
+    """The `keep` elements with the largest energy MAE per (model, dimensionality)."""
+    ranked = by_element.sort_values("mae", ascending=False, kind="stable")
+    return ranked.groupby(["model", "dimension"], sort=False).head(keep).sort_values(
+        ["model", "dimension", "mae"], ascending=[True, True, False], kind="stable").reset_index(drop=True)
+
+
+def timing(scored: pd.DataFrame) -> pd.DataFrame:
+    """Per model: structures, worker time spent relaxing (sum of wall_s), structures per
+    worker-second and the median seconds per structure (a run with W parallel workers
+    finishes about W times faster than the worker time)."""
+    rows = []
+    for model, group in scored.groupby(scored["model"].astype(str), sort=False):
+        wall = pd.to_numeric(group.get("wall_s"), errors="coerce").dropna() if "wall_s" in group else pd.Series([])
+        total = float(wall.sum())
+        rows.append({"model": model, "structures": len(group), "worker_s": total,
+                     "structures_per_worker_s": len(wall) / total if total > 0 else np.nan,
+                     "median_s_per_structure": float(wall.median()) if len(wall) else np.nan})
+    return pd.DataFrame(rows, columns=["model", "structures", "worker_s", "structures_per_worker_s",
+                                       "median_s_per_structure"])
 
 
 # ---- formatting -------------------------------------------------------------------
@@ -134,16 +163,20 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def html_table(table: pd.DataFrame) -> str:
-    return formatted(table).to_html(index=False, border=0, classes="table", escape=True)
+    """A table whose headers can wrap at underscores, so wide tables fit the page."""
+    cells = formatted(table)
+    cells.columns = [str(c).replace("_", " ") for c in cells.columns]
+    return cells.to_html(index=False, border=0, classes="table", escape=True)
 
 
 HTML_HEAD = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
-th, td {{ padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }}
-th {{ background: #f4f4f4; }}
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 74em; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.82em; max-width: 100%; }}
+th, td {{ padding: 0.2em 0.5em; border-bottom: 1px solid #ddd; text-align: right; overflow-wrap: anywhere; }}
+th {{ background: #f4f4f4; vertical-align: bottom; }}
+ul.facts li {{ overflow-wrap: anywhere; }}
 td:first-child, th:first-child, td:nth-child(2) {{ text-align: left; }}
 img {{ max-width: 100%; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.8em; }}
@@ -223,22 +256,81 @@ def protocol_text(provenance: dict) -> str:
     return _text(protocol)
 
 
+def mapping_text(value) -> str:
+    """A settings mapping as words: "key value; key value", unset entries left out."""
+    if not isinstance(value, dict):
+        return _text(value)
+    parts = [f"{k.replace('_', ' ')} {', '.join(map(str, v)) if isinstance(v, list) else v}"
+             for k, v in value.items() if v is not None]
+    return "; ".join(parts) or "all structures"
+
+
+def wall_time(provenance: dict) -> str:
+    """finished - started of the run, as "1 h 02 min 03 s", or "-"."""
+    from datetime import datetime
+
+    try:
+        seconds = (datetime.fromisoformat(str(provenance["finished"]))
+                   - datetime.fromisoformat(str(provenance["started"]))).total_seconds()
+    except (KeyError, ValueError, TypeError):
+        return "-"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return (f"{hours} h " if hours else "") + f"{rest // 60:02d} min {rest % 60:02d} s"
+
+
 def run_facts(run_dir: Path, provenance: dict) -> list[tuple[str, str]]:
     """(label, value) lines describing the run, from whatever provenance holds."""
     dataset = _get(provenance, "dataset", default={})
     facts = [("run", _text(provenance.get("run_id", Path(run_dir).name))),
              ("started", _text(provenance.get("started", provenance.get("start")))),
              ("finished", _text(provenance.get("finished", provenance.get("end")))),
+             ("wall time", wall_time(provenance)),
              ("dataset", _text(_get(dataset, "name") if isinstance(dataset, dict) else dataset)),
              ("dataset sha256", dataset_sha256(provenance)),
-             ("protocol", protocol_text(provenance)),
-             ("fragmentation limits (Å)", _text(provenance.get("fragmentation_limits_a"))),
+             ("protocol", mapping_text(_get(provenance, "protocol"))),
+             ("fragmentation limits (Å)", mapping_text(provenance.get("fragmentation_limits_a"))),
              ("tool commit", _text(_get(provenance, "host", "tool_commit")))]
     if isinstance(dataset, dict):
         for key in ("structures", "subset", "identity"):
             if key in dataset:
-                facts.append((f"dataset {key}", _text(dataset[key])))
+                facts.append((f"dataset {key}", mapping_text(dataset[key])))
     return facts
+
+
+def paper_comparison(failures: pd.DataFrame, provenance: dict) -> tuple[pd.DataFrame, str] | None:
+    """This run's failures beside the paper's Table II, with a caption; None unless the
+    run is on the paper's dataset and has models the paper has."""
+    dataset = _get(provenance, "dataset", default={})
+    if not isinstance(dataset, dict) or dataset.get("name") != paper.PAPER_DATASET:
+        return None
+    table = paper.beside_paper(failures)
+    if table.empty:
+        return None
+    caption = "Failed relaxations of this run beside the paper's Table II (Benedini et al., arXiv:2508.15614)."
+    if dataset.get("subset_key", "all") != "all":
+        caption += (f" This run is a subset ({mapping_text(dataset.get('subset'))}); the paper's counts are "
+                    f"over {paper.PAPER_STRUCTURES:,} structures per dimensionality: compare the percentages.")
+    return table, caption
+
+
+def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
+    """The dataset's own figures from run_dir/reference.extxyz: elements per dimensionality
+    on periodic tables; atoms per cell, distances below 7 Å and PBE energies per atom."""
+    from ase.io import read
+
+    from metrics import dataset
+    from metrics.geometry import periodic_axes
+
+    path = run_dir / "reference.extxyz"
+    if not path.is_file():
+        return {}
+    structures = read(path, index=":")
+    for atoms in structures:
+        atoms.info["periodic_axes"] = periodic_axes(atoms)
+    table = dataset.structure_table(structures)
+    table.to_csv(out / "dataset.csv", index=False)
+    return {"dataset_elements": plots.dataset_elements(dataset.element_counts(table), out),
+            "dataset_distributions": plots.dataset_distributions(table, dataset.pair_distances(structures), out)}
 
 
 # ---- run report -------------------------------------------------------------------
@@ -251,42 +343,65 @@ def write_run_report(run_dir: Path) -> Path:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     named = tables(scored)
+    named["timing"] = timing(scored)
+    beside = paper_comparison(named["failures"], provenance)
+    if beside is not None:
+        named["paper"] = beside[0]
     for name, table in named.items():
         table.to_csv(out / f"{name}.csv", index=False)
         table.to_parquet(out / f"{name}.parquet", index=False)
     models = models_table(provenance)
     models.to_csv(out / "models.csv", index=False)
-    figures = plots.plot_all(scored, out)
+    figures = {**plots.plot_all(scored, out), **dataset_figures(run_dir, out)}
+    for model in dict.fromkeys(named["energy_by_element"]["model"]):
+        figures[f"energy_by_element_{model}"] = plots.energy_by_element(named["energy_by_element"], model, out)
+    shown = {**named, "energy_by_element": worst_elements(named["energy_by_element"])}
 
     title = f"0123D benchmark: {run_dir.name}"
-    facts = run_facts(run_dir, provenance)
     sections = [("Summary", "summary", "Failures over all structures; errors over successful relaxations."),
-                ("Failures (Table II)", "failures", "Structures per failure reason; a structure has one reason."),
-                ("Steps to converge", "steps", "FIRE steps of converged relaxations."),
-                ("Energy error (meV/atom)", "energy", "E_model - E_PBE per atom, successful relaxations."),
-                ("Position error (Å)", "positions", "Kabsch-aligned MAE over 3N components, successful relaxations.")]
-    figure_titles = {"steps": "Steps to converge", "energy_error": "Energy error", "position_mae": "Position error"}
+                ("Failures (Table II)", "failures", "Structures per failure reason; a structure has one reason.")]
+    if beside is not None:
+        sections.append(("Beside the paper (Table II)", "paper", beside[1]))
+    sections += [
+        ("Steps to converge", "steps", "FIRE steps of converged relaxations."),
+        ("Energy error (meV/atom)", "energy", "E_model - E_PBE per atom, successful relaxations."),
+        ("Position error (Å)", "positions", "Kabsch-aligned MAE over 3N components, successful relaxations."),
+        ("Energy error per element (meV/atom)", "energy_by_element",
+         f"The {WORST_ELEMENTS} elements with the largest MAE per model and dimensionality, over successful "
+         "relaxations containing them (every element: energy_by_element.csv; maps below)."),
+        ("Connectivity (diagnostic, not a failure)", "connectivity",
+         "Relaxed structures with more covalently bonded pieces than their PBE structure."),
+        ("Reference structures", "reference",
+         "PBE structures per dimensionality; over_own_limit: already wider than the fragmentation limit "
+         "(they fail for every model); label_mismatch: the dataset's label disagrees with the geometry."),
+        ("Timing", "timing", f"Worker time spent relaxing; the run's wall time was {wall_time(provenance)}.")]
+    captions = {"steps": "Steps to converge", "energy_error": "Energy error", "position_mae": "Position error",
+                "dataset_elements": "Dataset: elements per dimensionality",
+                "dataset_distributions": "Dataset: atoms per cell, interatomic distances, PBE energies"}
+    captions.update({name: f"Energy error per element: {name[len('energy_by_element_'):]}"
+                     for name in figures if name.startswith("energy_by_element_")})
+    facts = run_facts(run_dir, provenance)
 
     md = [f"# {title}\n", *[f"- **{label}**: {value}" for label, value in facts], "",
           "## Models\n", markdown_table(models) if len(models) else "(no model records in provenance.json)\n"]
     for heading, name, caption in sections:
-        md += [f"## {heading}\n", caption + "\n", markdown_table(named[name])]
+        md += [f"## {heading}\n", caption + "\n", markdown_table(shown[name])]
     md.append("## Figures\n")
-    for metric, (png, svg) in figures.items():
-        md.append(f"### {figure_titles[metric]}\n\n![{figure_titles[metric]}]({png.name}) ([SVG]({svg.name}))\n")
+    for name, (png, svg) in figures.items():
+        md.append(f"### {captions[name]}\n\n![{captions[name]}]({png.name}) ([SVG]({svg.name}))\n")
     md += ["## Definitions\n", DEFINITIONS, "## Provenance (provenance.json)\n",
            "```json\n" + json.dumps(provenance, indent=2, default=str) + "\n```\n"]
     (out / "report.md").write_text("\n".join(md))
 
-    body = [HTML_HEAD.format(title=html.escape(title)), f"<h1>{html.escape(title)}</h1><ul>"]
+    body = [HTML_HEAD.format(title=html.escape(title)), f"<h1>{html.escape(title)}</h1><ul class=\"facts\">"]
     body += [f"<li><b>{html.escape(label)}</b>: {html.escape(value)}</li>" for label, value in facts]
     body += ["</ul><h2>Models</h2>", html_table(models) if len(models) else "<p>(no model records)</p>"]
     for heading, name, caption in sections:
-        body += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>", html_table(named[name])]
+        body += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>", html_table(shown[name])]
     body.append("<h2>Figures</h2>")
-    for metric, (png, _) in figures.items():
+    for name, (png, _) in figures.items():
         data = base64.b64encode(png.read_bytes()).decode()
-        body.append(f"<h3>{figure_titles[metric]}</h3><img alt=\"{figure_titles[metric]}\" "
+        body.append(f"<h3>{html.escape(captions[name])}</h3><img alt=\"{html.escape(captions[name])}\" "
                     f"src=\"data:image/png;base64,{data}\">")
     body += ["<h2>Definitions</h2>", _markdown_to_html(DEFINITIONS),
              "<details><summary>provenance.json</summary><pre>"
@@ -297,7 +412,8 @@ def write_run_report(run_dir: Path) -> Path:
 
 # ---- leaderboard ------------------------------------------------------------------
 
-LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "failed_pct", "energy_median_mev",
+LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "failed_pct", "paper_failed",
+                       "energy_median_mev",
                        "energy_mae_mev", "position_mae_median_a", "median_steps", "image_id", "packages",
                        "dataset_sha256", "protocol"]
 
@@ -330,6 +446,10 @@ def leaderboard(results_dir: Path) -> pd.DataFrame:
         line["packages"] = [packages_text(records.get(m)) for m in line["model"]]
         line["dataset_sha256"] = dataset_sha256(provenance)
         line["protocol"] = protocol_text(provenance)
+        beside = paper_comparison(summary.failures(scored), provenance)
+        paper_failed = {} if beside is None else \
+            {(r.model, r.dimension): r.paper_failed for r in beside[0].itertuples(index=False)}
+        line["paper_failed"] = [paper_failed.get(key, np.nan) for key in zip(line["model"], line["dimension"])]
         rows.append(line)
     table = pd.concat(rows, ignore_index=True)
     order = {d: i for i, d in enumerate(summary.DIMENSIONS)}
@@ -354,14 +474,16 @@ def write_leaderboard(results_dir: Path) -> Path:
     results_dir = Path(results_dir)
     table = leaderboard(results_dir)
     table.to_csv(results_dir / "leaderboard.csv", index=False)
-    ranking_columns = ["model", "run", "structures", "failed", "failed_pct", "energy_median_mev", "energy_mae_mev",
+    ranking_columns = ["model", "run", "structures", "failed", "failed_pct", "paper_failed", "energy_median_mev",
+                       "energy_mae_mev",
                        "position_mae_median_a", "median_steps", "image_id", "packages"]
     runs = table.drop_duplicates("run")[["run", "dataset_sha256", "protocol"]].sort_values("run")
-    md = ["# 0123D leaderboard\n", f"{table['run'].nunique()} finished run(s) in `{results_dir}`. Ranked within "
-          "each dimensionality by failed %, then energy MAE, then median position MAE.\n"]
+    note = (f"Ranked within each dimensionality by failed %, then energy MAE, then median position MAE. "
+            f"paper_failed: the paper's Table II for the same model, of {paper.PAPER_STRUCTURES:,} structures per "
+            "dimensionality (runs on its dataset only).")
+    md = ["# 0123D leaderboard\n", f"{table['run'].nunique()} finished run(s) in `{results_dir}`. {note}\n"]
     body = [HTML_HEAD.format(title="0123D leaderboard"), "<h1>0123D leaderboard</h1>",
-            f"<p>{table['run'].nunique()} finished run(s). Ranked within each dimensionality by failed %, "
-            "then energy MAE, then median position MAE.</p>"]
+            f"<p>{table['run'].nunique()} finished run(s). {html.escape(note)}</p>"]
     for dim, group in table.groupby("dimension", sort=False):
         view = group[ranking_columns].copy()
         view.insert(0, "rank", range(1, len(view) + 1))

@@ -36,7 +36,9 @@ def scored_rows(energy_scale=1.0):
                              "periodic_axes": {"0D": "", "2D": "ab", "3D": "abc"}[dim],
                              "energy_error_mev_per_atom": energy_scale * scale * rng.normal(),
                              "position_mae_a": scale * 0.01 * rng.random(), "position_rmsd_a": 0.02,
-                             "cell_change_rel": 0.01, "extent_a": 3.0})
+                             "cell_change_rel": 0.01, "extent_a": 3.0, "elements": "Mo S" if dim == "2D" else "C H",
+                             "disconnected": k == 1, "reference_over_limit": False,
+                             "dimension_mismatch": k == 2 and model == "good"})
     return pd.DataFrame(rows)
 
 
@@ -63,16 +65,97 @@ def test_run_report_writes_tables_plots_and_a_self_contained_html(tmp_path):
     failures = pd.read_csv(out / "failures.csv")
     assert failures.set_index(["model", "dimension"]).loc[("poor", "2D"), "fragmented_thickness"] == 1
     page = (out / "report.html").read_text()
-    assert page.count("<table") == 6  # models + five tables
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("<table") == 10  # models + nine tables (no paper table: these models are not the paper's)
+    assert "Beside the paper" not in page
+    assert page.count("data:image/png;base64,") == 5  # three box plots, one element map per model
     assert "src=\"energy_error.png\"" not in page  # nothing refers to a file next to it
-    for text in ("goodpkg=1.2.3", "poorpkg=?", "sha256:" + "1" * 64, "ab" * 32, "max_steps=15000",
+    for text in ("goodpkg=1.2.3", "poorpkg=?", "sha256:" + "1" * 64, "ab" * 32, "max steps 15000",
                  "2025-01-01T10:00:00+00:00", "fragmented_thickness", "0123d"):
         assert text in page, text
     md = md_path.read_text()
     assert "| model | dimension | structures | failed |" in md
     assert "![Energy error](energy_error.png)" in md
     assert "goodpkg=1.2.3" in md
+
+
+def test_report_tables_of_connectivity_references_elements_and_timing(tmp_path):
+    run = make_run(tmp_path, "run-a")
+    write_run_report(run)
+    out = run / "report"
+    connectivity = pd.read_csv(out / "connectivity.csv").set_index(["model", "dimension"])
+    assert connectivity.loc[("good", "3D"), "disconnected"] == 1  # counted, but not among the failures
+    assert pd.read_csv(out / "failures.csv").set_index(["model", "dimension"]).loc[("good", "3D"), "failed"] == 0
+    reference = pd.read_csv(out / "reference.csv").set_index("dimension")
+    assert reference["structures"].to_dict() == {"0D": 4, "2D": 4, "3D": 4}
+    assert reference["label_mismatch"].to_dict() == {"0D": 1, "2D": 1, "3D": 1}
+    by_element = pd.read_csv(out / "energy_by_element.csv").set_index(["model", "dimension", "element"])
+    scored = pd.read_csv(run / "results.csv", keep_default_na=False)
+    ok = scored[(scored["model"] == "poor") & (scored["dimension"] == "2D") & (scored["failure_reason"] == "")]
+    assert by_element.loc[("poor", "2D", "Mo"), "n"] == 3
+    assert by_element.loc[("poor", "2D", "Mo"), "mae"] == pytest.approx(ok["energy_error_mev_per_atom"].abs().mean())
+    assert (out / "energy_by_element_good.png").read_bytes()[:4] == b"\x89PNG"
+    timing = pd.read_csv(out / "timing.csv").set_index("model")
+    assert timing.loc["good", "worker_s"] == pytest.approx(12 * 0.5)
+    assert timing.loc["good", "structures_per_worker_s"] == pytest.approx(2.0)
+    page = (out / "report.html").read_text()
+    assert "1 h 00 min 00 s" in page  # the run's wall time
+    assert "max steps 15000" in page and "{" not in page.split("<details>")[0].split("</style>")[1]  # text, not JSON
+
+
+def test_the_paper_s_table_ii_beside_a_0123d_run(tmp_path):
+    run = make_run(tmp_path, "run-0123d", provenance={**PROVENANCE, "dataset": {
+        "name": "0123d", "subset_key": "all", "structures": 12}})
+    table = pd.read_csv(run / "results.csv")
+    table["model"] = table["model"].map({"good": "mace-mpa-0", "poor": "ORB-3d"})
+    table.to_csv(run / "results.csv", index=False)
+    write_run_report(run)
+    beside = pd.read_csv(run / "report" / "paper.csv").set_index(["model", "dimension"])
+    assert beside.loc[("mace-mpa-0", "2D"), ["tag", "paper_failed", "failed"]].tolist() == ["MACE", 47, 0]
+    assert beside.loc[("ORB-3d", "0D"), "paper_failed"] == 89
+    assert beside.loc[("ORB-3d", "2D"), "failed"] == 1
+    assert beside.loc[("ORB-3d", "0D"), "paper_failed_pct"] == pytest.approx(0.89)
+    page = (run / "report" / "report.html").read_text()
+    assert "Beside the paper" in page and "compare the percentages" not in page
+    # a subset of the paper's dataset says what the paper's counts are over
+    (run / "provenance.json").write_text(json.dumps({**PROVENANCE, "dataset": {
+        "name": "0123d", "subset_key": "n3s0", "subset": {"limit_per_dimension": 3, "seed": 0}}}))
+    write_run_report(run)
+    assert "over 10,000 structures per dimensionality" in (run / "report" / "report.html").read_text()
+    write_leaderboard(tmp_path)
+    board = pd.read_csv(tmp_path / "leaderboard.csv").set_index(["model", "dimension"])
+    assert board.loc[("mace-mpa-0", "2D"), "paper_failed"] == 47
+    # another dataset gets no comparison
+    (run / "provenance.json").write_text(json.dumps({**PROVENANCE, "dataset": {"name": "alexandria-3d-p000"}}))
+    write_run_report(run)
+    assert not (run / "report" / "report.html").read_text().count("Beside the paper")
+    write_leaderboard(tmp_path)
+    assert pd.read_csv(tmp_path / "leaderboard.csv")["paper_failed"].isna().all()
+
+
+def test_dataset_figures_from_the_run_s_reference_structures(tmp_path):
+    from ase.build import bulk, molecule, mx2
+    from ase.io import write
+
+    run = make_run(tmp_path, "run-a")
+    mol = molecule("CH4")
+    mol.center(vacuum=8.0)
+    layer = mx2("MoS2", vacuum=8.0)
+    frames = []
+    for k, atoms in enumerate((mol, layer, bulk("Si"), bulk("Cu"))):
+        atoms.pbc = True
+        atoms.info.update(id=f"s{k}", energy_ref_ev=-3.0 * len(atoms) - k)
+        frames.append(atoms)
+    write(run / "reference.extxyz", frames, format="extxyz")
+    write_run_report(run)
+    out = run / "report"
+    data = pd.read_csv(out / "dataset.csv").set_index("id")
+    assert data["dimension"].to_dict() == {"s0": "0D", "s1": "2D", "s2": "3D", "s3": "3D"}
+    assert data.loc["s1", "elements"] == "Mo S" and data.loc["s2", "energy_per_atom_ev"] == pytest.approx(-4.0)
+    for name in ("dataset_elements", "dataset_distributions"):
+        assert (out / f"{name}.png").stat().st_size > 10000
+    svg = (out / "dataset_elements.svg").read_text()
+    assert "Mo" in svg and "structures containing each element" in svg
+    assert "Dataset: elements per dimensionality" in (out / "report.html").read_text()
 
 
 @pytest.mark.parametrize("provenance", [{}, {"models": "oops", "dataset": "just a name", "protocol": None}, None])

@@ -101,11 +101,15 @@ class Dataset:
 
 def load_dataset(spec: str, registry: dict, cache_dir: Path, *, show_progress: bool = True) -> Dataset:
     """The dataset named `spec` in `registry` (downloaded into `cache_dir/<name>/`, or
-    taken from there), or the local file or folder at path `spec`."""
+    taken from there; or, for an entry with `path`, the files shipped there), or the
+    local file or folder at path `spec`."""
     cache_dir = Path(cache_dir).expanduser()
     registry = registry or {}
     try:
-        if spec in registry:
+        if spec in registry and "path" in registry[spec]:
+            files, sums = _local_files(registry[spec]["path"], {})
+            _check_pin(spec, registry[spec], files, sums)
+        elif spec in registry:
             from orchestrator.download import fetch_dataset
 
             files, sums = fetch_dataset(spec, registry[spec], cache_dir, show_progress=show_progress)
@@ -133,6 +137,13 @@ def _local_files(spec: str, registry: dict) -> tuple[list[Path], dict[str, str]]
     else:
         files = [path]
     return files, {p.name: sha256_of(p) for p in files}
+
+
+def _check_pin(name: str, entry: dict, files: list[Path], sums: dict[str, str]) -> None:
+    """A shipped file must still be the one its registry entry pins."""
+    if entry.get("sha256") and [sums[p.name] for p in files] != [entry["sha256"]]:
+        raise BenchError(f"dataset {name}: {files[0]} has sha256 {sums[files[0].name]}, but the registry pins "
+                         f"{entry['sha256']}")
 
 
 def identity_of(sums: dict[str, str]) -> str:

@@ -148,6 +148,9 @@ def load(path: Path, overrides: dict | None = None, environ=os.environ) -> Manif
             nested = {parent: nested}
         _merge(SCHEMA, nested, "command line", "command line", "", values, sources)
     _validate(values, str(path))
+    for entry in values["datasets"].values():  # a shipped dataset's path is relative to the manifest
+        if "path" in entry:
+            entry["path"] = str((path.parent / Path(entry["path"]).expanduser()).resolve())
     return Manifest(path=path, values=values, sources=sources)
 
 
@@ -171,8 +174,9 @@ def _validate(values: dict, where: str) -> None:
         if values["protocol"][key] <= 0:
             raise BenchError(f"{where}: protocol.{key} must be positive")
     for name, entry in values["datasets"].items():
-        if not isinstance(entry, dict) or "url" not in entry:
-            raise BenchError(f"{where}: datasets.{name} needs a url")
-        unknown = set(entry) - {"url", "sha256", "files"}
+        if not isinstance(entry, dict) or ("url" in entry) == ("path" in entry):
+            raise BenchError(f"{where}: datasets.{name} needs a url (to download) or a path (shipped), not both")
+        unknown = set(entry) - {"url", "path", "sha256", "files"}
         if unknown:
-            raise BenchError(f"{where}: datasets.{name} has unknown key(s) {sorted(unknown)}; allowed: url, sha256, files")
+            raise BenchError(f"{where}: datasets.{name} has unknown key(s) {sorted(unknown)}; "
+                             "allowed: url or path, sha256, files")

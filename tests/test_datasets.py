@@ -331,3 +331,27 @@ def test_p000_loads_in_seconds(tmp_path):
     assert len(dataset.structures) == 9155
     assert dataset.counts() == {"0D": 0, "1D": 0, "2D": 0, "3D": 9155}
     assert seconds < 30, seconds
+
+
+def test_the_shipped_sample_is_a_registry_dataset_pinned_by_sha256(tmp_path):
+    from conftest import REPO
+    from orchestrator.manifest import load
+
+    manifest = load(REPO / "benchmark.yaml", {"dataset": "sample"}, environ={})
+    dataset = load_dataset("sample", manifest["datasets"], tmp_path / "cache")
+    assert dataset.name == "sample" and len(dataset.structures) == dataset.counts()["3D"] == 50
+    assert not (tmp_path / "cache").exists()  # nothing downloaded, nothing copied
+    entry = {**manifest["datasets"]["sample"], "sha256": "0" * 64}
+    with pytest.raises(BenchError, match=r"dataset sample: .*sample50.json.bz2 has sha256 bcdb04b9.*pins 0000"):
+        load_dataset("sample", {"sample": entry}, tmp_path / "cache")
+
+
+def test_a_registry_entry_needs_a_url_or_a_path(tmp_path):
+    from orchestrator.manifest import load
+
+    path = tmp_path / "benchmark.yaml"
+    path.write_text("datasets:\n  mine: {sha256: abc}\n")
+    with pytest.raises(BenchError, match="datasets.mine needs a url .* or a path"):
+        load(path, environ={})
+    path.write_text("datasets:\n  mine: {path: data/x.json.bz2}\n")
+    assert load(path, environ={})["datasets"]["mine"]["path"] == str(tmp_path / "data" / "x.json.bz2")

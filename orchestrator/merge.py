@@ -12,7 +12,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from orchestrator.shards import read_records
 
 COLUMNS = ["model", "id", "dimension", "natoms", "elements", "converged", "failure_reason", "steps", "energy_ev",
-           "energy_ref_ev", "max_force_ev_per_a", "wall_s", "error"]
+           "energy_ref_ev", "max_force_ev_per_a", "max_atom_force_ev_per_a", "wall_s", "error"]
 
 
 def read_results(out_dir: Path) -> dict[str, dict]:
@@ -43,6 +43,7 @@ def merge(reference: list[Atoms], results: dict[str, dict[str, dict]]):
                 "steps": int(record["steps"]), "energy_ev": record.get("energy_ev", np.nan),
                 "energy_ref_ev": ref.info["energy_ref_ev"],
                 "max_force_ev_per_a": record.get("max_force_ev_per_a", np.nan),
+                "max_atom_force_ev_per_a": record.get("max_atom_force_ev_per_a", np.nan),
                 "wall_s": record.get("wall_s", np.nan), "error": record.get("error", ""),
             })
             if "positions" in record:

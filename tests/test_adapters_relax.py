@@ -223,3 +223,11 @@ def test_default_variant_is_the_papers_text():
                                                                 "abc")
     with pytest.raises(ValueError, match="protocol variant"):
         relax(atoms.copy(), EMT(), {**PROTOCOL, "variant": "mine"}, "abc")
+
+
+def test_max_force_is_what_the_convergence_test_saw_cell_included():
+    strained = bulk("Cu", "fcc", 3.9, cubic=True)  # no force on any atom, a large stress
+    result = relax(strained, EMT(), {**PROTOCOL, "max_steps": 1}, "abc")
+    assert result["max_atom_force_ev_per_a"] < 1e-8
+    assert result["max_force_ev_per_a"] > PROTOCOL["fmax_ev_per_a"]
+    assert result["failure_reason"] == "not_converged"

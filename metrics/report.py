@@ -175,7 +175,7 @@ HTML_HEAD = """<!DOCTYPE html>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 74em; padding: 0 1em; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.82em; max-width: 100%; }}
 th, td {{ padding: 0.2em 0.5em; border-bottom: 1px solid #ddd; text-align: right; overflow-wrap: anywhere; }}
-th {{ background: #f4f4f4; vertical-align: bottom; }}
+th {{ background: #f4f4f4; vertical-align: bottom; overflow-wrap: normal; }}
 ul.facts li {{ overflow-wrap: anywhere; }}
 td:first-child, th:first-child, td:nth-child(2) {{ text-align: left; }}
 img {{ max-width: 100%; }}

@@ -127,6 +127,19 @@ def test_chgnet_and_sevennet_relax_the_whole_sample_like_plain_ase(tmp_path, doc
     assert (table["failure_reason"] != "model_error").all()
     assert np.isfinite(table["energy_error_mev_per_atom"]).all()
     assert "0123D summary" in done.stderr
+    # the report shows the dataset's figures and the per-element errors of both models
+    report = run_dir / "report"
+    page = (report / "report.html").read_text()
+    for caption in ("Dataset: elements per dimensionality", "Energy error per element: chgnet",
+                    "Energy error per element: sevennet-0", "Energy error per element (meV/atom)"):
+        assert caption in page, caption
+    by_element = pd.read_csv(report / "energy_by_element.csv", keep_default_na=False)
+    assert set(by_element["model"]) == {"chgnet", "sevennet-0"} and by_element["element"].nunique() > 40
+    has_oxygen = table["elements"].str.split().map(lambda elements: "O" in elements)
+    oxygen = table[(table["model"] == "chgnet") & (table["failure_reason"] == "") & has_oxygen]
+    row = by_element[(by_element["model"] == "chgnet") & (by_element["element"] == "O")].iloc[0]
+    assert row["n"] == len(oxygen) and row["mae"] == pytest.approx(oxygen["energy_error_mev_per_atom"].abs().mean())
+    assert len(pd.read_csv(report / "dataset.csv")) == 200
 
     provenance = json.loads((run_dir / "provenance.json").read_text())
     ase_versions = {m: r["packages"]["ase"] for m, r in provenance["models"].items()}

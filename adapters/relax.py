@@ -9,8 +9,9 @@ max_steps), and `authors`, their code (cycles of FIRE with the vacuum reset betw
 them; see relax_authors). The calculator is
 loaded once; each structure's result is appended and flushed as it finishes, so
 a killed worker loses at most the structure in flight. Rerun on the same files,
-it skips what is done; a structure that killed the process itself (segfault,
-out of memory) is recorded as failed instead of being tried forever.
+it skips what is done; a structure that killed CRASHES_TO_FAIL workers (segfault,
+out of memory; the orchestrator lists them in `<out>.crashed`) is recorded as
+model_error instead of being tried forever.
 """
 
 from __future__ import annotations
@@ -281,6 +282,22 @@ def finished_ids(out: Path) -> set[str]:
     return {json.loads(line)["id"] for line in keep.splitlines() if line.strip()}
 
 
+#: A structure is recorded as model_error once this many workers died relaxing it.
+CRASHES_TO_FAIL = 2
+#: Exit code when results cannot be written (disk full, read-only folder): not the
+#: structure's fault, so the orchestrator records no crash (EX_TEMPFAIL).
+CANNOT_WRITE = 75
+
+
+def crash_counts(out: Path) -> dict[str, int]:
+    """How many workers died relaxing each structure, from the orchestrator's `.crashed` list."""
+    path = out.with_suffix(".crashed")
+    counts: dict[str, int] = {}
+    for sid in path.read_text().split() if path.exists() else []:
+        counts[sid] = counts.get(sid, 0) + 1
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="JSON: calculator, options, device, protocol")
@@ -289,25 +306,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     job = json.loads(args.job)
     records = [json.loads(line) for line in args.shard.read_text().splitlines() if line.strip()]
-    done = finished_ids(args.out)
     in_flight = args.out.with_suffix(".inflight")
-    todo = [r for r in records if r["id"] not in done]
-    with args.out.open("a") as out:
-        if in_flight.exists():
-            crashed = in_flight.read_text().strip()
-            if crashed and crashed not in done:
-                # The previous worker died inside this structure: record it, don't retry it.
-                write(out, {"id": crashed, "converged": False, "failure_reason": "model_error",
-                            "error": "worker process died while relaxing this structure", "steps": 0})
-                todo = [r for r in todo if r["id"] != crashed]
-        if not todo:
-            in_flight.unlink(missing_ok=True)
-            return 0
-        calculator = make_calculator(job["calculator"], job["device"], job.get("options", {}))
-        for record in todo:
-            in_flight.write_text(record["id"])
-            write(out, relax_record(record, calculator, job["protocol"]))
-    in_flight.unlink(missing_ok=True)
+    try:
+        done = finished_ids(args.out)
+        todo = [r for r in records if r["id"] not in done]
+        crashes = crash_counts(args.out)
+        with args.out.open("a") as out:
+            for record in [r for r in todo if crashes.get(r["id"], 0) >= CRASHES_TO_FAIL]:
+                # it killed the worker itself again and again (segfault, out of memory): record it
+                write(out, {"id": record["id"], "converged": False, "failure_reason": "model_error", "steps": 0,
+                            "error": f"the worker process died {crashes[record['id']]} times relaxing it"})
+            todo = [r for r in todo if crashes.get(r["id"], 0) < CRASHES_TO_FAIL]
+            if todo:
+                calculator = make_calculator(job["calculator"], job["device"], job.get("options", {}))
+            for record in todo:
+                in_flight.write_text(record["id"])
+                write(out, relax_record(record, calculator, job["protocol"]))
+        in_flight.unlink(missing_ok=True)
+    except OSError as exc:
+        print(f"cannot write the results of {args.shard.name}: {exc}", file=sys.stderr)
+        return CANNOT_WRITE
     return 0
 
 

@@ -44,6 +44,8 @@ import pandas as pd
 from metrics import geometry
 
 CONTAINER_REASONS = ("model_error", "diverged", "not_converged")
+#: The reason of a structure without a result (an incomplete run): not a failure.
+MISSING = "missing"
 FRAGMENTED = {"2D": "fragmented_thickness", "1D": "fragmented_width", "0D": "fragmented_diameter"}
 #: Every failure reason, in order of precedence ("" is success).
 FAILURE_REASONS = (*CONTAINER_REASONS, "fragmented_thickness", "fragmented_width", "fragmented_diameter")

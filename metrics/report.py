@@ -297,6 +297,16 @@ def run_facts(run_dir: Path, provenance: dict) -> list[tuple[str, str]]:
     return facts
 
 
+def incomplete_warning(provenance: dict) -> str | None:
+    """The line an incomplete run's report opens with, else None."""
+    if provenance.get("status") != "incomplete":
+        return None
+    missing = provenance.get("missing") or {}
+    counts = ", ".join(f"{model} {n}" for model, n in missing.items()) if isinstance(missing, dict) else "-"
+    return (f"INCOMPLETE RUN: structures without a result ({counts}) are listed as `missing`, not as failures; "
+            "rerun the same command to finish it. Its numbers are not final.")
+
+
 def paper_comparison(failures: pd.DataFrame, provenance: dict) -> tuple[pd.DataFrame, str] | None:
     """This run's failures beside the paper's Table II, with a caption; None unless the
     run is on the paper's dataset and has models the paper has."""
@@ -381,8 +391,10 @@ def write_run_report(run_dir: Path) -> Path:
     captions.update({name: f"Energy error per element: {name[len('energy_by_element_'):]}"
                      for name in figures if name.startswith("energy_by_element_")})
     facts = run_facts(run_dir, provenance)
+    warning = incomplete_warning(provenance)
 
-    md = [f"# {title}\n", *[f"- **{label}**: {value}" for label, value in facts], "",
+    md = [f"# {title}\n", *([f"> **{warning}**\n"] if warning else []),
+          *[f"- **{label}**: {value}" for label, value in facts], "",
           "## Models\n", markdown_table(models) if len(models) else "(no model records in provenance.json)\n"]
     for heading, name, caption in sections:
         md += [f"## {heading}\n", caption + "\n", markdown_table(shown[name])]
@@ -393,7 +405,10 @@ def write_run_report(run_dir: Path) -> Path:
            "```json\n" + json.dumps(provenance, indent=2, default=str) + "\n```\n"]
     (out / "report.md").write_text("\n".join(md))
 
-    body = [HTML_HEAD.format(title=html.escape(title)), f"<h1>{html.escape(title)}</h1><ul class=\"facts\">"]
+    body = [HTML_HEAD.format(title=html.escape(title)), f"<h1>{html.escape(title)}</h1>"]
+    if warning:
+        body.append(f"<p style=\"background:#fde2e1;padding:0.6em;font-weight:bold\">{html.escape(warning)}</p>")
+    body.append("<ul class=\"facts\">")
     body += [f"<li><b>{html.escape(label)}</b>: {html.escape(value)}</li>" for label, value in facts]
     body += ["</ul><h2>Models</h2>", html_table(models) if len(models) else "<p>(no model records)</p>"]
     for heading, name, caption in sections:
@@ -418,13 +433,15 @@ LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "fai
                        "dataset_sha256", "protocol"]
 
 
-def finished_runs(results_dir: Path) -> list[Path]:
-    """Sub-folders of results_dir with both results.csv and provenance.json, by name."""
+def finished_runs(results_dir: Path, *, complete: bool = True) -> list[Path]:
+    """Sub-folders of results_dir with both results.csv and provenance.json, by name: the
+    complete ones, or (complete=False) those whose provenance says they are incomplete."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         return []
-    return sorted(d for d in results_dir.iterdir()
-                  if d.is_dir() and (d / "results.csv").is_file() and (d / "provenance.json").is_file())
+    runs = [d for d in results_dir.iterdir()
+            if d.is_dir() and (d / "results.csv").is_file() and (d / "provenance.json").is_file()]
+    return sorted(d for d in runs if (read_provenance(d / "provenance.json").get("status") != "incomplete") == complete)
 
 
 def leaderboard(results_dir: Path) -> pd.DataFrame:
@@ -481,6 +498,9 @@ def write_leaderboard(results_dir: Path) -> Path:
     note = (f"Ranked within each dimensionality by failed %, then energy MAE, then median position MAE. "
             f"paper_failed: the paper's Table II for the same model, of {paper.PAPER_STRUCTURES:,} structures per "
             "dimensionality (runs on its dataset only).")
+    left_out = [d.name for d in finished_runs(results_dir, complete=False)]
+    if left_out:
+        note += f" Left out, incomplete: {', '.join(left_out)}."
     md = ["# 0123D leaderboard\n", f"{table['run'].nunique()} finished run(s) in `{results_dir}`. {note}\n"]
     body = [HTML_HEAD.format(title="0123D leaderboard"), "<h1>0123D leaderboard</h1>",
             f"<p>{table['run'].nunique()} finished run(s). {html.escape(note)}</p>"]

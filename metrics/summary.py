@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from metrics.per_structure import FAILURE_REASONS
+from metrics.per_structure import FAILURE_REASONS, MISSING
 
 DIMENSIONS = ("0D", "1D", "2D", "3D")
 KEYS = ["model", "dimension"]
@@ -60,23 +60,22 @@ def _q(p):
 
 
 def failures(scored: pd.DataFrame) -> pd.DataFrame:
-    """The paper's Table II: structures, failed, failed %, and one column per reason."""
+    """The paper's Table II: structures, failed, failed %, one column per reason, and
+    `missing` (structures without a result yet: an incomplete run, never a failure)."""
     reasons = scored["failure_reason"].fillna("").astype(str)
     pairs = _groups(scored)
     counts = pd.crosstab([scored["model"].astype(str), scored["dimension"].astype(str)], reasons)
+    other = sorted(set(reasons) - {"", MISSING, *FAILURE_REASONS})  # a reason this code does not know still counts
     rows = []
     for model, dim in pairs.itertuples(index=False):
         row = counts.loc[(model, dim)] if (model, dim) in counts.index else pd.Series(dtype=int)
         total = int(row.sum())
-        failed = total - int(row.get("", 0))
+        missing = int(row.get(MISSING, 0))
+        failed = total - int(row.get("", 0)) - missing
         rows.append({"model": model, "dimension": dim, "structures": total, "failed": failed,
                      "failed_pct": 100.0 * failed / total if total else np.nan,
-                     **{reason: int(row.get(reason, 0)) for reason in FAILURE_REASONS}})
-    other = sorted(set(reasons) - {"", *FAILURE_REASONS})
-    if other:  # a reason this code does not know still counts, under its own name
-        for row in rows:
-            for reason in other:
-                row[reason] = int(counts.loc[(row["model"], row["dimension"])].get(reason, 0))
+                     **{reason: int(row.get(reason, 0)) for reason in (*FAILURE_REASONS, *other)},
+                     MISSING: missing})
     return pd.DataFrame(rows)
 
 

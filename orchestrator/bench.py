@@ -9,13 +9,14 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from metrics.per_structure import MISSING
 from orchestrator import merge, provenance
 from orchestrator.engine import console, docker_client
 from orchestrator.datasets import load_dataset, select, subset_key, write_extxyz
-from orchestrator.errors import BenchError
+from orchestrator.errors import BenchError, IncompleteRun
 from orchestrator.images import ImageBuilder, Model, discover_models
 from orchestrator.manifest import Manifest
-from orchestrator.scheduler import Job, Scheduler, device_slots
+from orchestrator.scheduler import Job, RunLock, Scheduler, device_slots
 from orchestrator.shards import complete_lines, read_ids, write_shards
 
 
@@ -93,6 +94,16 @@ def bench(manifest: Manifest, model_names: list[str]) -> Path:
     run_dir = manifest.path_setting("results_dir") / run_identity(dataset, key, protocol)
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"run folder {run_dir}: {len(structures)} structures x {len(models)} model(s)")
+    with RunLock(run_dir):  # one orchestrator per run folder; released however this process ends
+        return _relax_and_score(manifest, models, client, dataset, structures, run_dir, started)
+
+
+def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, structures: list, run_dir: Path,
+                     started: str) -> Path:
+    cache_dir = manifest.path_setting("cache_dir")
+    subset = manifest["subset"]
+    key = subset_key(**subset)
+    protocol = manifest.relaxation_protocol()
 
     shard_size = _fixed_shard_size(run_dir, manifest["shard_size"])
     shards = write_shards(structures, run_dir / "shards", shard_size)
@@ -121,7 +132,7 @@ def bench(manifest: Manifest, model_names: list[str]) -> Path:
                 jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))
 
     slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"])
-    scheduler = Scheduler(client, slots, run_dir.name, cache_dir / "weights", manifest["max_worker_retries"])
+    scheduler = Scheduler(client, slots, run_dir, cache_dir / "weights", manifest["max_worker_retries"])
     if jobs:
         console.print(f"{len(jobs)} shard job(s) on {len(slots)} slot(s): {', '.join(s.name for s in slots)}")
         tracker = ResultsProgress(run_dir, totals)
@@ -133,8 +144,11 @@ def bench(manifest: Manifest, model_names: list[str]) -> Path:
         console.print(f"[red]worker failed[/red]: {failure}")
 
     table = score_run(run_dir, manifest, structures)
+    missing = table[table["failure_reason"] == MISSING].groupby("model").size().to_dict()
     provenance.write(run_dir / "provenance.json", {
         **record, "run_id": run_dir.name,
+        "status": "incomplete" if missing else "complete", "missing": missing,
+        "worker_failures": scheduler.failures,
         "started": record.get("started", started), "finished": provenance.now(),
         "command": sys.argv, "host": provenance.host_info(client),
         "dataset": {"name": dataset.name, "files": {p.name: dataset.sha256[p.name] for p in dataset.files},
@@ -149,6 +163,12 @@ def bench(manifest: Manifest, model_names: list[str]) -> Path:
     report = write_run_report(run_dir)
     print_summary(table)
     console.print(f"report: {report}")
+    if missing:
+        counts = ", ".join(f"{model} {n}" for model, n in missing.items())
+        why = "; ".join(scheduler.failures) or "the workers were stopped"
+        raise IncompleteRun(f"incomplete run {run_dir}: {sum(missing.values())} structure(s) have no result "
+                            f"({counts}). Why: {why}. Finished structures are kept: fix the cause and rerun "
+                            "the same command to finish.")
     return run_dir
 
 

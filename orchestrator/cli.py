@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from orchestrator.errors import BenchError
+from orchestrator.errors import BenchError, IncompleteRun
 from orchestrator.manifest import DIMENSIONS, load
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "benchmark.yaml"
@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.func(args)
+    except IncompleteRun as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except BenchError as exc:
         if args.verbose:
             raise

@@ -9,6 +9,7 @@ import pandas as pd
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from metrics.per_structure import MISSING
 from orchestrator.shards import read_records
 
 COLUMNS = ["model", "id", "dimension", "natoms", "elements", "converged", "failure_reason", "steps", "energy_ev",
@@ -27,15 +28,15 @@ def read_results(out_dir: Path) -> dict[str, dict]:
 def merge(reference: list[Atoms], results: dict[str, dict[str, dict]]):
     """Rows for every (model, reference structure) and the relaxed Atoms keyed by (model, id).
 
-    A structure without a result line (its worker kept dying) gets a model_error row,
-    so it counts as a failure rather than vanishing from the denominators.
+    A structure without a result line gets a `missing` row: the run is incomplete (a
+    worker could not run, or was stopped), which is never the model's failure.
     """
     rows, relaxed = [], {}
     for model, by_id in results.items():
         for ref in reference:
             sid = ref.info["id"]
-            record = by_id.get(sid) or {"converged": False, "failure_reason": "model_error", "steps": 0,
-                                        "error": "no result: the worker container failed; see its .log"}
+            record = by_id.get(sid) or {"converged": False, "failure_reason": MISSING, "steps": 0,
+                                        "error": "no result yet: rerun the same command to finish the run"}
             rows.append({
                 "model": model, "id": sid, "dimension": ref.info["dimension"], "natoms": len(ref),
                 "elements": " ".join(sorted(set(ref.get_chemical_symbols()))),

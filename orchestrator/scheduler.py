@@ -3,10 +3,24 @@
 A slot is one worker: a GPU (or the CPU) and a bounded number of CPU threads.
 Each container sees only its own GPU, its shard read-only, its results folder
 and the weights cache. Progress comes from tailing the JSON-line outputs.
+
+Containers carry two labels: the run folder's key (a hash of its absolute path, so
+two results folders with the same data never touch each other's containers) and
+this orchestrator's own id. Only the holder of the run folder's lock removes what a
+killed orchestrator of that folder left behind.
+
+A worker that dies on its own while relaxing a structure (a segfault, the engine's
+out-of-memory killer) has that structure appended to `<shard>.crashed`; the worker
+records a structure as `model_error` once it has crashed CRASHES_TO_FAIL workers
+(adapters.relax). A
+worker stopped from outside (Ctrl-C, SIGTERM, `docker kill`, the orchestrator killed)
+or one that could not write its results leaves no mark: the structure is relaxed again.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import queue
@@ -14,9 +28,11 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.relax import CANNOT_WRITE
 from orchestrator.errors import BenchError
 from orchestrator.images import LABEL
 
@@ -80,11 +96,20 @@ class Job:
         return self.out_dir / f"{self.shard.stem}.jsonl"
 
 
-def container_name(run_id: str, job: Job) -> str:
-    return f"umlip-0123d-{run_id}-{job.model}-{job.shard.stem}"
+#: Exit codes of a worker killed from outside (SIGKILL, SIGTERM): not the structure's fault.
+KILLED_FROM_OUTSIDE = (137, 143)
 
 
-def container_kwargs(job: Job, slot: Slot, run_id: str, cache_dir: Path) -> dict:
+def run_key(run_dir: Path) -> str:
+    """12 hex digits naming a run folder among every folder on this engine."""
+    return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def container_name(run_key: str, job: Job) -> str:
+    return f"umlip-0123d-{run_key}-{job.model}-{job.shard.stem}"
+
+
+def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner: str = "") -> dict:
     """Everything docker needs to run one shard on one slot (also used to inspect in tests)."""
     import docker.types
 
@@ -94,8 +119,9 @@ def container_kwargs(job: Job, slot: Slot, run_id: str, cache_dir: Path) -> dict
         "image": job.image,
         "command": ["python", "-m", "adapters.relax", "--job", json.dumps(spec),
                     "--shard", f"{SHARDS_MOUNT}/{job.shard.name}", "--out", f"{OUT_MOUNT}/{job.out.name}"],
-        "name": container_name(run_id, job),
-        "labels": {f"{LABEL}.run": run_id, f"{LABEL}.model": job.model, f"{LABEL}.slot": slot.name},
+        "name": container_name(run_key, job),
+        "labels": {f"{LABEL}.run": run_key, f"{LABEL}.owner": owner, f"{LABEL}.model": job.model,
+                   f"{LABEL}.slot": slot.name},
         "volumes": {
             str(job.shard.parent): {"bind": SHARDS_MOUNT, "mode": "ro"},
             str(job.out_dir): {"bind": OUT_MOUNT, "mode": "rw"},
@@ -114,25 +140,71 @@ def container_kwargs(job: Job, slot: Slot, run_id: str, cache_dir: Path) -> dict
     return kwargs
 
 
-def remove_containers(client, run_id: str) -> None:
-    """Stop what an earlier, killed orchestrator of this run left running."""
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.run={run_id}"}):
+def remove_containers(client, label: str, value: str) -> None:
+    """Remove every container whose label `label` has `value`."""
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.{label}={value}"}):
         container.remove(force=True)
 
 
-class Scheduler:
-    """Feeds jobs to slots; each slot runs its containers one after another."""
+class RunLock:
+    """An exclusive lock on a run folder for one orchestrator; the kernel releases it when
+    the process dies, however it dies."""
 
-    def __init__(self, client, slots: list[Slot], run_id: str, cache_dir: Path, max_retries: int):
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+
+    def __enter__(self) -> "RunLock":
+        self.handle = self.path.open("a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise BenchError(f"{self.path.parent}: another bench is running on this run folder ({holder}); "
+                             "wait for it to finish, or give this one another results_dir") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()}\n")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+
+def crash_file(job: Job) -> Path:
+    return job.out.with_suffix(".crashed")
+
+
+def record_crash(job: Job) -> str | None:
+    """After a worker died on its own: append the structure it was relaxing (its
+    `.inflight` marker) to the shard's `.crashed` list; return that id."""
+    in_flight = job.out.with_suffix(".inflight")
+    sid = in_flight.read_text().strip() if in_flight.exists() else ""
+    if sid:
+        with crash_file(job).open("a") as handle:
+            handle.write(sid + "\n")
+    return sid or None
+
+
+class Scheduler:
+    """Feeds jobs to slots; each slot runs its containers one after another. A job whose
+    container cannot be created or run is recorded in `failures` with the reason, and the
+    slot goes on with the next job."""
+
+    def __init__(self, client, slots: list[Slot], run_dir: Path, cache_dir: Path, max_retries: int):
         self.client = client
         self.slots = slots
-        self.run_id = run_id
+        self.run_key = run_key(run_dir)
+        self.owner = uuid.uuid4().hex[:12]
         self.cache_dir = cache_dir
         self.max_retries = max_retries
         self.failures: list[str] = []
 
     def run(self, jobs: list[Job], on_tick=lambda: None, tick_s: float = 0.5) -> None:
-        remove_containers(self.client, self.run_id)
+        """Run every job; the caller holds the run folder's RunLock."""
+        remove_containers(self.client, "run", self.run_key)  # left by a killed orchestrator of this folder
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         pending: queue.Queue = queue.Queue()
         for job in jobs:
@@ -149,7 +221,7 @@ class Scheduler:
             on_tick()
         finally:
             stop.set()
-            remove_containers(self.client, self.run_id)
+            remove_containers(self.client, "owner", self.owner)
 
     def _work(self, slot: Slot, pending: queue.Queue, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -157,23 +229,37 @@ class Scheduler:
                 job = pending.get_nowait()
             except queue.Empty:
                 return
-            for attempt in range(self.max_retries + 1):
-                if stop.is_set():
-                    return
-                code = self._run_container(job, slot)
-                if code == 0:
-                    break
-            else:
-                self.failures.append(f"{job.model} {job.shard.name}: container exited with code {code} "
-                                     f"{self.max_retries + 1} times; see {job.out.with_suffix('.log')}")
+            try:
+                self._run_job(job, slot, stop)
+            except Exception as exc:  # the engine refused: record why, keep the queue moving
+                self.failures.append(f"{job.model} {job.shard.name} on {slot.name}: {type(exc).__name__}: {exc}")
 
-    def _run_container(self, job: Job, slot: Slot) -> int:
+    def _run_job(self, job: Job, slot: Slot, stop: threading.Event) -> None:
+        for _ in range(self.max_retries + 1):
+            if stop.is_set():
+                return
+            code, out_of_memory = self._run_container(job, slot)
+            if code == 0 or stop.is_set():
+                return
+            if code == CANNOT_WRITE:
+                self.failures.append(f"{job.model} {job.shard.name}: the worker cannot write its results "
+                                     f"(disk full or folder read-only); see {job.out.with_suffix('.log')}")
+                return
+            if out_of_memory or code not in KILLED_FROM_OUTSIDE:
+                record_crash(job)
+        self.failures.append(f"{job.model} {job.shard.name}: container exited with code {code} "
+                             f"{self.max_retries + 1} times; see {job.out.with_suffix('.log')}")
+
+    def _run_container(self, job: Job, slot: Slot) -> tuple[int, bool]:
+        """(exit code, killed for memory) of one container run of the job."""
         job.out_dir.mkdir(parents=True, exist_ok=True)
-        container = self.client.containers.run(detach=True, **container_kwargs(job, slot, self.run_id, self.cache_dir))
+        container = self.client.containers.run(
+            detach=True, **container_kwargs(job, slot, self.run_key, self.cache_dir, self.owner))
         try:
             code = container.wait()["StatusCode"]
             with job.out.with_suffix(".log").open("ab") as log:
                 log.write(container.logs())
-            return code
+            container.reload()
+            return code, bool(container.attrs["State"].get("OOMKilled"))
         finally:
             container.remove(force=True)

@@ -118,15 +118,37 @@ def test_shard_with_a_bad_structure_finishes_and_resumes_without_repeats(tmp_pat
     assert sorted(ids) == ["Al", "Cu", "Ni", "Si"]
 
 
-def test_structure_that_killed_the_worker_is_recorded_not_retried(tmp_path):
+def test_an_interrupted_structure_is_relaxed_again(tmp_path):
     structures = [labelled(bulk(el, cubic=True), el, "3D") for el in ("Cu", "Al")]
     write_shard(tmp_path / "in.jsonl", structures)
-    (tmp_path / "out.inflight").write_text("Cu")  # as left by a worker that segfaulted on Cu
+    (tmp_path / "out.inflight").write_text("Cu")  # as left by a worker stopped from outside
     run(tmp_path)
     lines = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
-    assert lines["Cu"]["failure_reason"] == "model_error" and "died" in lines["Cu"]["error"]
-    assert lines["Al"]["converged"]
+    assert lines["Cu"]["converged"] and lines["Al"]["converged"]
     assert not (tmp_path / "out.inflight").exists()
+
+
+def test_structure_that_killed_two_workers_is_recorded_not_retried(tmp_path):
+    structures = [labelled(bulk(el, cubic=True), el, "3D") for el in ("Cu", "Al")]
+    write_shard(tmp_path / "in.jsonl", structures)
+    (tmp_path / "out.crashed").write_text("Cu\n")  # one worker died on Cu: it is tried again
+    (tmp_path / "out.jsonl").write_text("")
+    import adapters.relax as entry
+
+    assert entry.crash_counts(tmp_path / "out.jsonl") == {"Cu": 1}
+    (tmp_path / "out.crashed").write_text("Cu\nCu\n")  # a second one died on it
+    run(tmp_path)
+    lines = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert lines["Cu"]["failure_reason"] == "model_error" and "died 2 times" in lines["Cu"]["error"]
+    assert lines["Al"]["converged"]
+
+
+def test_a_worker_that_cannot_write_exits_with_its_own_code(tmp_path):
+    write_shard(tmp_path / "in.jsonl", [labelled(bulk("Cu", cubic=True), "Cu", "3D")])
+    (tmp_path / "out.jsonl").mkdir()  # not writable as a file, like a full or read-only disk
+    import adapters.relax as entry
+
+    assert run(tmp_path) == entry.CANNOT_WRITE
 
 
 def test_unknown_optimizer_lists_the_choices():

@@ -210,6 +210,16 @@ def test_leaderboard_over_two_runs_skips_unfinished_ones(tmp_path):
     assert page.count("<table") == 4  # 0D, 2D, 3D and runs
 
 
+def test_an_incomplete_run_says_so_and_stays_off_the_leaderboard(tmp_path):
+    make_run(tmp_path, "run-a")
+    run = make_run(tmp_path, "run-half", provenance={**PROVENANCE, "status": "incomplete", "missing": {"good": 3}})
+    page = write_run_report(run).with_name("report.html").read_text()
+    assert "INCOMPLETE RUN" in page and "good 3" in page
+    write_leaderboard(tmp_path)
+    assert set(pd.read_csv(tmp_path / "leaderboard.csv")["run"]) == {"run-a"}
+    assert "Left out, incomplete: run-half" in (tmp_path / "leaderboard.md").read_text()
+
+
 def test_leaderboard_without_finished_runs_is_a_clear_error(tmp_path):
     make_run(tmp_path, "run-c", provenance=None)
     with pytest.raises(BenchError, match="no finished run"):

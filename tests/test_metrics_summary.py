@@ -17,7 +17,7 @@ def scored_table():
         ("m1", "0D", True, "", 5, -20.0, 0.10),
         ("m1", "0D", True, "fragmented_diameter", 7, 1.0, 3.0),
         ("m1", "0D", False, "model_error", 0, np.nan, np.nan),
-        ("m2", "2D", True, "disconnected", 40, 0.0, 0.5),
+        ("m2", "2D", True, "fragmented_thickness", 40, 0.0, 0.5),
         ("m2", "3D", True, "", 8, 1.0, 0.004),
     ]
     table = pd.DataFrame(rows, columns=["model", "dimension", "converged", "failure_reason", "steps",
@@ -42,7 +42,8 @@ def test_failures_count_each_reason_once_per_model_and_dimension():
     assert zero_d["failed_pct"] == pytest.approx(200 / 3)
     assert (zero_d["fragmented_diameter"], zero_d["model_error"], zero_d["diverged"]) == (1, 1, 0)
     assert row(table, "m1", "3D")["not_converged"] == 1
-    assert row(table, "m2", "2D")["disconnected"] == 1
+    assert row(table, "m2", "2D")["fragmented_thickness"] == 1
+    assert "disconnected" not in table.columns  # a diagnostic, never a failure reason
     assert row(table, "m2", "3D")["failed"] == 0
     assert table["structures"].sum() == 9
 
@@ -99,3 +100,11 @@ def test_an_unknown_failure_reason_is_counted_under_its_name():
     fails = summary.failures(table)
     assert row(fails, "m1", "3D")["timeout"] == 1
     assert row(fails, "m1", "3D")["failed"] == 2
+
+
+def test_missing_structures_are_neither_failed_nor_successful():
+    table = scored_table()
+    table.loc[1, ["failure_reason", "converged"]] = ["missing", False]  # no result yet: an incomplete run
+    bulk = row(summary.failures(table), "m1", "3D")
+    assert (bulk["structures"], bulk["failed"], bulk["missing"]) == (4, 1, 1)
+    assert row(summary.energy(table), "m1", "3D")["n"] == 2

@@ -184,3 +184,49 @@ def test_killed_run_finishes_every_structure_exactly_once(tmp_path):
     assert len(written) == 24 and set(written.values()) == {1}
     table = pd.read_csv(run_dir / "results.csv")
     assert len(table) == 24 and table["id"].is_unique
+
+
+# ---- faults: a run that cannot be trusted never looks finished ---------------------------
+
+def test_a_slot_whose_containers_cannot_start_leaves_an_incomplete_run(tmp_path):
+    dataset = tmp_path / "emt-set.extxyz"
+    emt_dataset(dataset)
+    # GPU 0 on a machine without one: the engine refuses every container of the slot
+    done = bench("--models", "emt", "--dataset", str(dataset), "--gpus", "0", results=tmp_path / "r", check=False)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "incomplete run" in done.stderr and "5 structure(s) have no result" in done.stderr
+    run_dir = next((tmp_path / "r").iterdir())
+    table = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
+    assert set(table["failure_reason"]) == {"missing"}  # never a model failure
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["status"] == "incomplete" and provenance["missing"] == {"emt": 5}
+    assert "INCOMPLETE RUN" in (run_dir / "report" / "report.html").read_text()
+    # the same command on a CPU finishes the run: nothing was turned into a failure
+    done = bench("--models", "emt", "--dataset", str(dataset), results=tmp_path / "r")
+    table = pd.read_csv(run_dir / "results.csv", keep_default_na=False).set_index("id")
+    assert (table.drop(index="si-3d")["failure_reason"] == "").all()
+    assert json.loads((run_dir / "provenance.json").read_text())["status"] == "complete"
+
+
+def test_two_runs_at_once(tmp_path):
+    from orchestrator.scheduler import RunLock
+
+    dataset = tmp_path / "emt-set.extxyz"
+    emt_dataset(dataset)
+    args = [sys.executable, "-m", "orchestrator", "bench", "--gpus", "cpu", "--models", "emt", "--dataset",
+            str(dataset), "--set", "shard_size=1"]
+    # the same data in two results folders: same run folder name, and neither touches the other's containers
+    runs = [subprocess.Popen([*args, "--set", f"results_dir={tmp_path / name}"], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in ("one", "two")]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    folders = [Path(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert folders[0].name == folders[1].name
+    for folder in folders:
+        table = pd.read_csv(folder / "results.csv", keep_default_na=False)
+        assert (table["failure_reason"] != "missing").all() and (table["failure_reason"] == "").sum() == 4
+    # a second bench on a run folder in use is refused, naming the holder
+    with RunLock(folders[0]):
+        done = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1",
+                     results=tmp_path / "one", check=False)
+    assert done.returncode == 2 and "another bench is running on this run folder" in done.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import BenchError
-from orchestrator.scheduler import Job, Slot, container_kwargs, device_slots
+from orchestrator.scheduler import Job, RunLock, Slot, container_kwargs, container_name, device_slots, run_key
 
 JOB = Job(model="emt", image="img:tag", shard=Path("/runs/r/shards/shard-0003.jsonl"),
           out_dir=Path("/runs/r/raw/emt"), job={"calculator": "emt", "options": {}, "protocol": {}})
@@ -23,13 +23,29 @@ def test_gpu_slots_one_per_gpu_and_worker():
     assert [s.gpu for s in device_slots("all", 1, None, cpu_count=8, gpus=lambda: [0, 1])] == ["0", "1"]
 
 
+def test_run_folders_with_the_same_name_get_different_keys(tmp_path):
+    one, two = tmp_path / "a" / "run-x", tmp_path / "b" / "run-x"
+    assert run_key(one) != run_key(two) and run_key(one) == run_key(tmp_path / "a" / "." / "run-x")
+    assert container_name(run_key(one), JOB) != container_name(run_key(two), JOB)
+
+
+def test_a_run_folder_is_locked_by_one_orchestrator(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(BenchError, match=f"another bench is running on this run folder \\(pid {os.getpid()}\\)"):
+            with RunLock(tmp_path):
+                pass
+    with RunLock(tmp_path):  # released when the first one ended
+        pass
+
+
 def test_all_gpus_without_any_is_a_clear_error():
     with pytest.raises(BenchError, match="GPUS=cpu"):
         device_slots("all", 1, None, gpus=lambda: [])
 
 
 def test_container_spec_mounts_and_bounds():
-    kwargs = container_kwargs(JOB, Slot("gpu3-0", "3", 6), "run1", Path("/cache"))
+    kwargs = container_kwargs(JOB, Slot("gpu3-0", "3", 6), "run1", Path("/cache"), owner="me")
+    assert kwargs["labels"]["org.umlip-0123d.run"] == "run1" and kwargs["labels"]["org.umlip-0123d.owner"] == "me"
     assert kwargs["volumes"]["/runs/r/shards"] == {"bind": "/data/shards", "mode": "ro"}
     assert kwargs["volumes"]["/runs/r/raw/emt"]["mode"] == "rw"
     assert kwargs["volumes"]["/cache"]["bind"] == "/cache"

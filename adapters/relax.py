@@ -306,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     job = json.loads(args.job)
     records = [json.loads(line) for line in args.shard.read_text().splitlines() if line.strip()]
-    in_flight = args.out.with_suffix(".inflight")
+    in_flight = args.out.with_suffix(".inflight")  # may be a mounted file: emptied, never removed
     try:
+        in_flight.write_text("")
         done = finished_ids(args.out)
         todo = [r for r in records if r["id"] not in done]
         crashes = crash_counts(args.out)
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             for record in todo:
                 in_flight.write_text(record["id"])
                 write(out, relax_record(record, calculator, job["protocol"]))
-        in_flight.unlink(missing_ok=True)
+        in_flight.write_text("")
     except OSError as exc:
         print(f"cannot write the results of {args.shard.name}: {exc}", file=sys.stderr)
         return CANNOT_WRITE

@@ -131,7 +131,8 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
             if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):
                 jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))
 
-    slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"])
+    slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"],
+                         memory_gb=manifest["worker_memory_gb"], pids=manifest["worker_pids"])
     scheduler = Scheduler(client, slots, run_dir, cache_dir / "weights", manifest["max_worker_retries"])
     if jobs:
         console.print(f"{len(jobs)} shard job(s) on {len(slots)} slot(s): {', '.join(s.name for s in slots)}")

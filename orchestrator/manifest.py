@@ -45,6 +45,8 @@ SCHEMA = {
     "threads_per_worker": (OPTIONAL_INT, None),
     "shard_size": (int, 100),
     "max_worker_retries": (int, 2),
+    "worker_memory_gb": ((int, float, type(None)), None),
+    "worker_pids": (int, 4096),
     "results_dir": (str, "results"),
     "cache_dir": (str, "~/.cache/umlip-0123d"),
     "base_image": (str, "python:3.11-slim-bookworm"),
@@ -164,7 +166,11 @@ def _validate(values: dict, where: str) -> None:
         raise BenchError(f"{where}: devices must be cpu, all, or a list of GPU indices, not {devices!r}")
     if isinstance(devices, list) and not all(isinstance(d, int) and d >= 0 for d in devices):
         raise BenchError(f"{where}: devices list must hold GPU indices (integers >= 0), not {devices!r}")
-    for key in ("workers_per_device", "shard_size"):
+    memory = values["worker_memory_gb"]
+    if memory is not None and not memory > 0:
+        raise BenchError(f"{where}: worker_memory_gb must be positive (or null: the host's memory shared by the "
+                         f"workers), not {memory!r}")
+    for key in ("workers_per_device", "shard_size", "worker_pids"):
         if values[key] < 1:
             raise BenchError(f"{where}: {key} must be at least 1")
     if values["protocol"]["variant"] not in PROTOCOL_VARIANTS:

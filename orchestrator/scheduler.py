@@ -41,11 +41,18 @@ OUT_MOUNT = "/data/out"
 CACHE_MOUNT = "/cache"
 
 
+#: A container's user when the orchestrator runs as root: never root inside.
+UNPRIVILEGED_UID = 65534
+SCRATCH_MOUNT = "/tmp"
+
+
 @dataclass(frozen=True)
 class Slot:
     name: str            # "cpu-0", "gpu0-1", ...
     gpu: str | None      # GPU index as the host names it; None = CPU
     threads: int
+    memory_bytes: int = 0  # the worker's memory limit; 0 = none
+    pids: int = 4096       # the worker's limit on processes and threads
 
     @property
     def device(self) -> str:
@@ -66,9 +73,15 @@ def host_gpus() -> list[int]:
     return [int(line) for line in query_gpus("index") if line.isdigit()]
 
 
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def device_slots(devices, workers_per_device: int, threads_per_worker: int | None,
-                 cpu_count: int | None = None, gpus=host_gpus) -> list[Slot]:
-    """Slots for devices = "cpu" | "all" | [gpu indices]."""
+                 cpu_count: int | None = None, gpus=host_gpus, memory_gb: float | None = None,
+                 pids: int = 4096) -> list[Slot]:
+    """Slots for devices = "cpu" | "all" | [gpu indices]; each worker gets memory_gb
+    (None: the host's memory shared equally) and at most `pids` processes and threads."""
     if devices == "cpu":
         owners = [None]
     else:
@@ -78,8 +91,9 @@ def device_slots(devices, workers_per_device: int, threads_per_worker: int | Non
                              "(GPUS=cpu) or install the NVIDIA driver and container toolkit")
     count = len(owners) * workers_per_device
     threads = threads_per_worker or max(1, (cpu_count or os.cpu_count() or 1) // count)
+    memory = int(memory_gb * 1024**3) if memory_gb else host_memory_bytes() // count
     return [Slot(name=f"{'cpu' if gpu is None else f'gpu{gpu}'}-{worker}",
-                 gpu=None if gpu is None else str(gpu), threads=threads)
+                 gpu=None if gpu is None else str(gpu), threads=threads, memory_bytes=memory, pids=pids)
             for gpu in owners for worker in range(workers_per_device)]
 
 
@@ -109,12 +123,46 @@ def container_name(run_key: str, job: Job) -> str:
     return f"umlip-0123d-{run_key}-{job.model}-{job.shard.stem}"
 
 
+def worker_files(job: Job) -> dict[str, tuple[Path, str]]:
+    """The only host files a worker may touch, by their path inside the container:
+    its output and in-flight marker (read-write) and its crash list (read-only)."""
+    return {f"{OUT_MOUNT}/{job.out.name}": (job.out, "rw"),
+            f"{OUT_MOUNT}/{job.out.with_suffix('.inflight').name}": (job.out.with_suffix(".inflight"), "rw"),
+            f"{OUT_MOUNT}/{job.out.with_suffix('.crashed').name}": (crash_file(job), "ro")}
+
+
+def worker_user() -> tuple[int, int]:
+    """The host user, unless that is root: then an unprivileged one."""
+    return (os.getuid(), os.getgid()) if os.getuid() else (UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+
+
+def prepare_worker_files(job: Job) -> None:
+    """Create the files a worker mounts (a missing one would be mounted as a folder) and
+    hand the writable ones to the worker's user."""
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    uid, gid = worker_user()
+    for path, mode in worker_files(job).values():
+        path.touch(exist_ok=True)
+        if mode == "rw" and os.getuid() == 0:
+            os.chown(path, uid, gid)
+
+
 def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner: str = "") -> dict:
-    """Everything docker needs to run one shard on one slot (also used to inspect in tests)."""
+    """Everything docker needs to run one shard on one slot (also used to inspect in tests).
+
+    Least privilege: no network, not root, no capabilities, no privilege escalation, a
+    read-only root filesystem with a tmpfs for scratch, the shards and the weights cache
+    read-only, only the job's own output files writable, bounded memory and pids, and
+    never the Docker socket. Downloads happen on the host, before.
+    """
     import docker.types
 
     spec = {**job.job, "device": slot.device}
     threads = str(slot.threads)
+    uid, gid = worker_user()
+    volumes = {str(job.shard.parent): {"bind": SHARDS_MOUNT, "mode": "ro"},
+               str(cache_dir): {"bind": CACHE_MOUNT, "mode": "ro"}}
+    volumes.update({str(path): {"bind": inside, "mode": mode} for inside, (path, mode) in worker_files(job).items()})
     kwargs = {
         "image": job.image,
         "command": ["python", "-m", "adapters.relax", "--job", json.dumps(spec),
@@ -122,19 +170,23 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
         "name": container_name(run_key, job),
         "labels": {f"{LABEL}.run": run_key, f"{LABEL}.owner": owner, f"{LABEL}.model": job.model,
                    f"{LABEL}.slot": slot.name},
-        "volumes": {
-            str(job.shard.parent): {"bind": SHARDS_MOUNT, "mode": "ro"},
-            str(job.out_dir): {"bind": OUT_MOUNT, "mode": "rw"},
-            str(cache_dir): {"bind": CACHE_MOUNT, "mode": "rw"},
-        },
-        # the host user owns what the container writes
-        "user": f"{os.getuid()}:{os.getgid()}",
-        "environment": {"HOME": "/tmp", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-                        "OPENBLAS_NUM_THREADS": threads},
+        "volumes": volumes,
+        "user": f"{uid}:{gid}",
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": True,
+        "tmpfs": {SCRATCH_MOUNT: "rw,nosuid,nodev,size=4g,mode=1777"},
+        "pids_limit": slot.pids,
+        "environment": {"HOME": SCRATCH_MOUNT, "XDG_CACHE_HOME": f"{SCRATCH_MOUNT}/cache",
+                        "MPLCONFIGDIR": f"{SCRATCH_MOUNT}/matplotlib", "OMP_NUM_THREADS": threads,
+                        "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
         # the engine refuses a limit above the host's cores
         "nano_cpus": min(slot.threads, os.cpu_count() or 1) * 10**9,
         "working_dir": "/opt/umlip-0123d",
     }
+    if slot.memory_bytes:
+        kwargs["mem_limit"] = slot.memory_bytes
     if slot.gpu is not None:
         kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=[slot.gpu], capabilities=[["gpu"]])]
     return kwargs
@@ -251,14 +303,17 @@ class Scheduler:
                              f"{self.max_retries + 1} times; see {job.out.with_suffix('.log')}")
 
     def _run_container(self, job: Job, slot: Slot) -> tuple[int, bool]:
-        """(exit code, killed for memory) of one container run of the job."""
-        job.out_dir.mkdir(parents=True, exist_ok=True)
+        """(exit code, killed for memory) of one container run of the job; its output is
+        streamed into the shard's .log as it comes, so a killed run keeps its log."""
+        prepare_worker_files(job)
         container = self.client.containers.run(
             detach=True, **container_kwargs(job, slot, self.run_key, self.cache_dir, self.owner))
         try:
-            code = container.wait()["StatusCode"]
             with job.out.with_suffix(".log").open("ab") as log:
-                log.write(container.logs())
+                for chunk in container.logs(stream=True, follow=True):
+                    log.write(chunk)
+                    log.flush()
+            code = container.wait()["StatusCode"]
             container.reload()
             return code, bool(container.attrs["State"].get("OOMKilled"))
         finally:

@@ -47,8 +47,13 @@ def test_container_spec_mounts_and_bounds():
     kwargs = container_kwargs(JOB, Slot("gpu3-0", "3", 6), "run1", Path("/cache"), owner="me")
     assert kwargs["labels"]["org.umlip-0123d.run"] == "run1" and kwargs["labels"]["org.umlip-0123d.owner"] == "me"
     assert kwargs["volumes"]["/runs/r/shards"] == {"bind": "/data/shards", "mode": "ro"}
-    assert kwargs["volumes"]["/runs/r/raw/emt"]["mode"] == "rw"
-    assert kwargs["volumes"]["/cache"]["bind"] == "/cache"
+    assert kwargs["volumes"]["/cache"] == {"bind": "/cache", "mode": "ro"}
+    # only the job's own files are writable, not its model's folder
+    assert "/runs/r/raw/emt" not in kwargs["volumes"]
+    assert kwargs["volumes"]["/runs/r/raw/emt/shard-0003.jsonl"] == {"bind": "/data/out/shard-0003.jsonl", "mode": "rw"}
+    assert kwargs["volumes"]["/runs/r/raw/emt/shard-0003.crashed"]["mode"] == "ro"
+    assert (kwargs["network_mode"], kwargs["cap_drop"], kwargs["read_only"]) == ("none", ["ALL"], True)
+    assert kwargs["user"] != "0:0" and not kwargs["user"].startswith("0:")
     assert kwargs["environment"]["OMP_NUM_THREADS"] == "6"
     assert kwargs["nano_cpus"] == min(6, os.cpu_count()) * 10**9
     request = kwargs["device_requests"][0]
@@ -74,5 +79,60 @@ def test_engine_records_the_gpu_request_of_each_worker(docker_client, model_imag
         assert host["NanoCpus"] == 10**9
         assert f"{tmp_path / 'shards'}:/data/shards:ro" in host["Binds"]
         assert "OMP_NUM_THREADS=1" in container.attrs["Config"]["Env"]
+    finally:
+        container.remove(force=True)
+
+
+PROBE = r"""
+import json, os, socket, pathlib
+def attempt(action):
+    try:
+        action()
+        return "ok"
+    except OSError as exc:
+        return type(exc).__name__
+status = dict(line.split(":	", 1) for line in open("/proc/self/status").read().splitlines() if ":	" in line)
+def connect():  # no interface but loopback, so nothing can leave: the kernel refuses at once
+    socket.create_connection(("192.0.2.1", 443), timeout=2)
+print(json.dumps({
+    "uid": os.getuid(), "cap_eff": status["CapEff"].strip(), "no_new_privs": status["NoNewPrivs"].strip(),
+    "interfaces": sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").read().splitlines()[2:]),
+    "connect": attempt(connect),
+    "write_root": attempt(lambda: pathlib.Path("/opt/x").write_text("x")),
+    "write_cache": attempt(lambda: pathlib.Path("/cache/x").write_text("x")),
+    "write_shard": attempt(lambda: open("/data/shards/shard-0000.jsonl", "a").write("x")),
+    "write_out": attempt(lambda: open("/data/out/shard-0000.jsonl", "a").write("")),
+    "write_crashed": attempt(lambda: open("/data/out/shard-0000.crashed", "a").write("x")),
+    "new_file_in_out": attempt(lambda: pathlib.Path("/data/out/other.jsonl").write_text("x")),
+    "write_scratch": attempt(lambda: pathlib.Path("/tmp/x").write_text("x")),
+    "docker_socket": os.path.exists("/var/run/docker.sock"),
+}))
+"""
+
+
+@pytest.mark.docker
+def test_a_running_worker_has_least_privilege(docker_client, model_image, tmp_path):
+    from orchestrator.scheduler import prepare_worker_files
+
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "shard-0000.jsonl").write_text("{}\n")
+    (tmp_path / "cache").mkdir()
+    job = Job(model="emt", image=model_image("emt"), shard=tmp_path / "shards" / "shard-0000.jsonl",
+              out_dir=tmp_path / "raw", job={"calculator": "emt", "options": {}, "protocol": {}})
+    prepare_worker_files(job)
+    kwargs = container_kwargs(job, device_slots("cpu", 1, 1, memory_gb=2, pids=256)[0], "privilege-test",
+                              tmp_path / "cache")
+    kwargs["command"] = ["python", "-c", PROBE]
+    output = docker_client.containers.run(remove=True, stdout=True, stderr=True, **kwargs)
+    seen = json.loads(output.decode().strip().splitlines()[-1])
+    assert seen["uid"] != 0 and seen["cap_eff"] == "0000000000000000" and seen["no_new_privs"] == "1"
+    assert seen["interfaces"] == ["lo"] and seen["connect"] != "ok"
+    for target in ("write_root", "write_cache", "write_shard", "write_crashed", "new_file_in_out"):
+        assert seen[target] != "ok", target
+    assert seen["write_out"] == "ok" and seen["write_scratch"] == "ok" and not seen["docker_socket"]
+    container = docker_client.containers.create(**kwargs)
+    try:
+        host = container.attrs["HostConfig"]
+        assert host["Memory"] == 2 * 1024**3 and host["PidsLimit"] == 256
     finally:
         container.remove(force=True)

@@ -294,6 +294,10 @@ def run_facts(run_dir: Path, provenance: dict) -> list[tuple[str, str]]:
         for key in ("structures", "subset", "identity"):
             if key in dataset:
                 facts.append((f"dataset {key}", mapping_text(dataset[key])))
+        skipped = dataset.get("skipped")
+        if isinstance(skipped, dict) and skipped:
+            shown = ", ".join(f"{sid} ({why})" for sid, why in list(skipped.items())[:10])
+            facts.append(("skipped as invalid", f"{len(skipped)}: {shown}" + (", ..." if len(skipped) > 10 else "")))
     return facts
 
 

@@ -154,7 +154,7 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
         "command": sys.argv, "host": provenance.host_info(client),
         "dataset": {"name": dataset.name, "files": {p.name: dataset.sha256[p.name] for p in dataset.files},
                     "identity": dataset.identity, "subset": subset, "subset_key": key,
-                    "structures": len(structures)},
+                    "structures": len(structures), "skipped": dataset.skipped},
         "protocol": manifest["protocol"], "fragmentation_limits_a": manifest["fragmentation_limits_a"],
         "devices": [s.__dict__ for s in slots], "settings_sources": manifest.sources,
         "models": model_records,

@@ -83,6 +83,7 @@ class Dataset:
     files: list[Path]              # local, verified files
     sha256: dict[str, str]         # filename -> sha256
     structures: list[Atoms] = field(repr=False)  # reference records, sorted by (dimension, id)
+    skipped: dict[str, str] = field(default_factory=dict)  # id -> why it is not a structure to relax
 
     @property
     def identity(self) -> str:
@@ -115,10 +116,10 @@ def load_dataset(spec: str, registry: dict, cache_dir: Path, *, show_progress: b
             files, sums = fetch_dataset(spec, registry[spec], cache_dir, show_progress=show_progress)
         else:
             files, sums = _local_files(spec, registry)
-        structures = read_files(files, sums, cache_dir)
+        structures, skipped = read_files(files, sums, cache_dir)
     except OSError as err:  # disk full, permissions, a file vanishing: the user's to fix
         raise BenchError(f"dataset {spec}: {err}") from err
-    dataset = Dataset(str(spec), files, sums, structures)
+    dataset = Dataset(str(spec), files, sums, structures, skipped)
     counts = ", ".join(f"{d} {n}" for d, n in dataset.counts().items())
     log.info("dataset %s (identity %s): %d structures (%s) from %d file(s)",
              spec, dataset.identity, len(structures), counts, len(files))
@@ -193,11 +194,12 @@ class NotADataset(BenchError):
     """A file whose content is none of the recognised formats."""
 
 
-def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> list[Atoms]:
-    """Reference records from every file, checked, with unique ids, sorted by (dimension, id).
+def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> tuple[list[Atoms], dict[str, str]]:
+    """Reference records from every file, checked, with unique ids, sorted by (dimension, id),
+    and the structures skipped as invalid (id -> reason; see invalid_reason).
     In a dataset of several files, one in no recognised format is skipped with a warning
     (an index may list more than structures); a single such file is an error."""
-    structures = []
+    structures, skipped = [], {}
     for path in files:
         try:
             kind, compressed, records = _read_file(path, sums, cache_dir)
@@ -209,7 +211,8 @@ def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> list
         if not records:
             raise BenchError(f"{path}: holds no structure")
         file_label = dimension_from_name(path.name)
-        _finish(records, path, file_label)
+        records, invalid = _finish(records, path, file_label)
+        skipped.update(invalid)
         structures.extend(records)
         counts = {d: 0 for d in DIMENSIONS}
         for atoms in records:
@@ -220,7 +223,7 @@ def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> list
         raise BenchError(f"none of {', '.join(p.name for p in files)} holds structures in a recognised format")
     structures = _unique_ids(structures)
     structures.sort(key=lambda a: (a.info["dimension"], a.info["id"]))
-    return structures
+    return structures, skipped
 
 
 def _read_file(path: Path, sums: dict[str, str], cache_dir: Path) -> tuple[str, bool, list[Atoms]]:
@@ -236,11 +239,57 @@ def _read_file(path: Path, sums: dict[str, str], cache_dir: Path) -> tuple[str, 
                       f"or extxyz, each plain or bz2-compressed)")
 
 
-def _finish(records: list[Atoms], path: Path, file_label: str | None) -> None:
-    """Fill periodic_axes, dimension (from the geometry), dimension_label and source;
-    report label/geometry disagreements."""
-    disagree = []
+#: Two atoms closer than this (Å, periodic images included) sit on top of each other.
+MIN_DISTANCE_A = 0.5
+
+
+def invalid_reason(atoms: Atoms) -> str | None:
+    """Why a record is no structure to relax, or None: no atoms, non-finite positions or
+    cell, a singular cell, an unknown element, two atoms on top of each other."""
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) == 0:
+        return "no atoms"
+    if not np.isfinite(atoms.positions).all():
+        return "non-finite positions"
+    if not np.isfinite(atoms.cell.array).all():
+        return "non-finite cell"
+    if abs(np.linalg.det(atoms.cell.array)) < 1e-6:
+        return "singular (zero-volume) cell"
+    if ((atoms.numbers < 1) | (atoms.numbers >= len(chemical_symbols))).any():
+        return "unknown element"
+    if _closest_distance(atoms) < MIN_DISTANCE_A:
+        return f"atoms closer than {MIN_DISTANCE_A} Å"
+    return None
+
+
+def _closest_distance(atoms: Atoms) -> float:
+    """The shortest distance between two atoms, periodic images included: over the 27
+    neighbouring cells for small structures (fast), with ASE's neighbor list for large ones."""
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) > 64:
+        found = neighbor_list("d", atoms, MIN_DISTANCE_A)
+        return float(found.min()) if len(found) else np.inf
+    shifts = np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T
+    images = shifts @ atoms.cell.array  # (27, 3)
+    delta = atoms.positions[None, :, None, :] - atoms.positions[:, None, None, :] + images[None, None]
+    distance = np.linalg.norm(delta, axis=-1)  # (n, n, 27)
+    distance[np.arange(len(atoms)), np.arange(len(atoms)), 13] = np.inf  # an atom and itself
+    return float(distance.min())
+
+
+def _finish(records: list[Atoms], path: Path, file_label: str | None) -> tuple[list[Atoms], dict[str, str]]:
+    """The valid records with periodic_axes, dimension (from the geometry), dimension_label
+    and source filled in, and the invalid ones (id -> reason), skipped with one warning;
+    label/geometry disagreements are reported."""
+    disagree, valid, invalid = [], [], {}
     for atoms in records:
+        reason = invalid_reason(atoms)
+        if reason:
+            invalid[atoms.info["id"]] = reason
+            continue
+        valid.append(atoms)
         axes = periodic_axes(atoms)
         detected = dimension_of(axes)
         label = atoms.info.pop("_label", None) or file_label
@@ -250,9 +299,14 @@ def _finish(records: list[Atoms], path: Path, file_label: str | None) -> None:
         atoms.info["source"] = path.name
         if label and label != detected:
             disagree.append(f"{atoms.info['id']} ({label}, geometry {detected} '{axes}')")
+    if invalid:
+        log.warning("%s: skipped %d structure(s) that cannot be relaxed: %s", path.name, len(invalid),
+                    _some([f"{sid} ({why})" for sid, why in invalid.items()]))
     if disagree:
         log.warning("%s: %d structure(s) whose dimensionality label disagrees with the periodic axes found in "
-                    "their geometry; the geometry decides, the label is kept as dimension_label: %s", path.name, len(disagree), _some(disagree))
+                    "their geometry; the geometry decides, the label is kept as dimension_label: %s",
+                    path.name, len(disagree), _some(disagree))
+    return valid, invalid
 
 
 def _some(items: list[str]) -> str:
@@ -326,7 +380,7 @@ def _entry_to_atoms(entry: dict, where: str, file_label: str | None) -> Atoms:
             if len(species) != 1 or float(species[0].get("occu", 1)) != 1.0:
                 raise BenchError(f"{where}: a site with partial occupancy {species} is not a structure to relax")
             symbols.append(species[0]["element"])
-        atoms = Atoms(numbers=[atomic_numbers[s] for s in symbols], positions=[s["xyz"] for s in sites],
+        atoms = Atoms(numbers=[atomic_numbers.get(s, 0) for s in symbols], positions=[s["xyz"] for s in sites],
                       cell=structure["lattice"]["matrix"], pbc=True)
         mat_id = data.get("mat_id") or entry.get("entry_id")
         energy = entry["energy"]

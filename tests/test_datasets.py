@@ -10,7 +10,7 @@ import pytest
 from ase.io import write
 from ase.units import GPa
 
-from datasets_helpers import P000, SAMPLE, compress, structures, write_db, write_entries
+from datasets_helpers import P000, SAMPLE, compress, entry, structures, write_db, write_entries
 from orchestrator.datasets import load_dataset, select, sniff, subset_key, write_extxyz
 from orchestrator.errors import BenchError
 
@@ -355,3 +355,29 @@ def test_a_registry_entry_needs_a_url_or_a_path(tmp_path):
         load(path, environ={})
     path.write_text("datasets:\n  mine: {path: data/x.json.bz2}\n")
     assert load(path, environ={})["datasets"]["mine"]["path"] == str(tmp_path / "data" / "x.json.bz2")
+
+
+def test_invalid_structures_are_skipped_with_one_warning_naming_each(tmp_path, caplog):
+    good = structures()
+    bad = {}
+    for sid, change in (("nan-positions", lambda e: e["structure"]["sites"][0].update(xyz=[float("nan")] * 3)),
+                        ("flat-cell", lambda e: e["structure"]["lattice"].update(matrix=[[3, 0, 0], [0, 3, 0],
+                                                                                         [0, 0, 0]])),
+                        ("no-atoms", lambda e: e["structure"].update(sites=[])),
+                        ("unknown-element", lambda e: e["structure"]["sites"][0]["species"][0].update(element="Xx")),
+                        ("on-top", lambda e: e["structure"]["sites"][1].update(
+                            xyz=e["structure"]["sites"][0]["xyz"]))):
+        made = entry(good[7])  # a 3D crystal of several atoms
+        made["data"]["mat_id"] = sid
+        change(made)
+        bad[sid] = made
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps({"entries": [entry(a) for a in good] + list(bad.values())}))
+    with caplog.at_level(logging.WARNING, logger="orchestrator.datasets"):
+        dataset = load_dataset(str(path), {}, tmp_path / "c")
+    assert len(dataset.structures) == len(good)
+    assert dataset.skipped == {"nan-positions": "non-finite positions", "flat-cell": "singular (zero-volume) cell",
+                               "no-atoms": "no atoms", "unknown-element": "unknown element",
+                               "on-top": "atoms closer than 0.5 Å"}
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 1 and all(sid in warnings[0] for sid in bad)

@@ -212,9 +212,11 @@ def test_leaderboard_over_two_runs_skips_unfinished_ones(tmp_path):
 
 def test_an_incomplete_run_says_so_and_stays_off_the_leaderboard(tmp_path):
     make_run(tmp_path, "run-a")
-    run = make_run(tmp_path, "run-half", provenance={**PROVENANCE, "status": "incomplete", "missing": {"good": 3}})
+    run = make_run(tmp_path, "run-half", provenance={**PROVENANCE, "status": "incomplete", "missing": {"good": 3},
+                                                     "dataset": {"name": "x", "skipped": {"bad-1": "no atoms"}}})
     page = write_run_report(run).with_name("report.html").read_text()
     assert "INCOMPLETE RUN" in page and "good 3" in page
+    assert "skipped as invalid</b>: 1: bad-1 (no atoms)" in page
     write_leaderboard(tmp_path)
     assert set(pd.read_csv(tmp_path / "leaderboard.csv")["run"]) == {"run-a"}
     assert "Left out, incomplete: run-half" in (tmp_path / "leaderboard.md").read_text()

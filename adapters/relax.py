@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 calculator = make_calculator(job["calculator"], job["device"], job.get("options", {}))
             for record in todo:
                 in_flight.write_text(record["id"])
-                write(out, relax_record(record, calculator, job["protocol"]))
+                write(out, relax_record(record, calculator, job["protocol"], job.get("structure_timeout_s")))
         in_flight.write_text("")
     except OSError as exc:
         print(f"cannot write the results of {args.shard.name}: {exc}", file=sys.stderr)
@@ -330,11 +332,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def relax_record(record: dict, calculator, protocol: dict) -> dict:
-    """One structure's result line; any exception becomes a model_error record."""
+class StructureTimeout(Exception):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise StructureTimeout in this (main) thread after `seconds` of wall time (None: no limit)."""
+    if not seconds:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise StructureTimeout(f"still relaxing after the limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def relax_record(record: dict, calculator, protocol: dict, timeout_s: float | None = None) -> dict:
+    """One structure's result line; a structure over `timeout_s` of wall time is a `timeout`
+    record (the tool's limit, not one of the paper's failures); any exception becomes a
+    model_error record."""
     start = time.perf_counter()
     try:
-        result = relax(structure_from_record(record), calculator, protocol, record["periodic_axes"])
+        with time_limit(timeout_s):
+            result = relax(structure_from_record(record), calculator, protocol, record["periodic_axes"])
+    except StructureTimeout as exc:
+        result = {"converged": False, "failure_reason": "timeout", "steps": 0, "error": str(exc)}
     except Exception as exc:  # one bad structure must never stop the shard
         result = {"converged": False, "failure_reason": "model_error", "steps": 0,
                   "error": f"{type(exc).__name__}: {exc}",

@@ -46,6 +46,10 @@ from metrics import geometry
 CONTAINER_REASONS = ("model_error", "diverged", "not_converged")
 #: The reason of a structure without a result (an incomplete run): not a failure.
 MISSING = "missing"
+#: A structure over the tool's wall-time limit per structure (structure_timeout_s).
+TIMEOUT = "timeout"
+#: Reasons outside the paper's Table II: the tool's, not the model's.
+NOT_FAILURES = (MISSING, TIMEOUT)
 FRAGMENTED = {"2D": "fragmented_thickness", "1D": "fragmented_width", "0D": "fragmented_diameter"}
 #: Every failure reason, in order of precedence ("" is success).
 FAILURE_REASONS = (*CONTAINER_REASONS, "fragmented_thickness", "fragmented_width", "fragmented_diameter")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from metrics.per_structure import FAILURE_REASONS, MISSING
+from metrics.per_structure import FAILURE_REASONS, NOT_FAILURES
 
 DIMENSIONS = ("0D", "1D", "2D", "3D")
 KEYS = ["model", "dimension"]
@@ -60,22 +60,22 @@ def _q(p):
 
 
 def failures(scored: pd.DataFrame) -> pd.DataFrame:
-    """The paper's Table II: structures, failed, failed %, one column per reason, and
-    `missing` (structures without a result yet: an incomplete run, never a failure)."""
+    """The paper's Table II: structures, failed, failed %, one column per reason, and the
+    tool's own outcomes, never counted as failed: `timeout` (over the wall-time limit per
+    structure) and `missing` (no result yet: an incomplete run)."""
     reasons = scored["failure_reason"].fillna("").astype(str)
     pairs = _groups(scored)
     counts = pd.crosstab([scored["model"].astype(str), scored["dimension"].astype(str)], reasons)
-    other = sorted(set(reasons) - {"", MISSING, *FAILURE_REASONS})  # a reason this code does not know still counts
+    other = sorted(set(reasons) - {"", *NOT_FAILURES, *FAILURE_REASONS})  # an unknown reason still counts
     rows = []
     for model, dim in pairs.itertuples(index=False):
         row = counts.loc[(model, dim)] if (model, dim) in counts.index else pd.Series(dtype=int)
         total = int(row.sum())
-        missing = int(row.get(MISSING, 0))
-        failed = total - int(row.get("", 0)) - missing
+        tools = {reason: int(row.get(reason, 0)) for reason in NOT_FAILURES}
+        failed = total - int(row.get("", 0)) - sum(tools.values())
         rows.append({"model": model, "dimension": dim, "structures": total, "failed": failed,
                      "failed_pct": 100.0 * failed / total if total else np.nan,
-                     **{reason: int(row.get(reason, 0)) for reason in (*FAILURE_REASONS, *other)},
-                     MISSING: missing})
+                     **{reason: int(row.get(reason, 0)) for reason in (*FAILURE_REASONS, *other)}, **tools})
     return pd.DataFrame(rows)
 
 

@@ -126,14 +126,16 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
                                          "options": model.options, "description": model.description,
                                          **provenance.image_versions(client, image, model.packages)}
         totals[model.name] = len(structures)
-        job = {"calculator": model.calculator, "options": model.options, "protocol": protocol}
+        job = {"calculator": model.calculator, "options": model.options, "protocol": protocol,
+               "structure_timeout_s": manifest["structure_timeout_s"]}
         for shard, ids in shard_ids.items():
             if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):
                 jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))
 
     slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"],
                          memory_gb=manifest["worker_memory_gb"], pids=manifest["worker_pids"])
-    scheduler = Scheduler(client, slots, run_dir, cache_dir / "weights", manifest["max_worker_retries"])
+    scheduler = Scheduler(client, slots, run_dir, cache_dir / "weights", manifest["max_worker_retries"],
+                          stall_timeout_s=manifest.stall_timeout_s())
     if jobs:
         console.print(f"{len(jobs)} shard job(s) on {len(slots)} slot(s): {', '.join(s.name for s in slots)}")
         tracker = ResultsProgress(run_dir, totals)

@@ -11,6 +11,8 @@ import yaml
 from orchestrator.errors import BenchError
 
 DIMENSIONS = ("0D", "1D", "2D", "3D")
+#: Seconds a worker may take to load its model before its first result.
+MODEL_LOAD_S = 900
 #: paper: the text of Benedini et al.; authors: their code (adapters.relax.relax_authors).
 PROTOCOL_VARIANTS = ("paper", "authors")
 OPTIONAL_STR = (str, type(None))
@@ -47,6 +49,8 @@ SCHEMA = {
     "max_worker_retries": (int, 2),
     "worker_memory_gb": ((int, float, type(None)), None),
     "worker_pids": (int, 4096),
+    "structure_timeout_s": ((int, float, type(None)), 3600),
+    "stall_timeout_s": ((int, float, type(None)), None),
     "results_dir": (str, "results"),
     "cache_dir": (str, "~/.cache/umlip-0123d"),
     "base_image": (str, "python:3.11-slim-bookworm"),
@@ -74,6 +78,13 @@ class Manifest:
             return None
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.path.parent / path).resolve()
+
+    def stall_timeout_s(self) -> float:
+        """Seconds without a new result line after which a worker counts as hung: the
+        setting, else the per-structure limit plus time to load a model, else an hour."""
+        if self.values["stall_timeout_s"]:
+            return float(self.values["stall_timeout_s"])
+        return float(self.values["structure_timeout_s"] or 2700) + MODEL_LOAD_S
 
     def relaxation_protocol(self) -> dict:
         """What decides a relaxation, as sent to the containers and hashed into the run's
@@ -170,6 +181,9 @@ def _validate(values: dict, where: str) -> None:
     if memory is not None and not memory > 0:
         raise BenchError(f"{where}: worker_memory_gb must be positive (or null: the host's memory shared by the "
                          f"workers), not {memory!r}")
+    for key in ("structure_timeout_s", "stall_timeout_s"):
+        if values[key] is not None and not values[key] > 0:
+            raise BenchError(f"{where}: {key} must be a positive number of seconds (or null), not {values[key]!r}")
     for key in ("workers_per_device", "shard_size", "worker_pids"):
         if values[key] < 1:
             raise BenchError(f"{where}: {key} must be at least 1")

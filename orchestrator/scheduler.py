@@ -245,8 +245,10 @@ class Scheduler:
     container cannot be created or run is recorded in `failures` with the reason, and the
     slot goes on with the next job."""
 
-    def __init__(self, client, slots: list[Slot], run_dir: Path, cache_dir: Path, max_retries: int):
+    def __init__(self, client, slots: list[Slot], run_dir: Path, cache_dir: Path, max_retries: int,
+                 stall_timeout_s: float = 3600.0):
         self.client = client
+        self.stall_timeout_s = stall_timeout_s
         self.slots = slots
         self.run_key = run_key(run_dir)
         self.owner = uuid.uuid4().hex[:12]
@@ -290,9 +292,12 @@ class Scheduler:
         for _ in range(self.max_retries + 1):
             if stop.is_set():
                 return
-            code, out_of_memory = self._run_container(job, slot)
+            code, out_of_memory, stalled = self._run_container(job, slot)
             if code == 0 or stop.is_set():
                 return
+            if stalled:
+                self.failures.append(f"{job.model} {job.shard.name}: no new result for {self.stall_timeout_s:g} s: "
+                                     "the worker was stopped and its shard resumed")
             if code == CANNOT_WRITE:
                 self.failures.append(f"{job.model} {job.shard.name}: the worker cannot write its results "
                                      f"(disk full or folder read-only); see {job.out.with_suffix('.log')}")
@@ -302,12 +307,36 @@ class Scheduler:
         self.failures.append(f"{job.model} {job.shard.name}: container exited with code {code} "
                              f"{self.max_retries + 1} times; see {job.out.with_suffix('.log')}")
 
-    def _run_container(self, job: Job, slot: Slot) -> tuple[int, bool]:
-        """(exit code, killed for memory) of one container run of the job; its output is
-        streamed into the shard's .log as it comes, so a killed run keeps its log."""
+    def _run_container(self, job: Job, slot: Slot) -> tuple[int, bool, bool]:
+        """(exit code, killed for memory, stopped as hung) of one container run of the job.
+        Its output is streamed into the shard's .log as it comes, so a killed run keeps
+        its log; a watchdog stops it when its output file has not grown for
+        stall_timeout_s (a paused or deadlocked worker)."""
+        import docker.errors
+
         prepare_worker_files(job)
         container = self.client.containers.run(
             detach=True, **container_kwargs(job, slot, self.run_key, self.cache_dir, self.owner))
+        done, stalled = threading.Event(), threading.Event()
+
+        def watch() -> None:
+            size, since = -1, time.monotonic()
+            while not done.wait(min(5.0, self.stall_timeout_s / 4)):
+                if job.out.stat().st_size != size:
+                    size, since = job.out.stat().st_size, time.monotonic()
+                elif time.monotonic() - since > self.stall_timeout_s:
+                    stalled.set()
+                    try:
+                        container.reload()
+                        if container.status == "paused":  # the engine kills no paused container
+                            container.unpause()
+                        container.kill()
+                    except docker.errors.APIError:
+                        pass  # it ended meanwhile
+                    return
+
+        watchdog = threading.Thread(target=watch, daemon=True)
+        watchdog.start()
         try:
             with job.out.with_suffix(".log").open("ab") as log:
                 for chunk in container.logs(stream=True, follow=True):
@@ -315,6 +344,7 @@ class Scheduler:
                     log.flush()
             code = container.wait()["StatusCode"]
             container.reload()
-            return code, bool(container.attrs["State"].get("OOMKilled"))
+            return code, bool(container.attrs["State"].get("OOMKilled")), stalled.is_set()
         finally:
+            done.set()
             container.remove(force=True)

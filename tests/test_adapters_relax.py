@@ -253,3 +253,23 @@ def test_max_force_is_what_the_convergence_test_saw_cell_included():
     assert result["max_atom_force_ev_per_a"] < 1e-8
     assert result["max_force_ev_per_a"] > PROTOCOL["fmax_ev_per_a"]
     assert result["failure_reason"] == "not_converged"
+
+
+class Slow(EMT):
+    """EMT that takes its time, like a large model on a small CPU."""
+
+    def calculate(self, *args, **kwargs):
+        import time
+
+        time.sleep(0.05)
+        super().calculate(*args, **kwargs)
+
+
+def test_a_structure_over_the_time_limit_is_a_timeout_and_the_next_one_runs(tmp_path):
+    rattled = bulk("Cu", cubic=True)
+    rattled.rattle(0.2, seed=1)
+    record = structure_record(labelled(rattled, "slow", "3D"))
+    result = relax_record(record, Slow(), PROTOCOL, timeout_s=0.3)
+    assert (result["failure_reason"], result["converged"]) == ("timeout", False)
+    assert "0.3 s" in result["error"] and 0.3 <= result["wall_s"] < 2.0
+    assert relax_record(record, EMT(), PROTOCOL, timeout_s=60)["converged"]  # the alarm is gone

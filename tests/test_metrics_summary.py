@@ -96,15 +96,16 @@ def test_summary_and_a_table_read_back_from_csv(tmp_path):
 
 def test_an_unknown_failure_reason_is_counted_under_its_name():
     table = scored_table()
-    table.loc[0, "failure_reason"] = "timeout"
+    table.loc[0, "failure_reason"] = "exploded"
     fails = summary.failures(table)
-    assert row(fails, "m1", "3D")["timeout"] == 1
+    assert row(fails, "m1", "3D")["exploded"] == 1
     assert row(fails, "m1", "3D")["failed"] == 2
 
 
-def test_missing_structures_are_neither_failed_nor_successful():
+def test_missing_and_timed_out_structures_are_neither_failed_nor_successful():
     table = scored_table()
     table.loc[1, ["failure_reason", "converged"]] = ["missing", False]  # no result yet: an incomplete run
+    table.loc[2, ["failure_reason", "converged"]] = ["timeout", False]  # over the tool's time limit
     bulk = row(summary.failures(table), "m1", "3D")
-    assert (bulk["structures"], bulk["failed"], bulk["missing"]) == (4, 1, 1)
-    assert row(summary.energy(table), "m1", "3D")["n"] == 2
+    assert (bulk["structures"], bulk["failed"], bulk["missing"], bulk["timeout"]) == (4, 1, 1, 1)
+    assert row(summary.energy(table), "m1", "3D")["n"] == 1

@@ -230,3 +230,35 @@ def test_two_runs_at_once(tmp_path):
         done = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1",
                      results=tmp_path / "one", check=False)
     assert done.returncode == 2 and "another bench is running on this run folder" in done.stderr
+
+
+def test_a_hung_worker_is_stopped_and_its_shard_resumed(tmp_path, docker_client):
+    import threading
+
+    from orchestrator.images import LABEL
+
+    dataset = tmp_path / "emt-set.extxyz"
+    emt_dataset(dataset)
+    paused = []
+
+    def pause_the_first_worker():
+        deadline = time.time() + 120
+        while not paused and time.time() < deadline:
+            for container in docker_client.containers.list(filters={"label": f"{LABEL}.model=emt"}):
+                if str(tmp_path) in json.dumps(container.attrs["HostConfig"]["Binds"]):
+                    container.pause()
+                    paused.append(container.name)
+                    return
+            time.sleep(0.05)
+
+    freezer = threading.Thread(target=pause_the_first_worker)
+    freezer.start()
+    done = bench("--models", "emt", "--dataset", str(dataset), "--set", "stall_timeout_s=4", results=tmp_path / "r")
+    freezer.join()
+    assert paused, "the worker finished before it could be paused"
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    table = pd.read_csv(run_dir / "results.csv", keep_default_na=False).set_index("id")
+    assert len(table) == 5 and (table.drop(index="si-3d")["failure_reason"] == "").all()
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["status"] == "complete"
+    assert any("no new result for 4 s" in failure for failure in provenance["worker_failures"])

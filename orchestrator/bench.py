@@ -105,6 +105,8 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
     key = subset_key(**subset)
     protocol = manifest.relaxation_protocol()
 
+    slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"],
+                         memory_gb=manifest["worker_memory_gb"], pids=manifest["worker_pids"])
     shard_size = _fixed_shard_size(run_dir, manifest["shard_size"])
     shards = write_shards(structures, run_dir / "shards", shard_size)
     if not (run_dir / "reference.extxyz").exists():
@@ -132,8 +134,6 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
             if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):
                 jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))
 
-    slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"],
-                         memory_gb=manifest["worker_memory_gb"], pids=manifest["worker_pids"])
     scheduler = Scheduler(client, slots, run_dir, cache_dir / "weights", manifest["max_worker_retries"],
                           stall_timeout_s=manifest.stall_timeout_s())
     if jobs:

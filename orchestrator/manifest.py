@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,8 @@ def _type_name(types) -> str:
 
 
 def _check(value, types, where: str, key: str):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BenchError(f"{where}: {key} must be a finite number, not {value!r}")
     if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
         raise BenchError(f"{where}: {key} must be {_type_name(types)}, not {value!r}")
     if not isinstance(value, types):
@@ -160,43 +163,53 @@ def load(path: Path, overrides: dict | None = None, environ=os.environ) -> Manif
         for parent in reversed(parents):
             nested = {parent: nested}
         _merge(SCHEMA, nested, "command line", "command line", "", values, sources)
-    _validate(values, str(path))
+    _validate(values, sources, str(path))
     for entry in values["datasets"].values():  # a shipped dataset's path is relative to the manifest
         if "path" in entry:
             entry["path"] = str((path.parent / Path(entry["path"]).expanduser()).resolve())
     return Manifest(path=path, values=values, sources=sources)
 
 
-def _validate(values: dict, where: str) -> None:
-    dims = values["subset"]["dimensions"]
-    for dim in dims or []:
+def _validate(values: dict, sources: dict, path: str) -> None:
+    """Values that have the right type but cannot work; the error names where each came from."""
+    from adapters.relax import CELL_FILTERS, OPTIMIZERS
+
+    def fail(key: str, message: str):
+        source = sources.get(key, path)
+        source = "command line (--set or a make variable)" if source == "command line" else \
+            "environment (UMLIP_*)" if source == "environment" else source
+        raise BenchError(f"{source}: {key} {message}")
+
+    for dim in values["subset"]["dimensions"] or []:
         if dim not in DIMENSIONS:
-            raise BenchError(f"{where}: subset.dimensions has {dim!r}; choose from {', '.join(DIMENSIONS)}")
+            fail("subset.dimensions", f"has {dim!r}; choose from {', '.join(DIMENSIONS)}")
     devices = values["devices"]
     if isinstance(devices, str) and devices not in ("cpu", "all"):
-        raise BenchError(f"{where}: devices must be cpu, all, or a list of GPU indices, not {devices!r}")
-    if isinstance(devices, list) and not all(isinstance(d, int) and d >= 0 for d in devices):
-        raise BenchError(f"{where}: devices list must hold GPU indices (integers >= 0), not {devices!r}")
-    memory = values["worker_memory_gb"]
-    if memory is not None and not memory > 0:
-        raise BenchError(f"{where}: worker_memory_gb must be positive (or null: the host's memory shared by the "
-                         f"workers), not {memory!r}")
-    for key in ("structure_timeout_s", "stall_timeout_s"):
+        fail("devices", f"must be cpu, all, or a list of GPU indices, not {devices!r}")
+    if isinstance(devices, list) and not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                             for d in devices):
+        fail("devices", f"must hold GPU indices (integers >= 0), not {devices!r}")
+    for key in ("worker_memory_gb", "structure_timeout_s", "stall_timeout_s", "threads_per_worker"):
         if values[key] is not None and not values[key] > 0:
-            raise BenchError(f"{where}: {key} must be a positive number of seconds (or null), not {values[key]!r}")
+            fail(key, f"must be positive (or null), not {values[key]!r}")
     for key in ("workers_per_device", "shard_size", "worker_pids"):
         if values[key] < 1:
-            raise BenchError(f"{where}: {key} must be at least 1")
-    if values["protocol"]["variant"] not in PROTOCOL_VARIANTS:
-        raise BenchError(f"{where}: protocol.variant must be one of {', '.join(PROTOCOL_VARIANTS)}, "
-                         f"not {values['protocol']['variant']!r}")
+            fail(key, f"must be at least 1, not {values[key]!r}")
+    if values["max_worker_retries"] < 0:
+        fail("max_worker_retries", f"must be 0 or more, not {values['max_worker_retries']!r}")
+    protocol = values["protocol"]
+    for key, choices in (("variant", PROTOCOL_VARIANTS), ("optimizer", OPTIMIZERS), ("cell_filter", CELL_FILTERS)):
+        if protocol[key] not in choices:
+            fail(f"protocol.{key}", f"must be one of {', '.join(choices)}, not {protocol[key]!r}")
     for key in ("fmax_ev_per_a", "max_steps", "divergence_limit_ev_per_a"):
-        if values["protocol"][key] <= 0:
-            raise BenchError(f"{where}: protocol.{key} must be positive")
+        if protocol[key] <= 0:
+            fail(f"protocol.{key}", f"must be positive, not {protocol[key]!r}")
+    for dim, limit in values["fragmentation_limits_a"].items():
+        if limit <= 0:
+            fail(f"fragmentation_limits_a.{dim}", f"must be positive, not {limit!r}")
     for name, entry in values["datasets"].items():
         if not isinstance(entry, dict) or ("url" in entry) == ("path" in entry):
-            raise BenchError(f"{where}: datasets.{name} needs a url (to download) or a path (shipped), not both")
+            fail(f"datasets.{name}", "needs a url (to download) or a path (shipped), not both")
         unknown = set(entry) - {"url", "path", "sha256", "files"}
         if unknown:
-            raise BenchError(f"{where}: datasets.{name} has unknown key(s) {sorted(unknown)}; "
-                             "allowed: url or path, sha256, files")
+            fail(f"datasets.{name}", f"has unknown key(s) {sorted(unknown)}; allowed: url or path, sha256, files")

@@ -85,10 +85,15 @@ def device_slots(devices, workers_per_device: int, threads_per_worker: int | Non
     if devices == "cpu":
         owners = [None]
     else:
-        owners = gpus() if devices == "all" else list(devices)
+        present = gpus()
+        owners = present if devices == "all" else list(devices)
         if not owners:
             raise BenchError("devices: all, but nvidia-smi reports no GPU; set devices: cpu "
                              "(GPUS=cpu) or install the NVIDIA driver and container toolkit")
+        absent = [gpu for gpu in owners if gpu not in present]
+        if absent:
+            raise BenchError(f"devices: GPU {', '.join(map(str, absent))} not found (nvidia-smi reports "
+                             f"{', '.join(map(str, present)) or 'no GPU'}); set GPUS to those, or cpu")
     count = len(owners) * workers_per_device
     threads = threads_per_worker or max(1, (cpu_count or os.cpu_count() or 1) // count)
     memory = int(memory_gb * 1024**3) if memory_gb else host_memory_bytes() // count

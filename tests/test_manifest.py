@@ -76,3 +76,25 @@ def test_bad_make_variables_are_named():
         overrides_from(build_parser().parse_args(["bench", "--dim", "5D"]))
     with pytest.raises(BenchError, match="GPUS"):
         overrides_from(build_parser().parse_args(["bench", "--gpus", "first"]))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("threads_per_worker: -1\n", "threads_per_worker must be positive"),
+    ("max_worker_retries: -1\n", "max_worker_retries must be 0 or more"),
+    ("protocol: {optimizer: Adam}\n", "protocol.optimizer must be one of FIRE, BFGS, LBFGS, not 'Adam'"),
+    ("protocol: {cell_filter: Strain}\n", "protocol.cell_filter must be one of FrechetCellFilter"),
+    ("protocol: {fmax_ev_per_a: .nan}\n", "protocol.fmax_ev_per_a must be a finite number"),
+    ("fragmentation_limits_a: {2D: .inf}\n", "fragmentation_limits_a.2D must be a finite number"),
+    ("worker_memory_gb: 0\n", "worker_memory_gb must be positive"),
+    ("devices: [true]\n", "devices must hold GPU indices"),
+])
+def test_values_that_cannot_work_name_the_key_and_the_file(tmp_path, text, message):
+    with pytest.raises(BenchError, match=f"benchmark.yaml: {message}"):
+        load(write(tmp_path, text), environ={})
+
+
+def test_a_bad_value_from_the_command_line_is_not_blamed_on_the_file(tmp_path):
+    with pytest.raises(BenchError, match=r"^command line \(--set or a make variable\): max_worker_retries"):
+        load(write(tmp_path, "shard_size: 10\n"), {"max_worker_retries": -2}, environ={})
+    with pytest.raises(BenchError, match=r"^environment \(UMLIP_\*\): shard_size must be at least 1"):
+        load(write(tmp_path, "shard_size: 10\n"), environ={"UMLIP_SHARD_SIZE": "0"})

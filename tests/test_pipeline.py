@@ -191,8 +191,9 @@ def test_killed_run_finishes_every_structure_exactly_once(tmp_path):
 def test_a_slot_whose_containers_cannot_start_leaves_an_incomplete_run(tmp_path):
     dataset = tmp_path / "emt-set.extxyz"
     emt_dataset(dataset)
-    # GPU 0 on a machine without one: the engine refuses every container of the slot
-    done = bench("--models", "emt", "--dataset", str(dataset), "--gpus", "0", results=tmp_path / "r", check=False)
+    # a memory limit the engine refuses (it wants at least 6 MB): every container of the slot fails to start
+    done = bench("--models", "emt", "--dataset", str(dataset), "--set", "worker_memory_gb=0.001",
+                 results=tmp_path / "r", check=False)
     assert done.returncode == 3, done.stderr[-2000:]
     assert "incomplete run" in done.stderr and "5 structure(s) have no result" in done.stderr
     run_dir = next((tmp_path / "r").iterdir())
@@ -201,7 +202,7 @@ def test_a_slot_whose_containers_cannot_start_leaves_an_incomplete_run(tmp_path)
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["status"] == "incomplete" and provenance["missing"] == {"emt": 5}
     assert "INCOMPLETE RUN" in (run_dir / "report" / "report.html").read_text()
-    # the same command on a CPU finishes the run: nothing was turned into a failure
+    # with a limit that works, the same run finishes: nothing was turned into a failure
     done = bench("--models", "emt", "--dataset", str(dataset), results=tmp_path / "r")
     table = pd.read_csv(run_dir / "results.csv", keep_default_na=False).set_index("id")
     assert (table.drop(index="si-3d")["failure_reason"] == "").all()

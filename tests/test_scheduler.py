@@ -17,7 +17,7 @@ def test_cpu_slots_share_the_cores():
 
 
 def test_gpu_slots_one_per_gpu_and_worker():
-    slots = device_slots([0, 3], 2, 4, gpus=lambda: [])
+    slots = device_slots([0, 3], 2, 4, gpus=lambda: [0, 1, 3])
     assert [(s.name, s.gpu, s.device, s.threads) for s in slots] == [
         ("gpu0-0", "0", "cuda", 4), ("gpu0-1", "0", "cuda", 4), ("gpu3-0", "3", "cuda", 4), ("gpu3-1", "3", "cuda", 4)]
     assert [s.gpu for s in device_slots("all", 1, None, cpu_count=8, gpus=lambda: [0, 1])] == ["0", "1"]
@@ -41,6 +41,10 @@ def test_a_run_folder_is_locked_by_one_orchestrator(tmp_path):
 def test_all_gpus_without_any_is_a_clear_error():
     with pytest.raises(BenchError, match="GPUS=cpu"):
         device_slots("all", 1, None, gpus=lambda: [])
+    with pytest.raises(BenchError, match="GPU 2 not found .nvidia-smi reports 0, 1."):
+        device_slots([0, 2], 1, None, gpus=lambda: [0, 1])
+    with pytest.raises(BenchError, match="GPU 0 not found .nvidia-smi reports no GPU"):
+        device_slots([0], 1, None, gpus=lambda: [])
 
 
 def test_container_spec_mounts_and_bounds():

@@ -156,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only folder, a file in the way: the user's to fix
+        if args.verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check that folder's free space and permissions "
+              "(finished structures are kept: rerun the same command afterwards)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished structures are kept; run the same command again to resume", file=sys.stderr)
         return 130

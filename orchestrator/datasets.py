@@ -203,6 +203,9 @@ def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> tupl
     for path in files:
         try:
             kind, compressed, records = _read_file(path, sums, cache_dir)
+        except (EOFError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BenchError(f"{path}: damaged or not a dataset ({type(err).__name__}: {err}); download it "
+                             "again (delete it from the cache) or move it out of the dataset folder") from None
         except NotADataset as err:
             if len(files) == 1:
                 raise

@@ -381,3 +381,17 @@ def test_invalid_structures_are_skipped_with_one_warning_naming_each(tmp_path, c
                                "on-top": "atoms closer than 0.5 Å"}
     warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(warnings) == 1 and all(sid in warnings[0] for sid in bad)
+
+
+def test_a_damaged_file_is_one_clear_error(tmp_path):
+    from conftest import REPO
+
+    data = (REPO / "orchestrator" / "data" / "alexandria-pbe-3d-sample50.json.bz2").read_bytes()
+    (tmp_path / "cut.json.bz2").write_bytes(data[: len(data) // 2])  # a download that stopped half-way
+    with pytest.raises(BenchError, match=r"cut.json.bz2: damaged or not a dataset \(EOFError.*download it again"):
+        load_dataset(str(tmp_path / "cut.json.bz2"), {}, tmp_path / "c")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "binary.json").write_bytes(b'{"entries": [' + bytes(range(128, 256)))
+    with pytest.raises(BenchError, match=r"binary.json: damaged or not a dataset \(UnicodeDecodeError"):
+        load_dataset(str(folder), {}, tmp_path / "c")

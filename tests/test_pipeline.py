@@ -110,6 +110,16 @@ def test_emt_bench_with_the_authors_protocol(tmp_path):
     assert slab.cell[2][2] == pytest.approx(np.ptp(slab.positions[:, 2]) + 15.0)  # the vacuum was reset
 
 
+def test_a_results_folder_that_cannot_be_written_is_one_line(tmp_path):
+    dataset = tmp_path / "emt-set.extxyz"
+    emt_dataset(dataset)
+    blocked = tmp_path / "results-is-a-file"
+    blocked.write_text("not a folder")
+    done = bench("--models", "emt", "--dataset", str(dataset), results=blocked, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "results-is-a-file" in done.stderr and "permissions" in done.stderr
+
+
 def test_unknown_model_and_missing_dataset_are_named(tmp_path):
     done = bench("--models", "mace-typo", results=tmp_path, check=False)
     assert done.returncode == 2 and "mace-typo" in done.stderr and "chgnet" in done.stderr

@@ -349,12 +349,13 @@ def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
 
 # ---- run report -------------------------------------------------------------------
 
-def write_run_report(run_dir: Path) -> Path:
-    """Tables, plots, report.md and a self-contained report.html under run_dir/report/."""
+def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Tables, plots, report.md and a self-contained report.html under `out` (default
+    run_dir/report/)."""
     run_dir = Path(run_dir)
     scored = read_results(run_dir / "results.csv")
     provenance = read_provenance(run_dir / "provenance.json")
-    out = run_dir / "report"
+    out = Path(out) if out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     named = tables(scored)
     named["timing"] = timing(scored)
@@ -489,12 +490,14 @@ def _short(value: str, keep: int = 12) -> str:
     return text
 
 
-def write_leaderboard(results_dir: Path) -> Path:
+def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
     """leaderboard.csv (every column), .md and .html (one ranking per dimensionality and
-    one line of provenance per run) in results_dir; returns the .md path."""
+    one line of provenance per run) in `out` (default results_dir); returns the .md path."""
     results_dir = Path(results_dir)
+    out = Path(out) if out else results_dir
+    out.mkdir(parents=True, exist_ok=True)
     table = leaderboard(results_dir)
-    table.to_csv(results_dir / "leaderboard.csv", index=False)
+    table.to_csv(out / "leaderboard.csv", index=False)
     ranking_columns = ["model", "run", "structures", "failed", "failed_pct", "paper_failed", "energy_median_mev",
                        "energy_mae_mev",
                        "position_mae_median_a", "median_steps", "image_id", "packages"]
@@ -517,6 +520,6 @@ def write_leaderboard(results_dir: Path) -> Path:
     md += ["## Runs\n", markdown_table(runs), "## Definitions\n", DEFINITIONS]
     body += ["<h2>Runs</h2>", html_table(runs), "<h2>Definitions</h2>", _markdown_to_html(DEFINITIONS),
              "</body></html>\n"]
-    (results_dir / "leaderboard.md").write_text("\n".join(md))
-    (results_dir / "leaderboard.html").write_text("\n".join(body))
-    return results_dir / "leaderboard.md"
+    (out / "leaderboard.md").write_text("\n".join(md))
+    (out / "leaderboard.html").write_text("\n".join(body))
+    return out / "leaderboard.md"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -81,9 +82,11 @@ def cmd_report(args) -> None:
 
     manifest = load(args.manifest, parse_set(args.set))
     results_dir = manifest.path_setting("results_dir")
+    # a results folder on a read-only disk (an archive, a colleague's share) is reported elsewhere
+    spare = manifest.path_setting("cache_dir") / "reports"
     for run_dir in sorted(p.parent for p in results_dir.glob("*/results.csv")):
-        print(write_run_report(run_dir))
-    print(write_leaderboard(results_dir))
+        print(write_run_report(run_dir, None if os.access(run_dir, os.W_OK) else spare / run_dir.name))
+    print(write_leaderboard(results_dir, None if os.access(results_dir, os.W_OK) else spare))
 
 
 def cmd_models(args) -> None:

@@ -116,7 +116,8 @@ def load_dataset(spec: str, registry: dict, cache_dir: Path, *, show_progress: b
             files, sums = fetch_dataset(spec, registry[spec], cache_dir, show_progress=show_progress)
         else:
             files, sums = _local_files(spec, registry)
-        structures, skipped = read_files(files, sums, cache_dir)
+        structures, skipped, files = read_files(files, sums, cache_dir)
+        sums = {p.name: sums[p.name] for p in files}  # a stray file never changes the identity
     except OSError as err:  # disk full, permissions, a file vanishing: the user's to fix
         raise BenchError(f"dataset {spec}: {err}") from err
     dataset = Dataset(str(spec), files, sums, structures, skipped)
@@ -194,12 +195,13 @@ class NotADataset(BenchError):
     """A file whose content is none of the recognised formats."""
 
 
-def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> tuple[list[Atoms], dict[str, str]]:
-    """Reference records from every file, checked, with unique ids, sorted by (dimension, id),
-    and the structures skipped as invalid (id -> reason; see invalid_reason).
+def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path
+               ) -> tuple[list[Atoms], dict[str, str], list[Path]]:
+    """Reference records from every file, checked, with unique ids, sorted by (dimension, id);
+    the structures skipped as invalid (id -> reason; see invalid_reason); the files read.
     In a dataset of several files, one in no recognised format is skipped with a warning
     (an index may list more than structures); a single such file is an error."""
-    structures, skipped = [], {}
+    structures, skipped, used = [], {}, []
     for path in files:
         try:
             kind, compressed, records = _read_file(path, sums, cache_dir)
@@ -213,6 +215,7 @@ def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> tupl
             continue
         if not records:
             raise BenchError(f"{path}: holds no structure")
+        used.append(path)
         file_label = dimension_from_name(path.name)
         records, invalid = _finish(records, path, file_label)
         skipped.update(invalid)
@@ -226,7 +229,7 @@ def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path) -> tupl
         raise BenchError(f"none of {', '.join(p.name for p in files)} holds structures in a recognised format")
     structures = _unique_ids(structures)
     structures.sort(key=lambda a: (a.info["dimension"], a.info["id"]))
-    return structures, skipped
+    return structures, skipped, used
 
 
 def _read_file(path: Path, sums: dict[str, str], cache_dir: Path) -> tuple[str, bool, list[Atoms]]:
@@ -509,17 +512,38 @@ def _read_extxyz(path: Path, compressed: bool) -> list[Atoms]:
             frames = read(handle, index=":", format="extxyz")
         except Exception as err:  # ase raises many kinds on malformed extxyz
             raise BenchError(f"{path}: looks like extxyz but cannot be read ({type(err).__name__}: {err})") from None
+    with opener(path, "rt", encoding="utf-8") as handle:
+        raw_ids = _extxyz_ids(handle)
     records = []
     for i, frame in enumerate(frames):
         calc = frame.calc.results if frame.calc is not None else {}
+        info = {**frame.info, **(raw_ids[i] if i < len(raw_ids) else {})}
         records.append(_record(
-            frame.numbers, frame.positions, frame.cell, dict(frame.info),
+            frame.numbers, frame.positions, frame.cell, info,
             stored={"energy": calc.get("energy", calc.get("free_energy")),
                     "forces": frame.arrays.get("forces_ref", calc.get("forces")),
                     "stress": frame.info.get("stress_ref", calc.get("stress"))},
             default_id=f"{path.name}:{i}", where=f"{path.name} frame {i}",
             energy_hint="info uncorrected_energy, energy_ref_ev or energy"))
     return records
+
+
+_ID_PATTERN = re.compile(r'(?:^|\s)(' + "|".join(ID_KEYS) + r')=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def _extxyz_ids(handle) -> list[dict[str, str]]:
+    """The id keys of every frame's comment line as written, as text: ASE's parser turns
+    "0042" into 42 and "T" into True."""
+    ids = []
+    while True:
+        count = handle.readline()
+        if not count.strip():
+            return ids
+        comment = handle.readline()
+        ids.append({key: value[1:-1] if value.startswith('"') else value
+                    for key, value in _ID_PATTERN.findall(comment)})
+        for _ in range(int(count)):
+            handle.readline()
 
 
 def write_extxyz(path: Path, structures) -> None:

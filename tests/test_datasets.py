@@ -174,6 +174,9 @@ def test_unrecognised_file_in_a_folder_is_skipped_with_a_warning(tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="orchestrator.datasets"):
         dataset = load_dataset(str(folder), {}, tmp_path / "c")
     assert len(dataset.structures) == 8
+    assert [p.name for p in dataset.files] == ["a.json.bz2"]
+    (folder / "other.json").write_text('{"something": 2}')  # editing a stray file changes nothing
+    assert load_dataset(str(folder), {}, tmp_path / "c").identity == dataset.identity
     assert "skipped" in caplog.text and "notes.bz2" in caplog.text and "other.json" in caplog.text
 
 
@@ -395,3 +398,16 @@ def test_a_damaged_file_is_one_clear_error(tmp_path):
     (folder / "binary.json").write_bytes(b'{"entries": [' + bytes(range(128, 256)))
     with pytest.raises(BenchError, match=r"binary.json: damaged or not a dataset \(UnicodeDecodeError"):
         load_dataset(str(folder), {}, tmp_path / "c")
+
+
+def test_extxyz_ids_stay_text(tmp_path):
+    from ase.build import bulk
+
+    frames = []
+    for sid in ("0042", "T", "1e5", "agm 7"):
+        atoms = bulk("Cu")
+        atoms.info.update(mat_id=sid, energy=-3.5)
+        frames.append(atoms)
+    write(tmp_path / "ids.extxyz", frames, format="extxyz")
+    dataset = load_dataset(str(tmp_path / "ids.extxyz"), {}, tmp_path / "c")
+    assert sorted(a.info["id"] for a in dataset.structures) == ["0042", "1e5", "T", "agm 7"]

@@ -252,3 +252,19 @@ def test_a_plot_without_successful_structures_still_renders(tmp_path):
                            "steps": 3, "energy_error_mev_per_atom": np.nan, "position_mae_a": np.nan}])
     png, svg = plots.box_plot(table, "energy_error", tmp_path)
     assert png.exists() and "no structures to show" in svg.read_text()
+
+
+def test_a_read_only_results_folder_is_reported_elsewhere(tmp_path, monkeypatch):
+    import os
+
+    from orchestrator.cli import main
+
+    results = tmp_path / "results"
+    make_run(results, "run-a")
+    manifest = tmp_path / "benchmark.yaml"
+    manifest.write_text(f"results_dir: {results}\ncache_dir: {tmp_path / 'cache'}\n")
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).startswith(str(results)))
+    assert main(["report", "--manifest", str(manifest)]) == 0
+    assert (tmp_path / "cache" / "reports" / "run-a" / "report.html").exists()
+    assert (tmp_path / "cache" / "reports" / "leaderboard.md").exists()
+    assert not (results / "run-a" / "report").exists() and not (results / "leaderboard.md").exists()

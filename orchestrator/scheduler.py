@@ -183,9 +183,11 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
         "read_only": True,
         "tmpfs": {SCRATCH_MOUNT: "rw,nosuid,nodev,size=4g,mode=1777"},
         "pids_limit": slot.pids,
+        # numpy's BLAS single-threaded: ASE's cell filter does tiny matrix functions every
+        # step, many times slower threaded; the model's own threads (OpenMP, MKL) get the slot's
         "environment": {"HOME": SCRATCH_MOUNT, "XDG_CACHE_HOME": f"{SCRATCH_MOUNT}/cache",
                         "MPLCONFIGDIR": f"{SCRATCH_MOUNT}/matplotlib", "OMP_NUM_THREADS": threads,
-                        "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
+                        "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": "1"},
         # the engine refuses a limit above the host's cores
         "nano_cpus": min(slot.threads, os.cpu_count() or 1) * 10**9,
         "working_dir": "/opt/umlip-0123d",

@@ -273,3 +273,111 @@ def test_a_hung_worker_is_stopped_and_its_shard_resumed(tmp_path, docker_client)
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["status"] == "complete"
     assert any("no new result for 4 s" in failure for failure in provenance["worker_failures"])
+
+
+def slow_emt_dataset(path: Path, count: int = 8) -> None:
+    """Rattled 108-atom copper crystals: a second or two each in EMT, time to interrupt."""
+    frames = []
+    for k in range(count):
+        atoms = bulk("Cu", cubic=True) * (3, 3, 3)
+        atoms.rattle(0.15, seed=k)
+        atoms.pbc = True
+        atoms.info["mat_id"] = f"cu108-{k}"
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.5 * len(atoms))
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+
+
+def start_bench(dataset: Path, results: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "bench", "--gpus", "cpu", "--models", "emt",
+                             "--dataset", str(dataset), "--set", f"results_dir={results}", "--set", "shard_size=4"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for_lines(results: Path, count: int, process: subprocess.Popen) -> int:
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        lines = sum(len(p.read_text().splitlines()) for p in results.glob("*/raw/emt/shard-*.jsonl"))
+        if lines >= count:
+            return lines
+        time.sleep(0.1)
+    raise AssertionError(f"no {count} result lines before the run ended: {process.communicate()[1][-2000:]}")
+
+
+def assert_every_structure_once_and_none_failed(results: Path, count: int = 8) -> None:
+    run_dir = next(results.iterdir())
+    written = Counter(json.loads(line)["id"] for p in (run_dir / "raw" / "emt").glob("shard-*.jsonl")
+                      for line in p.read_text().splitlines())
+    assert len(written) == count and set(written.values()) == {1}, written
+    table = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
+    assert len(table) == count and (table["failure_reason"] == "").all(), table["failure_reason"].tolist()
+    assert json.loads((run_dir / "provenance.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigkill"])
+def test_an_interrupted_orchestrator_loses_nothing_and_fails_nothing(tmp_path, docker_client, how):
+    from orchestrator.images import LABEL
+
+    dataset = tmp_path / "slow.extxyz"
+    slow_emt_dataset(dataset)
+    results = tmp_path / "r"
+    victim = start_bench(dataset, results)
+    wait_for_lines(results, 2, victim)
+    if how == "sigkill":
+        os.killpg(victim.pid, signal.SIGKILL)  # no cleanup at all: its container goes on
+    else:
+        victim.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGTERM)
+    _, err = victim.communicate(timeout=120)
+    if how != "sigkill":
+        assert victim.returncode == 130 and "run the same command again" in err
+        run_dir = next(results.iterdir())
+        leftovers = [c for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL}.model=emt"})
+                     if str(run_dir) in json.dumps(c.attrs["HostConfig"]["Binds"])]
+        assert not leftovers  # its containers are stopped with it
+    again = start_bench(dataset, results)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-2000:]
+    assert_every_structure_once_and_none_failed(results)
+
+
+def test_a_worker_killed_from_outside_is_rerun_not_failed(tmp_path, docker_client):
+    from orchestrator.images import LABEL
+
+    dataset = tmp_path / "slow.extxyz"
+    slow_emt_dataset(dataset)
+    results = tmp_path / "r"
+    run = start_bench(dataset, results)
+    wait_for_lines(results, 2, run)
+    for container in docker_client.containers.list(filters={"label": f"{LABEL}.model=emt"}):
+        if str(results) in json.dumps(container.attrs["HostConfig"]["Binds"]):
+            container.kill()  # as `docker kill` by a user would
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-2000:]
+    assert_every_structure_once_and_none_failed(results)
+    crashed = [p.read_text() for p in results.glob("*/raw/emt/*.crashed")]
+    assert all(text == "" for text in crashed)  # a kill from outside is no crash
+
+
+def test_a_full_disk_stops_the_run_honestly_and_the_rerun_finishes(tmp_path):
+    results = tmp_path / "r"
+    results.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(results)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        dataset = tmp_path / "slow.extxyz"
+        slow_emt_dataset(dataset)
+        run = start_bench(dataset, results)
+        wait_for_lines(results, 2, run)
+        filler = results / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until it is full
+        _, err = run.communicate(timeout=600)
+        assert run.returncode in (2, 3) and "Traceback" not in err, err[-3000:]
+        filler.unlink()
+        again = start_bench(dataset, results)
+        _, err = again.communicate(timeout=600)
+        assert again.returncode == 0, err[-2000:]
+        assert_every_structure_once_and_none_failed(results)
+    finally:
+        subprocess.run(["umount", "-l", str(results)], capture_output=True)

@@ -118,6 +118,16 @@ def test_a_results_folder_that_cannot_be_written_is_one_line(tmp_path):
     done = bench("--models", "emt", "--dataset", str(dataset), results=blocked, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "results-is-a-file" in done.stderr and "permissions" in done.stderr
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)]).returncode:
+        pytest.skip("cannot mount a read-only folder here")
+    try:
+        done = bench("--models", "emt", "--dataset", str(dataset), results=read_only, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "Read-only file system" in done.stderr and "read-only" in done.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)])
 
 
 def test_unknown_model_and_missing_dataset_are_named(tmp_path):

@@ -14,7 +14,7 @@ from orchestrator import merge, provenance
 from orchestrator.engine import console, docker_client
 from orchestrator.datasets import load_dataset, select, subset_key, write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
-from orchestrator.images import ImageBuilder, Model, discover_models
+from orchestrator.images import ImageBuilder, Model, discover_models, resolve_models
 from orchestrator.manifest import Manifest
 from orchestrator.scheduler import Job, RunLock, Scheduler, device_slots
 from orchestrator.shards import complete_lines, read_ids, write_shards
@@ -29,13 +29,13 @@ def run_identity(dataset, subset: str, protocol: dict) -> str:
 
 
 def pick_models(manifest: Manifest, names: list[str]) -> list[Model]:
-    available = discover_models()
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        source = manifest.sources.get("models", "command line")
-        raise BenchError(f"unknown model(s) {', '.join(unknown)} (from {source}); "
-                         f"available: {', '.join(available)} (folders of images/ with a model.yaml)")
-    return [available[n] for n in names]
+    """The models named on the command line or in the manifest (folder, paper tag, alias, or paper)."""
+    from metrics.paper import table_ii
+
+    try:
+        return resolve_models(names, discover_models(), list(dict.fromkeys(table_ii()["tag"])))
+    except BenchError as exc:
+        raise BenchError(f"{exc} (models from {manifest.sources.get('models', 'command line')})") from None
 
 
 def check_image(out_dir: Path, image: str, image_id: str) -> None:

@@ -24,7 +24,12 @@ IMAGES_DIR = REPO / "images"
 ADAPTERS_DIR = REPO / "adapters"
 IMAGE_PREFIX = "umlip-0123d"
 LABEL = "org.umlip-0123d"
-MODEL_KEYS = {"description": str, "calculator": str, "options": dict, "packages": list}
+MODEL_KEYS = {"description": str, "calculator": str, "options": dict, "packages": list, "paper_tag": str,
+              "aliases": list, "forces": str, "weights": list, "citation": str}
+WEIGHT_KEYS = {"file": str, "url": str, "sha256": str, "licence": str, "access": str, "note": str}
+#: How a weights file is had: downloaded as is, downloaded with the user's HF_TOKEN, or
+#: put in place by the user (no public copy).
+WEIGHT_ACCESS = ("public", "token", "manual")
 
 
 @dataclass
@@ -35,6 +40,35 @@ class Model:
     calculator: str
     options: dict = field(default_factory=dict)
     packages: list = field(default_factory=list)
+    paper_tag: str | None = None      # the model's tag in Benedini et al. (Table I), if it is one of theirs
+    aliases: list = field(default_factory=list)
+    forces: str | None = None         # conservative | direct
+    weights: list = field(default_factory=list)  # WEIGHT_KEYS entries; the first is the checkpoint
+    citation: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """Every name the model answers to: its folder, its paper tag, its aliases."""
+        return [self.name, *([self.paper_tag] if self.paper_tag else []), *self.aliases]
+
+
+def _check_weights(meta: Path, weights: list) -> None:
+    for k, entry in enumerate(weights):
+        where = f"{meta}: weights[{k}]"
+        if not isinstance(entry, dict) or "file" not in entry:
+            raise BenchError(f"{where} needs a file name")
+        for key, value in entry.items():
+            if key not in WEIGHT_KEYS:
+                raise BenchError(f"{where}: unknown key {key!r}; allowed: {sorted(WEIGHT_KEYS)}")
+            if not isinstance(value, WEIGHT_KEYS[key]):
+                raise BenchError(f"{where}: {key!r} must be a {WEIGHT_KEYS[key].__name__}")
+        access = entry.get("access", "public")
+        if access not in WEIGHT_ACCESS:
+            raise BenchError(f"{where}: access must be one of {', '.join(WEIGHT_ACCESS)}, not {access!r}")
+        if access != "manual" and "url" not in entry:
+            raise BenchError(f"{where}: a downloadable file needs a url (or access: manual)")
+        if "/" in entry["file"] or entry["file"].startswith("."):
+            raise BenchError(f"{where}: file must be a plain file name, not {entry['file']!r}")
 
 
 def discover_models(images_dir: Path = IMAGES_DIR) -> dict[str, Model]:
@@ -50,10 +84,43 @@ def discover_models(images_dir: Path = IMAGES_DIR) -> dict[str, Model]:
         for key in ("description", "calculator"):
             if key not in data:
                 raise BenchError(f"{meta}: missing key {key!r}")
+        if data.get("forces", "conservative") not in ("conservative", "direct"):
+            raise BenchError(f"{meta}: forces must be conservative or direct, not {data['forces']!r}")
+        _check_weights(meta, data.get("weights", []))
         if not (meta.parent / "Dockerfile").exists():
             raise BenchError(f"{meta.parent}: a model folder needs a Dockerfile")
         models[meta.parent.name] = Model(name=meta.parent.name, folder=meta.parent, **data)
     return models
+
+
+#: MODEL=paper: every model of Benedini et al.
+PAPER = "paper"
+
+
+def resolve_models(names: list[str], available: dict[str, Model], paper_tags: list[str]) -> list[Model]:
+    """The models meant by `names`: a folder name, a paper tag or an alias (any case), or
+    `paper` for every model of the paper (`paper_tags`, all of which must have a folder).
+    An unknown or ambiguous name is an error listing the choices."""
+    chosen: list[Model] = []
+    for name in names:
+        if name.lower() == PAPER:
+            by_tag = {m.paper_tag.lower(): m for m in available.values() if m.paper_tag}
+            absent = [tag for tag in paper_tags if tag.lower() not in by_tag]
+            if absent:
+                raise BenchError(f"MODEL=paper runs the paper's {len(paper_tags)} models, but images/ has no "
+                                 f"folder for {', '.join(absent)} yet")
+            matches = [by_tag[tag.lower()] for tag in paper_tags]
+        else:
+            matches = [m for m in available.values() if name.lower() in (n.lower() for n in m.names)]
+            exact = [m for m in matches if m.name == name]
+            matches = exact or matches
+            if len(matches) != 1:
+                choices = ", ".join(f"{m.name} ({'/'.join(m.names[1:])})" if m.names[1:] else m.name
+                                    for m in (matches or available.values()))
+                what = "is ambiguous" if matches else "is not a model"
+                raise BenchError(f"MODEL {name!r} {what}; choose from: {choices}, or {PAPER}")
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
 
 
 def _tree_files(root: Path):

@@ -14,9 +14,16 @@ def test_repository_models_are_valid():
 
 def test_bad_model_folder_is_named(tmp_path):
     (tmp_path / "mace").mkdir()
-    (tmp_path / "mace" / "model.yaml").write_text("description: x\ncalculator: mace\nweights: y\n")
+    (tmp_path / "mace" / "model.yaml").write_text("description: x\ncalculator: mace\nweightz: y\n")
     (tmp_path / "mace" / "Dockerfile").write_text("FROM x\n")
-    with pytest.raises(BenchError, match=r"mace/model.yaml: unknown key 'weights'"):
+    with pytest.raises(BenchError, match=r"mace/model.yaml: unknown key 'weightz'"):
+        discover_models(tmp_path)
+    (tmp_path / "mace" / "model.yaml").write_text("description: x\ncalculator: mace\nweights: [{file: a.model}]\n")
+    with pytest.raises(BenchError, match=r"weights\[0\]: a downloadable file needs a url"):
+        discover_models(tmp_path)
+    (tmp_path / "mace" / "model.yaml").write_text(
+        "description: x\ncalculator: mace\nweights: [{file: a.model, access: secret}]\n")
+    with pytest.raises(BenchError, match=r"access must be one of public, token, manual"):
         discover_models(tmp_path)
     (tmp_path / "mace" / "model.yaml").write_text("description: x\n")
     with pytest.raises(BenchError, match="missing key 'calculator'"):
@@ -50,3 +57,38 @@ def test_a_failing_build_shows_the_log(builder, tmp_path):
     (folder / "Dockerfile").write_text("ARG RUNTIME_IMAGE\nFROM ${RUNTIME_IMAGE}\nRUN exit 3\n")
     with pytest.raises(BenchError, match="building umlip-0123d/broken.*failed"):
         builder.model(discover_models(tmp_path)["broken"])
+
+
+def zoo(tmp_path):
+    for name, extra in (("mace-mpa-0", "paper_tag: MACE\naliases: [mace]\n"),
+                        ("orb-v3-conservative-inf-mpa", "paper_tag: ORB-3c\naliases: [orb]\n"),
+                        ("orb-v3-direct-inf-mpa", "paper_tag: ORB-3d\naliases: [orb]\n"), ("emt", "")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.yaml").write_text(f"description: {name}\ncalculator: x\n{extra}")
+        (tmp_path / name / "Dockerfile").write_text("FROM x\n")
+    return discover_models(tmp_path)
+
+
+def test_a_model_answers_to_its_folder_its_paper_tag_and_its_aliases(tmp_path):
+    from orchestrator.images import resolve_models
+
+    models = zoo(tmp_path)
+    for name in ("mace", "MACE", "mace-mpa-0", "Mace"):
+        assert [m.name for m in resolve_models([name], models, [])] == ["mace-mpa-0"]
+    assert [m.name for m in resolve_models(["ORB-3d", "emt", "orb-3D"], models, [])] == \
+        ["orb-v3-direct-inf-mpa", "emt"]
+    with pytest.raises(BenchError, match=r"MODEL 'orb' is ambiguous; choose from: orb-v3-conservative-inf-mpa "
+                                         r"\(ORB-3c/orb\), orb-v3-direct-inf-mpa \(ORB-3d/orb\), or paper"):
+        resolve_models(["orb"], models, [])
+    with pytest.raises(BenchError, match=r"MODEL 'macey' is not a model; choose from: emt, mace-mpa-0 \(MACE/mace\)"):
+        resolve_models(["macey"], models, [])
+
+
+def test_paper_means_every_model_of_the_paper(tmp_path):
+    from orchestrator.images import resolve_models
+
+    models = zoo(tmp_path)
+    assert [m.name for m in resolve_models(["paper"], models, ["MACE", "ORB-3c", "ORB-3d"])] == \
+        ["mace-mpa-0", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa"]
+    with pytest.raises(BenchError, match="no folder for DPA3, eqV2 yet"):
+        resolve_models(["paper"], models, ["MACE", "DPA3", "eqV2"])

@@ -1,5 +1,6 @@
 # make bench MODEL=chgnet                      relax, merge, score, report (last line: the run folder)
 # make bench MODEL="chgnet sevennet-0" DATASET=path LIMIT=20 DIM=0D,2D GPUS=0,1 PROTOCOL=authors
+# make weights MODEL=mace                      download a model's weights into the cache (once)
 # make report                                  reports of every finished run + leaderboard
 # make test                                    unit tests and Docker integration tests
 # make perf                                    pipeline overhead vs a plain ASE loop (CHGNet, 50 structures)
@@ -11,7 +12,7 @@ BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASE
              $(if $(LIMIT),--limit $(LIMIT)) $(if $(DIM),--dim $(DIM)) $(if $(GPUS),--gpus $(GPUS)) \
              $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
-.PHONY: bench build report test test-unit perf doctor models clean-venv
+.PHONY: bench build weights report test test-unit perf doctor models clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ bench: $(VENV)/.installed
 
 build: $(VENV)/.installed
 	$(PY) -m orchestrator build $(BENCH_ARGS)
+
+weights: $(VENV)/.installed
+	$(PY) -m orchestrator weights $(BENCH_ARGS)
 
 report: $(VENV)/.installed
 	$(PY) -m orchestrator report

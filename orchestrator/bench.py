@@ -18,6 +18,7 @@ from orchestrator.images import ImageBuilder, Model, discover_models, resolve_mo
 from orchestrator.manifest import Manifest
 from orchestrator.scheduler import Job, RunLock, Scheduler, device_slots
 from orchestrator.shards import complete_lines, read_ids, write_shards
+from orchestrator.weights import checkpoint_option, ensure_weights
 
 
 def run_identity(dataset, subset: str, protocol: dict) -> str:
@@ -112,6 +113,7 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
     if not (run_dir / "reference.extxyz").exists():
         write_extxyz(run_dir / "reference.extxyz", structures)
 
+    weights = {model.name: ensure_weights(model, cache_dir / "weights") for model in models}  # fails in seconds
     builder = ImageBuilder.from_manifest(client, manifest, echo=console.print)
     record = provenance.read(run_dir / "provenance.json")
     model_records = record.get("models", {})
@@ -126,9 +128,11 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
             model_records[model.name] = {"image": image, "image_id": image_id, "runtime_image": builder.runtime(),
                                          "base_image": manifest["base_image"], "calculator": model.calculator,
                                          "options": model.options, "description": model.description,
+                                         "paper_tag": model.paper_tag, "weights": weights[model.name],
                                          **provenance.image_versions(client, image, model.packages)}
         totals[model.name] = len(structures)
-        job = {"calculator": model.calculator, "options": model.options, "protocol": protocol,
+        job = {"calculator": model.calculator, "options": {**model.options, **checkpoint_option(model)},
+               "protocol": protocol,
                "structure_timeout_s": manifest["structure_timeout_s"]}
         for shard, ids in shard_ids.items():
             if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):

@@ -89,11 +89,51 @@ def cmd_report(args) -> None:
     print(write_leaderboard(results_dir, None if os.access(results_dir, os.W_OK) else spare))
 
 
-def cmd_models(args) -> None:
-    from orchestrator.images import discover_models
+def cmd_weights(args) -> None:
+    from orchestrator.bench import pick_models
+    from orchestrator.weights import ensure_weights, weights_folder
 
+    manifest = load(args.manifest, overrides_from(args))
+    weights_dir = manifest.path_setting("cache_dir") / "weights"
+    for model in pick_models(manifest, manifest["models"]):
+        for name, record in ensure_weights(model, weights_dir).items():
+            print(f"{model.name}: {weights_folder(weights_dir, model) / name} (sha256 {record['sha256']})")
+
+
+def cmd_models(args) -> None:
+    from rich.table import Table
+
+    from orchestrator.engine import console
+    from orchestrator.images import discover_models
+    from orchestrator.weights import missing_weights
+
+    manifest = load(args.manifest, parse_set(args.set))
+    weights_dir = manifest.path_setting("cache_dir") / "weights"
+    built = _built_models()
+    table = Table(title="models (folders of images/); MODEL= takes the folder, the paper tag or an alias")
+    for column in ("model", "paper tag", "aliases", "forces", "image", "weights", "you supply"):
+        table.add_column(column)
     for name, model in discover_models().items():
-        print(f"{name:<16} {model.description}")
+        missing = missing_weights(model, weights_dir)
+        needs = sorted({{"token": "HF_TOKEN", "manual": "the file"}.get(w.get("access", "public"), "")
+                        for w in model.weights if w["file"] in missing} - {""})
+        table.add_row(name, model.paper_tag or "-", ", ".join(model.aliases) or "-", model.forces or "-",
+                      "built" if name in built else "not built",
+                      "none needed" if not model.weights else "missing" if missing else "present",
+                      ", ".join(needs) or "-")
+    console.print(table)
+
+
+def _built_models() -> set[str]:
+    """Models with an image on the engine (of any version); empty without an engine."""
+    from orchestrator.engine import docker_client
+    from orchestrator.images import LABEL
+
+    try:
+        client = docker_client()
+    except BenchError:
+        return set()
+    return {image.labels.get(f"{LABEL}.model") for image in client.images.list(filters={"label": f"{LABEL}.model"})}
 
 
 def cmd_doctor(args) -> None:
@@ -122,14 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, help_text in (("bench", cmd_bench, "relax, merge, score and report"),
                                   ("build", cmd_build, "build (or reuse) the model images"),
-                                  ("doctor", cmd_doctor, "check the engine, GPUs, manifest and caches")):
+                                  ("doctor", cmd_doctor, "check the engine, GPUs, manifest and caches"),
+                                  ("weights", cmd_weights, "download the models' weights into the cache")):
         p = sub.add_parser(name, help=help_text)
         common(p)
         p.set_defaults(func=func)
     p = sub.add_parser("report", help="reports of every finished run and the leaderboard")
     common(p, selection=False)
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("models", help="list the models (folders of images/)")
+    p = sub.add_parser("models", help="the models: paper tag, image built, weights present, what you supply")
+    common(p, selection=False)
     p.set_defaults(func=cmd_models)
     return parser
 

@@ -94,11 +94,11 @@ def fetch_dataset(name: str, entry: dict, cache_dir: Path, *, show_progress: boo
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BenchError(f"cannot create the dataset cache folder {folder}: {err}") from None
-    with _locked(folder):
+    with locked(folder):
         record = _read_record(folder)
         items = _index_items(name, entry, folder, record) if url.endswith("/") else [_file_item(name, entry)]
         sums, files = {}, []
-        with _progress(show_progress) as progress:
+        with progress_bar(show_progress) as progress:
             for item in items:
                 sums[item.name] = _obtain(name, item, folder, record, progress)
                 files.append(folder / item.name)
@@ -255,14 +255,15 @@ def _obtain(dataset: str, item: Item, folder: Path, record: dict, progress) -> s
     return sha
 
 
-def download(url: str, part: Path, progress=None) -> None:
-    """Fetch `url` into `part`, resuming what `part` already holds; retries with backoff."""
+def download(url: str, part: Path, progress=None, headers: dict | None = None) -> None:
+    """Fetch `url` into `part`, resuming what `part` already holds; retries with backoff.
+    `headers` (e.g. an Authorization) go with every request and are never logged."""
     task = {}  # the progress bar's task, made when the first response arrives
     failures = {"connect": 0, "transfer": 0}
     while True:
         before = part.stat().st_size if part.exists() else 0
         try:
-            _transfer(url, part, progress, task)
+            _transfer(url, part, progress, task, headers or {})
             _validator_path(part).unlink(missing_ok=True)
             return
         except _Retry as err:
@@ -281,12 +282,12 @@ def _validator_path(part: Path) -> Path:
     return part.with_name(f".{part.name}.validator")
 
 
-def _transfer(url: str, part: Path, progress, task: dict) -> None:
+def _transfer(url: str, part: Path, progress, task: dict, extra_headers: dict) -> None:
     """One request: the rest of `part` (Range, If-Range with the validator of the response
     that started it, so a file changed upstream meanwhile comes whole) or all of it."""
     have = part.stat().st_size if part.exists() else 0
     validator_path = _validator_path(part)
-    headers = {}
+    headers = dict(extra_headers)
     if have and not validator_path.exists():
         log.info("%s: partial file of unknown origin; downloading from the start", part)
         have = 0
@@ -410,7 +411,7 @@ def _report_change(name: str, record: dict, sums: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path):
+def locked(folder: Path):
     """One process at a time fills a dataset folder; others wait, then find the files."""
     try:
         handle = open(folder / ".lock", "w")
@@ -451,7 +452,7 @@ class _LazyProgress:
 
 
 @contextlib.contextmanager
-def _progress(show: bool):
+def progress_bar(show: bool):
     bar = _LazyProgress() if show else None
     try:
         yield bar

@@ -1,0 +1,116 @@
+"""Model weights: fetched once on the host, verified, then mounted read-only into workers.
+
+Each model's model.yaml lists its files (`weights:` entries with file, url, sha256,
+licence, access). They live in
+
+    <cache_dir>/weights/<model>/<file>          the file as served
+    <cache_dir>/weights/<model>/WEIGHTS.json    sha256, url and size of each file used
+
+and a worker sees that folder as /cache/<model>/ (read-only) and gets the first file's
+path as its factory's `checkpoint` option: no model package downloads anything at run
+time, and a worker has no network. Downloads reuse the dataset downloader (progress,
+resume, atomic rename). Access:
+
+- public: downloaded as is;
+- token: a gated file; the request carries `Authorization: Bearer $HF_TOKEN` from the
+  user's environment, which never enters an image, a log, provenance or an error message;
+- manual: no public copy; the user puts the file in place.
+
+Air-gapped machines pre-seed the folder; a present file is never downloaded again, and
+a pinned one is verified against its pin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from orchestrator.datasets import sha256_of
+from orchestrator.download import NetworkError, download, locked, progress_bar
+from orchestrator.errors import BenchError
+from orchestrator.images import Model
+
+log = logging.getLogger("orchestrator.weights")
+
+RECORD = "WEIGHTS.json"
+TOKEN_VARIABLE = "HF_TOKEN"
+#: Where a worker sees its model's weights folder.
+CONTAINER_WEIGHTS = "/cache"
+
+
+def weights_folder(weights_dir: Path, model: Model) -> Path:
+    return Path(weights_dir) / model.name
+
+
+def checkpoint_option(model: Model) -> dict:
+    """The factory option naming the model's checkpoint inside the container, if it has one."""
+    if not model.weights:
+        return {}
+    return {"checkpoint": f"{CONTAINER_WEIGHTS}/{model.name}/{model.weights[0]['file']}"}
+
+
+def missing_weights(model: Model, weights_dir: Path) -> list[str]:
+    """The model's declared files not yet in its weights folder."""
+    folder = weights_folder(weights_dir, model)
+    return [entry["file"] for entry in model.weights if not (folder / entry["file"]).is_file()]
+
+
+def ensure_weights(model: Model, weights_dir: Path, *, environ=os.environ, show_progress: bool = True
+                   ) -> dict[str, dict]:
+    """Every declared file of `model`, present and verified: {file: {sha256, url, bytes}}.
+    Missing ones are downloaded; a file that cannot be had is an error naming its URL and
+    the exact path to put it at."""
+    folder = weights_folder(weights_dir, model)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create the weights folder {folder}: {err}") from None
+    record = {}
+    with locked(folder), progress_bar(show_progress) as progress:
+        for entry in model.weights:
+            path = folder / entry["file"]
+            if not path.is_file():
+                _fetch(model, entry, path, environ, progress)
+            sha = sha256_of(path)
+            if entry.get("sha256") and sha != entry["sha256"]:
+                raise BenchError(f"{path}: sha256 {sha}, but {model.folder / 'model.yaml'} pins {entry['sha256']}; "
+                                 "delete the file to download it again, or correct the pin")
+            record[entry["file"]] = {"sha256": sha, "url": entry.get("url"), "bytes": path.stat().st_size}
+        if record:
+            try:
+                (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+            except OSError:  # a read-only, pre-seeded cache: the files are what counts
+                pass
+    return record
+
+
+def _fetch(model: Model, entry: dict, path: Path, environ, progress) -> None:
+    access, url = entry.get("access", "public"), entry.get("url")
+    if access == "manual":
+        note = f" ({entry['note']})" if entry.get("note") else ""
+        raise BenchError(f"{model.name}: {entry['file']} has no public download{note}; put the file at {path}")
+    headers = {}
+    if access == "token":
+        token = environ.get(TOKEN_VARIABLE)
+        if not token:
+            raise BenchError(f"{model.name}: {url} is gated: accept its licence on its page, then set "
+                             f"{TOKEN_VARIABLE} in your environment (or put the file at {path})")
+        headers["Authorization"] = f"Bearer {token}"
+    part = path.with_name(path.name + ".part")
+    try:
+        download(url, part, progress, headers=headers)
+    except NetworkError as err:
+        refused = str(err).startswith(("HTTP 401", "HTTP 403"))
+        hint = (f"; the file is gated: set {TOKEN_VARIABLE} to a token of an account that accepted its licence"
+                if refused else "")
+        raise BenchError(f"{model.name}: cannot download {url} ({err}){hint}. Without network access, download it "
+                         f"elsewhere and put it at {path}") from None
+    sha = sha256_of(part)
+    if entry.get("sha256") and sha != entry["sha256"]:
+        part.unlink()
+        raise BenchError(f"{model.name}: {entry['file']} from {url} has sha256 {sha}, but model.yaml pins "
+                         f"{entry['sha256']}; the file was removed")
+    os.replace(part, path)
+    log.info("%s: downloaded %s (%d bytes, sha256 %s)", model.name, entry["file"], path.stat().st_size, sha)

@@ -1,0 +1,148 @@
+"""orchestrator.weights against a weights host stood in for by a thread of this test on
+127.0.0.1: public and token-gated files, Range requests, a connection that breaks off."""
+
+import hashlib
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import orchestrator.download as download
+from orchestrator.errors import BenchError
+from orchestrator.images import Model
+from orchestrator.weights import RECORD, checkpoint_option, ensure_weights, missing_weights
+
+TOKEN = "hf_test_secret_4f1e"  # what a user's HF_TOKEN would hold
+CHECKPOINT = bytes(range(256)) * 400  # 100 kB
+
+
+class Host:
+    def __init__(self):
+        self.files = {"/releases/model.ckpt": CHECKPOINT, "/gated/model.pt": CHECKPOINT[::-1]}
+        self.gated = {"/gated/model.pt"}
+        self.requests = []
+        self.drop_after = None  # bytes to send before breaking off, once
+
+    def handler(self):
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                host.requests.append((self.path, dict(self.headers)))
+                if self.path not in host.files:
+                    return self.reply(404, b"not found")
+                if self.path in host.gated and self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self.reply(401, b"unauthorized")
+                data = host.files[self.path]
+                start = int(self.headers["Range"][6:].split("-")[0]) if "Range" in self.headers else 0
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("ETag", '"v1"')
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if host.drop_after is not None:
+                    self.wfile.write(data[start:start + host.drop_after])
+                    host.drop_after = None
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(data[start:])
+
+            def reply(self, code, body):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+
+@pytest.fixture
+def host(monkeypatch):
+    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
+    site = Host()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), site.handler())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    site.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield site
+    server.shutdown()
+
+
+def model(tmp_path, weights) -> Model:
+    return Model(name="mace-mpa-0", folder=tmp_path / "images" / "mace-mpa-0", description="x", calculator="mace",
+                 weights=weights)
+
+
+def test_download_verify_record_and_reuse(host, tmp_path):
+    sha = hashlib.sha256(CHECKPOINT).hexdigest()
+    m = model(tmp_path, [{"file": "model.ckpt", "url": host.url + "/releases/model.ckpt", "sha256": sha}])
+    assert missing_weights(m, tmp_path / "w") == ["model.ckpt"]
+    record = ensure_weights(m, tmp_path / "w", environ={})
+    assert (tmp_path / "w" / "mace-mpa-0" / "model.ckpt").read_bytes() == CHECKPOINT
+    assert record == {"model.ckpt": {"sha256": sha, "url": host.url + "/releases/model.ckpt", "bytes": 102400}}
+    assert RECORD in {p.name for p in (tmp_path / "w" / "mace-mpa-0").iterdir()}
+    assert missing_weights(m, tmp_path / "w") == []
+    assert checkpoint_option(m) == {"checkpoint": "/cache/mace-mpa-0/model.ckpt"}
+    asked = len(host.requests)
+    ensure_weights(m, tmp_path / "w", environ={})
+    assert len(host.requests) == asked  # in the cache: never downloaded again
+
+
+def test_a_broken_transfer_resumes_where_it_stopped(host, tmp_path):
+    host.drop_after = 30000
+    m = model(tmp_path, [{"file": "model.ckpt", "url": host.url + "/releases/model.ckpt"}])
+    ensure_weights(m, tmp_path / "w", environ={})
+    assert (tmp_path / "w" / "mace-mpa-0" / "model.ckpt").read_bytes() == CHECKPOINT
+    assert host.requests[-1][1].get("Range") == "bytes=30000-"
+
+
+def test_a_checksum_mismatch_is_an_error_and_leaves_no_file(host, tmp_path):
+    m = model(tmp_path, [{"file": "model.ckpt", "url": host.url + "/releases/model.ckpt", "sha256": "0" * 64}])
+    with pytest.raises(BenchError, match="has sha256 .* but model.yaml pins 0000"):
+        ensure_weights(m, tmp_path / "w", environ={})
+    assert not list((tmp_path / "w" / "mace-mpa-0").glob("model.ckpt*"))
+
+
+def test_a_gated_file_needs_the_token_and_the_token_is_written_nowhere(host, tmp_path, caplog):
+    m = model(tmp_path, [{"file": "model.pt", "url": host.url + "/gated/model.pt", "access": "token"}])
+    with pytest.raises(BenchError, match="is gated: accept its licence on its page, then set HF_TOKEN"):
+        ensure_weights(m, tmp_path / "w", environ={})
+    with pytest.raises(BenchError, match="HTTP 401.*set HF_TOKEN to a token of an account") as refused:
+        ensure_weights(m, tmp_path / "w", environ={"HF_TOKEN": "hf_wrong"})
+    assert "hf_wrong" not in str(refused.value)
+    with caplog.at_level(logging.DEBUG):
+        ensure_weights(m, tmp_path / "w", environ={"HF_TOKEN": TOKEN})
+    assert (tmp_path / "w" / "mace-mpa-0" / "model.pt").read_bytes() == CHECKPOINT[::-1]
+    assert host.requests[-1][1]["Authorization"] == f"Bearer {TOKEN}"
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    assert not any(TOKEN.encode() in data for data in written)
+    assert TOKEN not in caplog.text
+
+
+def test_a_manual_file_names_the_exact_place_to_put_it(tmp_path):
+    m = model(tmp_path, [{"file": "2025-01-10-dpa3-openlam.pth", "access": "manual", "note": "ask its authors"}])
+    with pytest.raises(BenchError, match=r"no public download \(ask its authors\); put the file at "
+                                         rf"{tmp_path}/w/mace-mpa-0/2025-01-10-dpa3-openlam.pth"):
+        ensure_weights(m, tmp_path / "w", environ={})
+    (tmp_path / "w" / "mace-mpa-0" / "2025-01-10-dpa3-openlam.pth").write_bytes(b"weights")
+    assert ensure_weights(m, tmp_path / "w", environ={})["2025-01-10-dpa3-openlam.pth"]["bytes"] == 7
+
+
+def test_without_network_a_missing_file_is_an_error_within_seconds(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    m = model(tmp_path, [{"file": "model.ckpt", "url": f"http://127.0.0.1:{port}/model.ckpt"}])
+    start = time.monotonic()
+    with pytest.raises(BenchError, match=rf"cannot download http://127.0.0.1:{port}/model.ckpt .*connection "
+                                         rf"refused.*put it at {tmp_path}/w/mace-mpa-0/model.ckpt"):
+        ensure_weights(m, tmp_path / "w", environ={})
+    assert time.monotonic() - start < 10

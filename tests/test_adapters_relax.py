@@ -273,3 +273,26 @@ def test_a_structure_over_the_time_limit_is_a_timeout_and_the_next_one_runs(tmp_
     assert (result["failure_reason"], result["converged"]) == ("timeout", False)
     assert "0.3 s" in result["error"] and 0.3 <= result["wall_s"] < 2.0
     assert relax_record(record, EMT(), PROTOCOL, timeout_s=60)["converged"]  # the alarm is gone
+
+
+# ---- the contract check of a model image --------------------------------------------
+
+class GPaStress(EMT):
+    """EMT with its stress in GPa, the unit slip the contract must catch."""
+
+    def calculate(self, *args, **kwargs):
+        super().calculate(*args, **kwargs)
+        if "stress" in self.results:
+            self.results["stress"] = self.results["stress"] * 160.21766
+
+
+def test_the_contract_passes_a_conservative_model_and_catches_a_stress_in_gpa(monkeypatch):
+    import adapters.contract as contract
+
+    report = contract.check({"calculator": "emt", "options": {}, "forces": "conservative"})
+    assert report["passed"] and set(report["structures"]) == {"bulk Cu", "graphene layer", "water molecule"}
+    assert report["force_deviation_ev_per_a"] < 1e-4 and report["stress_deviation_ev_per_a3"] < 1e-6
+    monkeypatch.setattr(contract, "make_calculator", lambda *args: GPaStress())
+    report = contract.check({"calculator": "emt", "options": {}, "forces": "conservative"})
+    assert not report["passed"] and report["stress_deviation_ev_per_a3"] > 1e-3
+    assert contract.check({"calculator": "emt", "options": {}, "forces": "direct"})["passed"]  # no gradient check

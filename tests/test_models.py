@@ -73,3 +73,79 @@ def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(
         relax_in_worker(docker_client, image, "sevennet-mf-ompa",
                         {"calculator": "sevennet", "modal": "mpa-typo", "checkpoint": checkpoint},
                         tmp_path / "typo", tmp_path / "weights", bulk("Si", "diamond", 5.43))
+
+
+#: A small MACE built with mace's own constructor and saved the way its .model files are
+#: (a pickled module), in float64, for the elements of the contract and the sample's first crystals.
+MAKE_MACE = r"""
+import sys
+import numpy as np
+import torch
+from mace import modules, tools  # first: it lets torch.load read e3nn's own constants
+from e3nn import o3
+
+torch.set_default_dtype(torch.float64)
+torch.manual_seed(0)
+table = tools.AtomicNumberTable(list(range(1, 90)))
+block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+model = modules.ScaleShiftMACE(
+    r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block,
+    interaction_cls_first=block, num_interactions=2, num_elements=len(table),
+    hidden_irreps=o3.Irreps("8x0e + 8x1o"), MLP_irreps=o3.Irreps("8x0e"), gate=torch.nn.functional.silu,
+    atomic_energies=np.full(len(table), -1.0), avg_num_neighbors=10.0, atomic_numbers=table.zs, correlation=2,
+    radial_type="bessel", atomic_inter_scale=0.1, atomic_inter_shift=0.0)
+torch.save(model, sys.argv[1])
+"""
+
+
+@pytest.fixture(scope="module")
+def mace_weights(docker_client, model_image, tmp_path_factory):
+    """A weights cache pre-seeded with a MACE checkpoint made in the image, under the MPA-0 file name."""
+    image = model_image("mace-mpa-0")
+    cache = tmp_path_factory.mktemp("mace-cache")
+    folder = cache / "weights" / "mace-mpa-0"
+    folder.mkdir(parents=True)
+    docker_client.containers.run(image, ["python", "-c", MAKE_MACE, "/w/mace-mpa-0-medium.model"], remove=True,
+                                 network_mode="none", volumes={str(folder): {"bind": "/w", "mode": "rw"}})
+    return image, cache
+
+
+def test_mace_contract_with_a_checkpoint_made_by_mace(docker_client, mace_weights, tmp_path):
+    image, cache = mace_weights
+    job = Job(model="mace-mpa-0", image=image, shard=tmp_path / "shards" / "shard-0000.jsonl", out_dir=tmp_path,
+              job={})
+    kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "contract-test", cache / "weights")
+    spec = {"calculator": "mace", "device": "cpu", "forces": "conservative",
+            "options": {"checkpoint": "/cache/mace-mpa-0/mace-mpa-0-medium.model", "dtype": ""}}
+    kwargs["command"] = ["python", "-m", "adapters.contract", "--job", json.dumps(spec)]
+    (tmp_path / "shards").mkdir()
+    prepare_worker_files(job)
+    report = json.loads(docker_client.containers.run(remove=True, **kwargs).decode().strip().splitlines()[-1])
+    assert report["passed"], report
+    assert all(s["finite"] for s in report["structures"].values())
+    assert report["force_deviation_ev_per_a"] < 1e-3 and report["stress_deviation_ev_per_a3"] < 1e-4
+
+
+def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weights, tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from conftest import REPO
+
+    _, cache = mace_weights
+    done = subprocess.run([sys.executable, "-m", "orchestrator", "bench", "--models", "mace", "--dataset", "sample",
+                           "--limit", "2", "--gpus", "cpu", "--set", f"results_dir={tmp_path / 'r'}",
+                           "--set", f"cache_dir={cache}", "--set", "protocol.max_steps=60"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    table = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
+    assert list(table["model"]) == ["mace-mpa-0"] * 2
+    assert set(table["failure_reason"]) <= {"", "not_converged"}
+    assert table["energy_ev"].astype(float).notna().all() and table["max_force_ev_per_a"].astype(float).notna().all()
+    provenance = json.loads((run_dir / "provenance.json").read_text())["models"]["mace-mpa-0"]
+    assert provenance["paper_tag"] == "MACE"
+    assert set(provenance["weights"]) == {"mace-mpa-0-medium.model"}
+    assert provenance["packages"]["mace-torch"] == "0.3.16"

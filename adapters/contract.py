@@ -1,0 +1,120 @@
+"""Contract check of a model image: the factory builds a calculator, which gives finite
+energy, forces and stress on a bulk crystal, a 2D layer and a molecule; for a model with
+conservative forces, forces match -dE/dx and the stress matches the strain derivative of
+the energy by central finite differences (this catches unit slips such as a stress in GPa).
+
+    python -m adapters.contract --job JOB_JSON   ->  one JSON report on stdout, exit 0 if passed
+
+JOB_JSON: calculator, options, device, forces ("conservative" or "direct").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk, graphene, molecule
+
+from adapters.calculators import make_calculator
+
+#: Displacement (Å) and strain of the central differences.
+STEP_A, STEP_STRAIN = 1e-3, 1e-4
+#: Allowed |finite difference - model| (eV/Å; eV/Å³ for stress), plus this fraction of the value.
+FORCE_TOL, STRESS_TOL, RELATIVE_TOL = 5e-3, 5e-4, 1e-2
+
+
+def structures() -> dict[str, Atoms]:
+    """A strained, rattled crystal, a layer and a molecule of elements every model (and EMT) knows."""
+    crystal = bulk("Cu", "fcc", 3.66, cubic=True)
+    crystal.rattle(0.03, seed=1)
+    crystal.set_cell(crystal.cell.array @ (np.eye(3) + [[0.01, 0.004, 0], [0.004, -0.006, 0], [0, 0, 0.003]]),
+                     scale_atoms=True)
+    layer = graphene(vacuum=7.5)
+    layer.pbc = True
+    layer.rattle(0.03, seed=2)
+    water = molecule("H2O")
+    water.center(vacuum=7.0)
+    water.pbc = True
+    water.rattle(0.03, seed=3)
+    return {"bulk Cu": crystal, "graphene layer": layer, "water molecule": water}
+
+
+def energy(atoms: Atoms, calculator) -> float:
+    atoms.calc = calculator
+    return float(atoms.get_potential_energy())
+
+
+def force_deviation(atoms: Atoms, calculator) -> tuple[float, bool]:
+    """max |(-dE/dx by central differences) - F| over a few Cartesian components, and
+    whether each is within FORCE_TOL + RELATIVE_TOL |F|."""
+    atoms.calc = calculator
+    forces = atoms.get_forces().copy()
+    worst, ok = 0.0, True
+    for i, k in [(0, 0), (len(atoms) - 1, 2), (len(atoms) // 2, 1)]:
+        shifted = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[i, k] += sign * STEP_A
+            shifted.append(energy(moved, calculator))
+        numeric = -(shifted[0] - shifted[1]) / (2 * STEP_A)
+        worst = max(worst, abs(numeric - forces[i, k]))
+        ok &= abs(numeric - forces[i, k]) <= FORCE_TOL + RELATIVE_TOL * abs(forces[i, k])
+    return worst, ok
+
+
+def stress_deviation(atoms: Atoms, calculator) -> tuple[float, bool]:
+    """max |(dE/d(strain) / V by central differences) - stress| over xx, zz and xy (ASE's
+    sign), and whether each is within STRESS_TOL + RELATIVE_TOL |stress|."""
+    atoms.calc = calculator
+    stress = atoms.get_stress(voigt=False).copy()
+    volume = atoms.get_volume()
+    worst, ok = 0.0, True
+    for a, b in [(0, 0), (2, 2), (0, 1)]:
+        strained = []
+        for sign in (1, -1):
+            strain = np.zeros((3, 3))
+            strain[a, b] += sign * STEP_STRAIN / (1 if a == b else 2)
+            strain[b, a] = strain[a, b]
+            moved = atoms.copy()
+            moved.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
+            strained.append(energy(moved, calculator))
+        numeric = (strained[0] - strained[1]) / (2 * STEP_STRAIN) / volume
+        worst = max(worst, abs(numeric - stress[a, b]))
+        ok &= abs(numeric - stress[a, b]) <= STRESS_TOL + RELATIVE_TOL * abs(stress[a, b])
+    return worst, ok
+
+
+def check(job: dict) -> dict:
+    calculator = make_calculator(job["calculator"], job.get("device", "cpu"), job.get("options", {}))
+    report, passed = {"structures": {}}, True
+    for name, atoms in structures().items():
+        atoms.calc = calculator
+        e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        finite = bool(np.isfinite(e) and np.isfinite(f).all() and np.isfinite(s).all()
+                      and f.shape == (len(atoms), 3) and s.shape == (6,))
+        report["structures"][name] = {"energy_ev": float(e), "max_force_ev_per_a": float(np.abs(f).max()),
+                                      "finite": finite}
+        passed &= finite
+    if job.get("forces", "conservative") == "conservative":
+        forces = [force_deviation(a, calculator) for a in structures().values()]
+        stress, stress_ok = stress_deviation(structures()["bulk Cu"], calculator)
+        report["force_deviation_ev_per_a"] = max(worst for worst, _ in forces)
+        report["stress_deviation_ev_per_a3"] = stress
+        passed &= all(ok for _, ok in forces) and stress_ok
+    report["passed"] = bool(passed)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", required=True, help="JSON: calculator, options, device, forces")
+    report = check(json.loads(parser.parse_args(argv).job))
+    print(json.dumps(report))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,3 +1,4 @@
+import io
 import shutil
 
 import pytest
@@ -92,3 +93,26 @@ def test_paper_means_every_model_of_the_paper(tmp_path):
         ["mace-mpa-0", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa"]
     with pytest.raises(BenchError, match="no folder for DPA3, eqV2 yet"):
         resolve_models(["paper"], models, ["MACE", "DPA3", "eqV2"])
+
+
+def test_make_models_says_what_is_present_and_what_the_user_supplies(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    import orchestrator.engine
+    from orchestrator.cli import main
+
+    manifest = tmp_path / "benchmark.yaml"
+    manifest.write_text(f"cache_dir: {tmp_path / 'cache'}\n")
+    out = io.StringIO()
+    monkeypatch.setattr(orchestrator.engine, "console", Console(file=out, width=200))
+    assert main(["models", "--manifest", str(manifest)]) == 0
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in out.getvalue().splitlines() if line.startswith("│")}
+    assert rows["mace-mpa-0"][0] == "MACE" and rows["mace-mpa-0"][4] == "missing"
+    assert rows["sevennet-mf-ompa"][0] == "SevenNet" and rows["chgnet"][4] == "none needed"
+    (tmp_path / "cache" / "weights" / "mace-mpa-0").mkdir(parents=True)
+    (tmp_path / "cache" / "weights" / "mace-mpa-0" / "mace-mpa-0-medium.model").write_bytes(b"x")
+    out.seek(0)
+    out.truncate()
+    main(["models", "--manifest", str(manifest)])
+    assert "present" in next(line for line in out.getvalue().splitlines() if "mace-mpa-0" in line)

@@ -252,8 +252,6 @@ MIN_DISTANCE_A = 0.5
 def invalid_reason(atoms: Atoms) -> str | None:
     """Why a record is no structure to relax, or None: no atoms, non-finite positions or
     cell, a singular cell, an unknown element, two atoms on top of each other."""
-    from ase.neighborlist import neighbor_list
-
     if len(atoms) == 0:
         return "no atoms"
     if not np.isfinite(atoms.positions).all():

@@ -62,7 +62,7 @@ def force_deviation(atoms: Atoms, calculator) -> tuple[float, bool]:
         numeric = -(shifted[0] - shifted[1]) / (2 * STEP_A)
         worst = max(worst, abs(numeric - forces[i, k]))
         ok &= abs(numeric - forces[i, k]) <= FORCE_TOL + RELATIVE_TOL * abs(forces[i, k])
-    return worst, ok
+    return float(worst), bool(ok)
 
 
 def stress_deviation(atoms: Atoms, calculator) -> tuple[float, bool]:
@@ -84,7 +84,7 @@ def stress_deviation(atoms: Atoms, calculator) -> tuple[float, bool]:
         numeric = (strained[0] - strained[1]) / (2 * STEP_STRAIN) / volume
         worst = max(worst, abs(numeric - stress[a, b]))
         ok &= abs(numeric - stress[a, b]) <= STRESS_TOL + RELATIVE_TOL * abs(stress[a, b])
-    return worst, ok
+    return float(worst), bool(ok)
 
 
 def check(job: dict) -> dict:

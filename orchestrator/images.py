@@ -75,7 +75,10 @@ def discover_models(images_dir: Path = IMAGES_DIR) -> dict[str, Model]:
     """Every folder of images/ that holds a model.yaml, validated."""
     models = {}
     for meta in sorted(images_dir.glob("*/model.yaml")):
-        data = yaml.safe_load(meta.read_text()) or {}
+        try:
+            data = yaml.safe_load(meta.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise BenchError(f"{meta}: not valid YAML ({err})".replace("\n", " ")) from None
         for key, value in data.items():
             if key not in MODEL_KEYS:
                 raise BenchError(f"{meta}: unknown key {key!r}; allowed: {sorted(MODEL_KEYS)}")

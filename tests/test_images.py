@@ -26,6 +26,9 @@ def test_bad_model_folder_is_named(tmp_path):
         "description: x\ncalculator: mace\nweights: [{file: a.model, access: secret}]\n")
     with pytest.raises(BenchError, match=r"access must be one of public, token, manual"):
         discover_models(tmp_path)
+    (tmp_path / "mace" / "model.yaml").write_text("description: x\ncitation: Orb: fast\n")
+    with pytest.raises(BenchError, match=r"mace/model.yaml: not valid YAML"):
+        discover_models(tmp_path)
     (tmp_path / "mace" / "model.yaml").write_text("description: x\n")
     with pytest.raises(BenchError, match="missing key 'calculator'"):
         discover_models(tmp_path)

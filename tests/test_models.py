@@ -126,7 +126,9 @@ def test_mace_contract_with_a_checkpoint_made_by_mace(docker_client, mace_weight
     assert report["force_deviation_ev_per_a"] < 1e-3 and report["stress_deviation_ev_per_a3"] < 1e-4
 
 
-def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weights, tmp_path):
+def bench_sample(model: str, cache: Path, results: Path, count: int = 1):
+    """`make bench MODEL=model DATASET=sample LIMIT=count` with weights pre-seeded under
+    cache/weights (no download); the results table, after checking every row relaxed."""
     import subprocess
     import sys
 
@@ -134,18 +136,68 @@ def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weight
 
     from conftest import REPO
 
-    _, cache = mace_weights
-    done = subprocess.run([sys.executable, "-m", "orchestrator", "bench", "--models", "mace", "--dataset", "sample",
-                           "--limit", "2", "--gpus", "cpu", "--set", f"results_dir={tmp_path / 'r'}",
+    done = subprocess.run([sys.executable, "-m", "orchestrator", "bench", "--models", model, "--dataset", "sample",
+                           "--limit", str(count), "--gpus", "cpu", "--set", f"results_dir={results}",
                            "--set", f"cache_dir={cache}", "--set", "protocol.max_steps=60"],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
-    table = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
-    assert list(table["model"]) == ["mace-mpa-0"] * 2
-    assert set(table["failure_reason"]) <= {"", "not_converged"}
+    table = pd.read_csv(Path(done.stdout.strip().splitlines()[-1]) / "results.csv", keep_default_na=False)
+    assert len(table) == count and set(table["failure_reason"]) <= {"", "not_converged"}
     assert table["energy_ev"].astype(float).notna().all() and table["max_force_ev_per_a"].astype(float).notna().all()
+    return table
+
+
+def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weights, tmp_path):
+    _, cache = mace_weights
+    table = bench_sample("mace", cache=cache, results=tmp_path / "r", count=2)
+    assert list(table["model"]) == ["mace-mpa-0"] * 2
+    run_dir = next((tmp_path / "r").iterdir())
     provenance = json.loads((run_dir / "provenance.json").read_text())["models"]["mace-mpa-0"]
     assert provenance["paper_tag"] == "MACE"
     assert set(provenance["weights"]) == {"mace-mpa-0-medium.model"}
     assert provenance["packages"]["mace-torch"] == "0.3.16"
+
+
+#: Orb models with random weights, built by orb-models' own architecture functions and saved as
+#: its checkpoints are (a state dict), under each model's file name.
+MAKE_ORB = r"""
+import sys
+import torch
+from orb_models.forcefield import pretrained
+from orb_models.forcefield.atomic_system import SystemConfig
+
+torch.manual_seed(0)
+build = {"orb_v2": lambda: pretrained.orb_v2_architecture(
+             device="cpu", system_config=SystemConfig(radius=6.0, max_num_neighbors=20)),
+         "orb_v3_conservative_inf_mpa": lambda: pretrained.orb_v3_conservative_architecture(
+             device="cpu", system_config=SystemConfig(radius=6.0, max_num_neighbors=120)),
+         "orb_v3_direct_inf_mpa": lambda: pretrained.orb_v3_direct_architecture(
+             device="cpu", system_config=SystemConfig(radius=6.0, max_num_neighbors=120))}
+torch.save(build[sys.argv[1]]().state_dict(), sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa"])
+def test_orb_contract_with_checkpoints_made_by_orb_models(docker_client, model_image, tmp_path, folder):
+    from orchestrator.images import discover_models
+
+    model = discover_models()[folder]
+    image = model_image(folder)
+    weights = tmp_path / "weights" / folder
+    weights.mkdir(parents=True)
+    checkpoint = model.weights[0]["file"]
+    docker_client.containers.run(image, ["python", "-c", MAKE_ORB, model.options["model"], f"/w/{checkpoint}"],
+                                 remove=True, network_mode="none", volumes={str(weights): {"bind": "/w", "mode": "rw"}})
+    job = Job(model=folder, image=image, shard=tmp_path / "shards" / "shard-0000.jsonl", out_dir=tmp_path, job={})
+    (tmp_path / "shards").mkdir()
+    prepare_worker_files(job)
+    kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "contract-test", tmp_path / "weights")
+    spec = {"calculator": "orb", "device": "cpu", "forces": model.forces,
+            "options": {**model.options, "checkpoint": f"/cache/{folder}/{checkpoint}"}}
+    kwargs["command"] = ["python", "-m", "adapters.contract", "--job", json.dumps(spec)]
+    report = json.loads(docker_client.containers.run(remove=True, **kwargs).decode().strip().splitlines()[-1])
+    assert report["passed"], report
+    assert ("force_deviation_ev_per_a" in report) == (model.forces == "conservative")
+    # and through make bench, by its paper tag, with the checkpoint pre-seeded (tmp_path/weights)
+    table = bench_sample(model.paper_tag, cache=tmp_path, results=tmp_path / "r")
+    assert list(table["model"]) == [folder]

@@ -7,9 +7,11 @@ import shutil
 
 from orchestrator.engine import console, docker_client
 from orchestrator.errors import BenchError
+from orchestrator.bench import pick_models
 from orchestrator.images import discover_models
 from orchestrator.manifest import Manifest
 from orchestrator.scheduler import host_gpus
+from orchestrator.weights import missing_weights
 
 
 def doctor(manifest: Manifest) -> bool:
@@ -42,15 +44,19 @@ def doctor(manifest: Manifest) -> bool:
     if manifest["devices"] != "cpu":
         gpus = host_gpus()
         check(bool(gpus), f"GPUs seen by nvidia-smi: {gpus}", "install the NVIDIA driver, or run with GPUS=cpu")
-    try:
-        models = discover_models()
-        check(True, f"models: {', '.join(models)}")
-        missing = [m for m in manifest["models"] if m not in models]
-        check(not missing, f"manifest models exist ({', '.join(manifest['models'])})",
-              f"no images/<name>/model.yaml for {', '.join(missing)}")
-    except BenchError as exc:
-        check(False, "model folders", str(exc))
     cache = manifest.path_setting("cache_dir")
+    try:
+        check(True, f"models: {', '.join(discover_models())}")
+        chosen = pick_models(manifest, manifest["models"])
+        check(True, f"models to run: {', '.join(m.name for m in chosen)}")
+        for model in (m for m in chosen if m.weights):
+            missing = missing_weights(model, cache / "weights")
+            state = f"missing: {', '.join(missing)}" if missing else "present"
+            check(None if missing else True, f"{model.name}: weights {state}",
+                  f"make weights MODEL={model.name} (make bench fetches them too; see its model.yaml for gated "
+                  "or manual files)")
+    except BenchError as exc:
+        check(False, "models", str(exc))
     cache.mkdir(parents=True, exist_ok=True)
     check(os.access(cache, os.W_OK), f"cache {cache} writable", f"fix the permissions of {cache} or set cache_dir")
     free_gib = shutil.disk_usage(cache).free / 2**30

@@ -119,3 +119,20 @@ def test_make_models_says_what_is_present_and_what_the_user_supplies(tmp_path, m
     out.truncate()
     main(["models", "--manifest", str(manifest)])
     assert "present" in next(line for line in out.getvalue().splitlines() if "mace-mpa-0" in line)
+
+
+def test_doctor_names_missing_weights_and_the_command_that_fetches_them(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    import orchestrator.doctor
+    from orchestrator.manifest import load
+
+    out = io.StringIO()
+    monkeypatch.setattr(orchestrator.doctor, "console", Console(file=out, width=300))
+    manifest = tmp_path / "benchmark.yaml"
+    manifest.write_text(f"cache_dir: {tmp_path / 'cache'}\nmodels: [MACE, chgnet]\n")
+    orchestrator.doctor.doctor(load(manifest, environ={}))
+    text = out.getvalue()
+    assert "models to run: mace-mpa-0, chgnet" in text
+    assert "mace-mpa-0: weights missing: mace-mpa-0-medium.model" in text and "make weights MODEL=mace-mpa-0" in text
+    assert "chgnet: weights" not in text  # nothing to fetch

@@ -44,7 +44,7 @@ SCHEMA = {
         "0D": ((int, float), 20.0),
     },
     "devices": ((str, list), "cpu"),
-    "workers_per_device": (int, 1),
+    "workers_per_device": (OPTIONAL_INT, None),
     "threads_per_worker": (OPTIONAL_INT, None),
     "shard_size": (int, 100),
     "max_worker_retries": (int, 2),
@@ -189,10 +189,11 @@ def _validate(values: dict, sources: dict, path: str) -> None:
     if isinstance(devices, list) and not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                              for d in devices):
         fail("devices", f"must hold GPU indices (integers >= 0), not {devices!r}")
-    for key in ("worker_memory_gb", "structure_timeout_s", "stall_timeout_s", "threads_per_worker"):
+    for key in ("worker_memory_gb", "structure_timeout_s", "stall_timeout_s", "threads_per_worker",
+                "workers_per_device"):
         if values[key] is not None and not values[key] > 0:
             fail(key, f"must be positive (or null), not {values[key]!r}")
-    for key in ("workers_per_device", "shard_size", "worker_pids"):
+    for key in ("shard_size", "worker_pids"):
         if values[key] < 1:
             fail(key, f"must be at least 1, not {values[key]!r}")
     if values["max_worker_retries"] < 0:

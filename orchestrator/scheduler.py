@@ -77,11 +77,14 @@ def host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def device_slots(devices, workers_per_device: int, threads_per_worker: int | None,
+def device_slots(devices, workers_per_device: int | None, threads_per_worker: int | None,
                  cpu_count: int | None = None, gpus=host_gpus, memory_gb: float | None = None,
                  pids: int = 4096) -> list[Slot]:
-    """Slots for devices = "cpu" | "all" | [gpu indices]; each worker gets memory_gb
-    (None: the host's memory shared equally) and at most `pids` processes and threads."""
+    """Slots for devices = "cpu" | "all" | [gpu indices]: workers_per_device per device
+    (None: one per core on the CPU, since ASE's per-step Python and the cell filter are
+    serial work; one per GPU), each with threads_per_worker threads (None: the cores
+    shared equally), memory_gb (None: the host's memory shared equally) and at most
+    `pids` processes and threads."""
     if devices == "cpu":
         owners = [None]
     else:
@@ -94,8 +97,10 @@ def device_slots(devices, workers_per_device: int, threads_per_worker: int | Non
         if absent:
             raise BenchError(f"devices: GPU {', '.join(map(str, absent))} not found (nvidia-smi reports "
                              f"{', '.join(map(str, present)) or 'no GPU'}); set GPUS to those, or cpu")
+    cores = cpu_count or os.cpu_count() or 1
+    workers_per_device = workers_per_device or (cores if devices == "cpu" else 1)
     count = len(owners) * workers_per_device
-    threads = threads_per_worker or max(1, (cpu_count or os.cpu_count() or 1) // count)
+    threads = threads_per_worker or max(1, cores // count)
     memory = int(memory_gb * 1024**3) if memory_gb else host_memory_bytes() // count
     return [Slot(name=f"{'cpu' if gpu is None else f'gpu{gpu}'}-{worker}",
                  gpu=None if gpu is None else str(gpu), threads=threads, memory_bytes=memory, pids=pids)

@@ -11,6 +11,13 @@ JOB = Job(model="emt", image="img:tag", shard=Path("/runs/r/shards/shard-0003.js
           out_dir=Path("/runs/r/raw/emt"), job={"calculator": "emt", "options": {}, "protocol": {}})
 
 
+def test_by_default_a_cpu_runs_one_single_threaded_worker_per_core_and_a_gpu_one_worker():
+    assert [(s.name, s.threads) for s in device_slots("cpu", None, None, cpu_count=3)] == \
+        [("cpu-0", 1), ("cpu-1", 1), ("cpu-2", 1)]
+    assert [(s.name, s.threads) for s in device_slots([0, 1], None, None, cpu_count=16, gpus=lambda: [0, 1])] == \
+        [("gpu0-0", 8), ("gpu1-0", 8)]
+
+
 def test_cpu_slots_share_the_cores():
     slots = device_slots("cpu", 2, None, cpu_count=16)
     assert [(s.name, s.gpu, s.threads, s.device) for s in slots] == [("cpu-0", None, 8, "cpu"), ("cpu-1", None, 8, "cpu")]

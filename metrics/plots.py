@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from metrics.summary import DIMENSIONS, successful  # noqa: E402
+from metrics.summary import flag, ordered_dimensions, successful  # noqa: E402
 
 COLOURS = {"0D": "#4C72B0", "1D": "#DD8452", "2D": "#55A868", "3D": "#C44E52"}
 
@@ -35,7 +35,7 @@ METRICS = {
 
 def _rows(scored: pd.DataFrame, which: str) -> pd.DataFrame:
     if which == "converged":
-        return scored[scored["converged"].astype(str).str.lower().isin(["true", "1", "1.0"])]
+        return scored[flag(scored, "converged")]
     return successful(scored)
 
 
@@ -44,8 +44,7 @@ def box_plot(scored: pd.DataFrame, metric: str, out_dir: Path, title: str | None
     column, which, label, scale = METRICS[metric]
     data = _rows(scored, which)
     models = list(dict.fromkeys(scored["model"].astype(str)))
-    present = set(scored["dimension"].astype(str))
-    dims = [d for d in DIMENSIONS if d in present] + sorted(present - set(DIMENSIONS))
+    dims = ordered_dimensions(scored["dimension"].astype(str))
     width = 0.8 / max(len(dims), 1)
     height = 1.5 + 0.22 * max(len(models) * len(dims), 3)
     fig, ax = plt.subplots(figsize=(8.0, height))
@@ -102,14 +101,7 @@ def box_plot(scored: pd.DataFrame, metric: str, out_dir: Path, title: str | None
     if note:
         fig.text(0.01, 0.005, note, fontsize=8, color="dimgrey", va="bottom")
     fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{metric}.png", out_dir / f"{metric}.svg"]
-    fig.savefig(paths[0], dpi=150)
-    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, editable
-        fig.savefig(paths[1])
-    plt.close(fig)
-    return paths
+    return _save(fig, out_dir, metric)
 
 
 def plot_all(scored: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:
@@ -172,19 +164,15 @@ def periodic_table(ax, values: dict[str, float], label: str, cmap: str = "viridi
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    """<out_dir>/<name>.png and .svg of the figure, which is then closed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
     fig.savefig(paths[0], dpi=150)
-    with plt.rc_context({"svg.fonttype": "none"}):
+    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, editable
         fig.savefig(paths[1])
     plt.close(fig)
     return paths
-
-
-def _dims(present) -> list[str]:
-    present = set(present)
-    return [d for d in DIMENSIONS if d in present] + sorted(present - set(DIMENSIONS))
 
 
 def dataset_elements(counts: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -192,7 +180,7 @@ def dataset_elements(counts: pd.DataFrame, out_dir: Path) -> list[Path]:
     per dimensionality (metrics.dataset.element_counts), on a common log colour scale."""
     from matplotlib import colors as mcolors
 
-    dims = _dims(counts["dimension"])
+    dims = ordered_dimensions(counts["dimension"])
     fig, axes = plt.subplots(len(dims), 1, figsize=(7.5, 3.6 * len(dims)), squeeze=False)
     top = max(int(counts["structures"].max()) if len(counts) else 1, 2)
     for ax, dim in zip(axes[:, 0], dims):
@@ -207,7 +195,7 @@ def dataset_elements(counts: pd.DataFrame, out_dir: Path) -> list[Path]:
 def dataset_distributions(table: pd.DataFrame, distances: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
     """dataset_distributions.png/.svg: atoms per cell, interatomic distances below 7 Å and
     PBE energy per atom, one curve per dimensionality (metrics.dataset)."""
-    dims = _dims(table["dimension"])
+    dims = ordered_dimensions(table["dimension"])
     fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.4))
     top = int(table["natoms"].max()) if len(table) else 1
     for dim in dims:
@@ -234,7 +222,7 @@ def energy_by_element(by_element: pd.DataFrame, model: str, out_dir: Path) -> li
     from matplotlib import colors as mcolors
 
     mine = by_element[by_element["model"] == model]
-    dims = _dims(mine["dimension"])
+    dims = ordered_dimensions(mine["dimension"])
     fig, axes = plt.subplots(len(dims), 1, figsize=(7.5, 3.6 * len(dims)), squeeze=False)
     top = float(np.nanpercentile(mine["mae"], 95)) if len(mine) else 1.0
     for ax, dim in zip(axes[:, 0], dims):

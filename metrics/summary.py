@@ -29,6 +29,19 @@ KEYS = ["model", "dimension"]
 ENERGY_WITHIN_MEV = 10.0
 
 
+def ordered_dimensions(present) -> list[str]:
+    """The dimensionalities in `present`, 0D..3D first, any other label after them."""
+    present = set(present)
+    return [d for d in DIMENSIONS if d in present] + sorted(present - set(DIMENSIONS))
+
+
+def flag(scored: pd.DataFrame, column: str) -> pd.Series:
+    """A boolean column as read from the table or back from CSV (absent: all False)."""
+    if column not in scored:
+        return pd.Series(False, index=scored.index)
+    return scored[column].astype(str).str.lower().isin(["true", "1", "1.0"])
+
+
 def successful(scored: pd.DataFrame) -> pd.DataFrame:
     """The rows whose failure_reason is empty (NaN, as read back from CSV, counts as empty)."""
     return scored[scored["failure_reason"].fillna("").astype(str) == ""]
@@ -81,7 +94,7 @@ def failures(scored: pd.DataFrame) -> pd.DataFrame:
 
 def steps(scored: pd.DataFrame) -> pd.DataFrame:
     """Optimizer steps of converged relaxations: n, median, quartiles, mean, max."""
-    converged = scored["converged"].astype(str).str.lower().isin(["true", "1", "1.0"])
+    converged = flag(scored, "converged")
     return _describe(scored, scored.loc[converged, "steps"],
                      {"median": np.median, "q1": _q(0.25), "q3": _q(0.75), "mean": np.mean, "max": np.max})
 
@@ -110,17 +123,10 @@ def positions(scored: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _flag(scored: pd.DataFrame, column: str) -> pd.Series:
-    """A boolean column as read from the table or back from CSV (absent: all False)."""
-    if column not in scored:
-        return pd.Series(False, index=scored.index)
-    return scored[column].astype(str).str.lower().isin(["true", "1", "1.0"])
-
-
 def connectivity(scored: pd.DataFrame) -> pd.DataFrame:
     """Diagnostic: relaxed structures with more bonded pieces than their PBE structure,
     per (model, dimension), counted among all structures and among the successful ones."""
-    disconnected = _flag(scored, "disconnected")
+    disconnected = flag(scored, "disconnected")
     ok = scored["failure_reason"].fillna("").astype(str) == ""
     rows = []
     for model, dim in _groups(scored).itertuples(index=False):
@@ -137,12 +143,11 @@ def reference(scored: pd.DataFrame) -> pd.DataFrame:
     dataset label disagrees with the dimensionality of their geometry."""
     ref = scored.drop_duplicates("id")
     rows = []
-    present = set(ref["dimension"].astype(str))
-    for dim in [d for d in DIMENSIONS if d in present] + sorted(present - set(DIMENSIONS)):
+    for dim in ordered_dimensions(ref["dimension"].astype(str)):
         group = ref["dimension"].astype(str) == dim
         rows.append({"dimension": dim, "structures": int(group.sum()),
-                     "over_own_limit": int((group & _flag(ref, "reference_over_limit")).sum()),
-                     "label_mismatch": int((group & _flag(ref, "dimension_mismatch")).sum())})
+                     "over_own_limit": int((group & flag(ref, "reference_over_limit")).sum()),
+                     "label_mismatch": int((group & flag(ref, "dimension_mismatch")).sum())})
     return pd.DataFrame(rows, columns=["dimension", "structures", "over_own_limit", "label_mismatch"])
 
 

@@ -52,16 +52,21 @@ class Model:
         return [self.name, *([self.paper_tag] if self.paper_tag else []), *self.aliases]
 
 
+def _check_keys(where: str, data: dict, schema: dict) -> None:
+    """Every key of `data` known to `schema` (key -> type) and of its type."""
+    for key, value in data.items():
+        if key not in schema:
+            raise BenchError(f"{where}: unknown key {key!r}; allowed: {sorted(schema)}")
+        if not isinstance(value, schema[key]):
+            raise BenchError(f"{where}: {key!r} must be a {schema[key].__name__}")
+
+
 def _check_weights(meta: Path, weights: list) -> None:
     for k, entry in enumerate(weights):
         where = f"{meta}: weights[{k}]"
         if not isinstance(entry, dict) or "file" not in entry:
             raise BenchError(f"{where} needs a file name")
-        for key, value in entry.items():
-            if key not in WEIGHT_KEYS:
-                raise BenchError(f"{where}: unknown key {key!r}; allowed: {sorted(WEIGHT_KEYS)}")
-            if not isinstance(value, WEIGHT_KEYS[key]):
-                raise BenchError(f"{where}: {key!r} must be a {WEIGHT_KEYS[key].__name__}")
+        _check_keys(where, entry, WEIGHT_KEYS)
         access = entry.get("access", "public")
         if access not in WEIGHT_ACCESS:
             raise BenchError(f"{where}: access must be one of {', '.join(WEIGHT_ACCESS)}, not {access!r}")
@@ -79,11 +84,7 @@ def discover_models(images_dir: Path = IMAGES_DIR) -> dict[str, Model]:
             data = yaml.safe_load(meta.read_text()) or {}
         except yaml.YAMLError as err:
             raise BenchError(f"{meta}: not valid YAML ({err})".replace("\n", " ")) from None
-        for key, value in data.items():
-            if key not in MODEL_KEYS:
-                raise BenchError(f"{meta}: unknown key {key!r}; allowed: {sorted(MODEL_KEYS)}")
-            if not isinstance(value, MODEL_KEYS[key]):
-                raise BenchError(f"{meta}: {key!r} must be a {MODEL_KEYS[key].__name__}")
+        _check_keys(str(meta), data, MODEL_KEYS)
         for key in ("description", "calculator"):
             if key not in data:
                 raise BenchError(f"{meta}: missing key {key!r}")

@@ -31,13 +31,12 @@ from orchestrator.datasets import sha256_of
 from orchestrator.download import NetworkError, download, locked, progress_bar
 from orchestrator.errors import BenchError
 from orchestrator.images import Model
+from orchestrator.scheduler import CACHE_MOUNT
 
 log = logging.getLogger("orchestrator.weights")
 
 RECORD = "WEIGHTS.json"
 TOKEN_VARIABLE = "HF_TOKEN"
-#: Where a worker sees its model's weights folder.
-CONTAINER_WEIGHTS = "/cache"
 
 
 def weights_folder(weights_dir: Path, model: Model) -> Path:
@@ -48,7 +47,7 @@ def checkpoint_option(model: Model) -> dict:
     """The factory option naming the model's checkpoint inside the container, if it has one."""
     if not model.weights:
         return {}
-    return {"checkpoint": f"{CONTAINER_WEIGHTS}/{model.name}/{model.weights[0]['file']}"}
+    return {"checkpoint": f"{CACHE_MOUNT}/{model.name}/{model.weights[0]['file']}"}
 
 
 def missing_weights(model: Model, weights_dir: Path) -> list[str]:

@@ -291,9 +291,19 @@ CRASHES_TO_FAIL = 2
 CANNOT_WRITE = 75
 
 
+def in_flight_path(out: Path) -> Path:
+    """The marker naming the structure a worker is relaxing (empty between structures)."""
+    return out.with_suffix(".inflight")
+
+
+def crash_list_path(out: Path) -> Path:
+    """The orchestrator's list of the structures its workers died on, one id a line."""
+    return out.with_suffix(".crashed")
+
+
 def crash_counts(out: Path) -> dict[str, int]:
-    """How many workers died relaxing each structure, from the orchestrator's `.crashed` list."""
-    path = out.with_suffix(".crashed")
+    """How many workers died relaxing each structure, from the orchestrator's crash list."""
+    path = crash_list_path(out)
     counts: dict[str, int] = {}
     for sid in path.read_text().split() if path.exists() else []:
         counts[sid] = counts.get(sid, 0) + 1
@@ -308,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     job = json.loads(args.job)
     records = [json.loads(line) for line in args.shard.read_text().splitlines() if line.strip()]
-    in_flight = args.out.with_suffix(".inflight")  # may be a mounted file: emptied, never removed
+    in_flight = in_flight_path(args.out)  # may be a mounted file: emptied, never removed
     try:
         in_flight.write_text("")
         done = finished_ids(args.out)

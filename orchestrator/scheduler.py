@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.relax import CANNOT_WRITE
+from adapters.relax import CANNOT_WRITE, crash_list_path, in_flight_path
 from orchestrator.errors import BenchError
 from orchestrator.images import LABEL
 
@@ -137,8 +137,8 @@ def worker_files(job: Job) -> dict[str, tuple[Path, str]]:
     """The only host files a worker may touch, by their path inside the container:
     its output and in-flight marker (read-write) and its crash list (read-only)."""
     return {f"{OUT_MOUNT}/{job.out.name}": (job.out, "rw"),
-            f"{OUT_MOUNT}/{job.out.with_suffix('.inflight').name}": (job.out.with_suffix(".inflight"), "rw"),
-            f"{OUT_MOUNT}/{job.out.with_suffix('.crashed').name}": (crash_file(job), "ro")}
+            f"{OUT_MOUNT}/{in_flight_path(job.out).name}": (in_flight_path(job.out), "rw"),
+            f"{OUT_MOUNT}/{crash_list_path(job.out).name}": (crash_list_path(job.out), "ro")}
 
 
 def worker_user() -> tuple[int, int]:
@@ -237,19 +237,14 @@ class RunLock:
         self.handle.close()
 
 
-def crash_file(job: Job) -> Path:
-    return job.out.with_suffix(".crashed")
-
-
-def record_crash(job: Job) -> str | None:
-    """After a worker died on its own: append the structure it was relaxing (its
-    `.inflight` marker) to the shard's `.crashed` list; return that id."""
-    in_flight = job.out.with_suffix(".inflight")
+def record_crash(job: Job) -> None:
+    """After a worker died on its own: append the structure it was relaxing (its in-flight
+    marker) to the shard's crash list."""
+    in_flight = in_flight_path(job.out)
     sid = in_flight.read_text().strip() if in_flight.exists() else ""
     if sid:
-        with crash_file(job).open("a") as handle:
+        with crash_list_path(job.out).open("a") as handle:
             handle.write(sid + "\n")
-    return sid or None
 
 
 class Scheduler:

@@ -129,18 +129,12 @@ def test_mace_contract_with_a_checkpoint_made_by_mace(docker_client, mace_weight
 def bench_sample(model: str, cache: Path, results: Path, count: int = 1):
     """`make bench MODEL=model DATASET=sample LIMIT=count` with weights pre-seeded under
     cache/weights (no download); the results table, after checking every row relaxed."""
-    import subprocess
-    import sys
-
     import pandas as pd
 
-    from conftest import REPO
+    from conftest import bench
 
-    done = subprocess.run([sys.executable, "-m", "orchestrator", "bench", "--models", model, "--dataset", "sample",
-                           "--limit", str(count), "--gpus", "cpu", "--set", f"results_dir={results}",
-                           "--set", f"cache_dir={cache}", "--set", "protocol.max_steps=60"],
-                          cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = bench("--models", model, "--dataset", "sample", "--limit", str(count), "--set", f"cache_dir={cache}",
+                 "--set", "protocol.max_steps=60", results=results)
     table = pd.read_csv(Path(done.stdout.strip().splitlines()[-1]) / "results.csv", keep_default_na=False)
     assert len(table) == count and set(table["failure_reason"]) <= {"", "not_converged"}
     assert table["energy_ev"].astype(float).notna().all() and table["max_force_ev_per_a"].astype(float).notna().all()

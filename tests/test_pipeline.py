@@ -17,19 +17,10 @@ from ase.build import bulk, fcc111, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
-from conftest import REPO, SAMPLE
+from conftest import REPO, SAMPLE, bench
 from perf.pipeline_overhead import run_plain_loop
 
 pytestmark = pytest.mark.docker
-
-
-def bench(*args, results: Path, check=True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "orchestrator", "bench", "--gpus", "cpu",
-               "--set", f"results_dir={results}", *args]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if check and done.returncode:
-        raise AssertionError(f"bench failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return done
 
 
 def emt_dataset(path: Path) -> list[Atoms]:

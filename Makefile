@@ -1,5 +1,6 @@
 # make bench MODEL=chgnet                      relax, merge, score, report (last line: the run folder)
 # make bench MODEL="chgnet sevennet-0" DATASET=path LIMIT=20 DIM=0D,2D GPUS=0,1 PROTOCOL=authors
+# make bench MODEL=mace BACKEND=slurm            the same run as array jobs on a SLURM cluster (benchmark.yaml: slurm)
 # make weights MODEL=mace                      download a model's weights into the cache (once)
 # make report                                  reports of every finished run + leaderboard
 # make test                                    unit tests and Docker integration tests
@@ -10,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
              $(if $(LIMIT),--limit $(LIMIT)) $(if $(DIM),--dim $(DIM)) $(if $(GPUS),--gpus $(GPUS)) \
-             $(if $(PROTOCOL),--protocol $(PROTOCOL))
+             $(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(BACKEND),--backend $(BACKEND))
 
 .PHONY: bench build weights report test test-unit perf doctor models clean-venv
 
@@ -42,7 +43,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed
-	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not docker and not slurm" $(PYTEST_ARGS)
 
 perf: $(VENV)/.installed
 	$(PY) tests/perf/pipeline_overhead.py $(if $(N),--structures $(N))

@@ -106,8 +106,7 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
     key = subset_key(**subset)
     protocol = manifest.relaxation_protocol()
 
-    slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"],
-                         memory_gb=manifest["worker_memory_gb"], pids=manifest["worker_pids"])
+    scheduler, slots = make_scheduler(manifest, client, run_dir)
     shard_size = _fixed_shard_size(run_dir, manifest["shard_size"])
     shards = write_shards(structures, run_dir / "shards", shard_size)
     if not (run_dir / "reference.extxyz").exists():
@@ -138,8 +137,6 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
             if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):
                 jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))
 
-    scheduler = Scheduler(client, slots, run_dir, cache_dir / "weights", manifest["max_worker_retries"],
-                          stall_timeout_s=manifest.stall_timeout_s())
     if jobs:
         console.print(f"{len(jobs)} shard job(s) on {len(slots)} slot(s): {', '.join(s.name for s in slots)}")
         tracker = ResultsProgress(run_dir, totals)
@@ -162,7 +159,7 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
                     "identity": dataset.identity, "subset": subset, "subset_key": key,
                     "structures": len(structures), "skipped": dataset.skipped},
         "protocol": manifest["protocol"], "fragmentation_limits_a": manifest["fragmentation_limits_a"],
-        "devices": [s.__dict__ for s in slots], "settings_sources": manifest.sources,
+        **scheduler.provenance(), "devices": [s.__dict__ for s in slots], "settings_sources": manifest.sources,
         "models": model_records,
     })
     from metrics.report import write_run_report
@@ -177,6 +174,27 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
                             f"({counts}). Why: {why}. Finished structures are kept: fix the cause and rerun "
                             "the same command to finish.")
     return run_dir
+
+
+def make_scheduler(manifest: Manifest, client, run_dir: Path):
+    """The backend's scheduler and the slots its workers get: this machine's devices
+    (docker), or one array task's resources (slurm)."""
+    cache_dir = manifest.path_setting("cache_dir")
+    if manifest["backend"] == "slurm":
+        from orchestrator.slurm import SlurmScheduler, check_shared, task_slot
+
+        settings = manifest["slurm"]
+        check_shared(settings, {"results_dir": run_dir, "cache_dir": cache_dir})
+        image_dir = manifest.path_setting("slurm.image_dir")
+        if image_dir is None and settings["runtime"] == "apptainer":
+            image_dir = cache_dir / "images"
+        scheduler = SlurmScheduler(client, settings, run_dir, cache_dir / "weights", manifest["max_worker_retries"],
+                                   image_dir, pids=manifest["worker_pids"])
+        return scheduler, [task_slot(settings, manifest["worker_pids"])]
+    slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"],
+                         memory_gb=manifest["worker_memory_gb"], pids=manifest["worker_pids"])
+    return Scheduler(client, slots, run_dir, cache_dir / "weights", manifest["max_worker_retries"],
+                     stall_timeout_s=manifest.stall_timeout_s()), slots
 
 
 def _fixed_shard_size(run_dir: Path, wanted: int) -> int:

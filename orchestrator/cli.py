@@ -55,6 +55,8 @@ def overrides_from(args) -> dict:
         overrides["devices"] = parse_gpus(args.gpus)
     if args.protocol:
         overrides["protocol.variant"] = args.protocol
+    if args.backend:
+        overrides["backend"] = args.backend
     return overrides
 
 
@@ -159,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dim", help="dimensionalities, e.g. 0D,2D (DIM)")
             p.add_argument("--gpus", help="cpu, all, or indices like 0,1 (GPUS)")
             p.add_argument("--protocol", help="paper (default) or authors (PROTOCOL)")
+            p.add_argument("--backend", help="docker (default) or slurm (BACKEND)")
 
     for name, func, help_text in (("bench", cmd_bench, "relax, merge, score and report"),
                                   ("build", cmd_build, "build (or reuse) the model images"),

@@ -65,6 +65,11 @@ def doctor(manifest: Manifest) -> bool:
         path = manifest.path_setting(name)
         if path is not None:
             check(path.exists(), f"{name} {path} exists", f"fix {name} in {manifest.path}")
+    if manifest["backend"] == "slurm":
+        from orchestrator.slurm import doctor_checks
+
+        doctor_checks(manifest["slurm"], {"results_dir": manifest.path_setting("results_dir"), "cache_dir": cache},
+                      check)
     marks = {True: "[green]ok[/green]  ", None: "[yellow]note[/yellow]", False: "[red]FAIL[/red]"}
     for ok, what, remedy in findings:
         console.print(f"{marks[ok]} {what}" + (f"\n       fix: {remedy}" if ok is not True else ""))

@@ -59,7 +59,25 @@ SCHEMA = {
     "wheelhouse": (OPTIONAL_STR, None),
     "models": (list, ["chgnet", "sevennet-0"]),
     "datasets": (dict, {}),
+    "backend": (str, "docker"),
+    "slurm": {
+        "partition": (OPTIONAL_STR, None),
+        "account": (OPTIONAL_STR, None),
+        "time_per_task": (str, "24:00:00"),
+        "cpus_per_task": (int, 4),
+        "gpus_per_task": (int, 0),
+        "memory_gb_per_task": ((int, float, type(None)), None),
+        "max_simultaneous_tasks": (OPTIONAL_INT, None),
+        "sbatch_options": (list, []),
+        "shared_dir": (OPTIONAL_STR, None),
+        "runtime": (str, "apptainer"),
+        "image_dir": (OPTIONAL_STR, None),
+        "isolate_network": (bool, True),
+        "poll_s": ((int, float), 10),
+    },
 }
+#: Where the shard containers run: this machine's Docker engine, or a SLURM cluster.
+BACKENDS = ("docker", "slurm")
 ENV_PREFIX = "UMLIP_"
 
 
@@ -73,8 +91,11 @@ class Manifest:
         return self.values[key]
 
     def path_setting(self, key: str) -> Path | None:
-        """A path-valued setting, ~ expanded and relative to the manifest's folder."""
-        value = self.values[key]
+        """A path-valued setting (dotted for sections), ~ expanded and relative to the
+        manifest's folder."""
+        value = self.values
+        for part in key.split("."):
+            value = value[part]
         if value is None:
             return None
         path = Path(value).expanduser()
@@ -198,6 +219,21 @@ def _validate(values: dict, sources: dict, path: str) -> None:
             fail(key, f"must be at least 1, not {values[key]!r}")
     if values["max_worker_retries"] < 0:
         fail("max_worker_retries", f"must be 0 or more, not {values['max_worker_retries']!r}")
+    if values["backend"] not in BACKENDS:
+        fail("backend", f"must be one of {', '.join(BACKENDS)}, not {values['backend']!r}")
+    slurm = values["slurm"]
+    from orchestrator.slurm import RUNTIMES
+
+    if slurm["runtime"] not in RUNTIMES:
+        fail("slurm.runtime", f"must be one of {', '.join(RUNTIMES)}, not {slurm['runtime']!r}")
+    for key, least in (("cpus_per_task", 1), ("gpus_per_task", 0), ("max_simultaneous_tasks", 1)):
+        if slurm[key] is not None and slurm[key] < least:
+            fail(f"slurm.{key}", f"must be at least {least}, not {slurm[key]!r}")
+    for key in ("memory_gb_per_task", "poll_s"):
+        if slurm[key] is not None and not slurm[key] > 0:
+            fail(f"slurm.{key}", f"must be positive, not {slurm[key]!r}")
+    if not all(isinstance(option, str) and option.startswith("-") for option in slurm["sbatch_options"]):
+        fail("slurm.sbatch_options", f"must be sbatch options like --qos=long, not {slurm['sbatch_options']!r}")
     protocol = values["protocol"]
     for key, choices in (("variant", PROTOCOL_VARIANTS), ("optimizer", OPTIMIZERS), ("cell_filter", CELL_FILTERS)):
         if protocol[key] not in choices:

@@ -263,6 +263,9 @@ class Scheduler:
         self.max_retries = max_retries
         self.failures: list[str] = []
 
+    def provenance(self) -> dict:
+        return {"backend": "docker"}
+
     def run(self, jobs: list[Job], on_tick=lambda: None, tick_s: float = 0.5) -> None:
         """Run every job; the caller holds the run folder's RunLock."""
         remove_containers(self.client, "run", self.run_key)  # left by a killed orchestrator of this folder

@@ -15,14 +15,18 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "data" / "alexandria-pbe-3d-sample200.json.bz2"
 
 
-def bench(*args, results: Path, check=True):
-    """`python -m orchestrator bench` on the CPU into `results`, as a user runs it."""
-    import subprocess
+def bench_command(*args, results: Path) -> list[str]:
+    """`python -m orchestrator bench` on the CPU into `results`, as a user types it."""
     import sys
 
-    command = [sys.executable, "-m", "orchestrator", "bench", "--gpus", "cpu",
-               "--set", f"results_dir={results}", *args]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    return [sys.executable, "-m", "orchestrator", "bench", "--gpus", "cpu", "--set", f"results_dir={results}", *args]
+
+
+def bench(*args, results: Path, check=True):
+    """Run bench_command to its end."""
+    import subprocess
+
+    done = subprocess.run(bench_command(*args, results=results), cwd=REPO, capture_output=True, text=True)
     if check and done.returncode:
         raise AssertionError(f"bench failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return done

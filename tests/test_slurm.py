@@ -1,0 +1,299 @@
+"""The SLURM backend: the batch script and image conversion with stand-in runtimes, then
+whole runs through a real SLURM (`.ci/slurm start`) with the emt image."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
+
+from conftest import REPO, bench, bench_command
+from test_pipeline import emt_dataset
+
+
+def load_manifest(**overrides):
+    from orchestrator.manifest import load
+
+    return load(REPO / "benchmark.yaml", {"backend": "slurm", **overrides})
+
+
+def stub(bin_dir: Path, name: str, body: str) -> None:
+    """An executable `name` on a PATH of the test's own: records its arguments, then runs `body`."""
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text(f'#!/bin/bash\nprintf "%s\\n" "{name} $*" >> "{bin_dir}/calls"\n{body}\n')
+    path.chmod(0o755)
+
+
+def write_task_script(tmp_path: Path, **slurm) -> Path:
+    from orchestrator.scheduler import Job
+    from orchestrator.slurm import task_script
+
+    settings = load_manifest(**{f"slurm.{k}": v for k, v in slurm.items()})["slurm"]
+    run_dir = tmp_path / "run"
+    out_dir = run_dir / "raw" / "emt"
+    out_dir.mkdir(parents=True)
+    job = Job(model="emt", image="umlip-0123d/emt:test", shard=run_dir / "shards" / "shard-0003.jsonl",
+              out_dir=out_dir, job={"calculator": "emt", "options": {}, "protocol": {}})
+    script = run_dir / "emt.sbatch"
+    script.write_text(task_script(job, [3], settings, {"path": str(tmp_path / "emt.sif")}, "key", tmp_path / "weights",
+                                  "owner", max_retries=2, pids=64, log_dir=run_dir / "slurm"))
+    return script
+
+
+def run_task(script: Path, bin_dir: Path, **env) -> subprocess.CompletedProcess:
+    environ = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
+    environ.update(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_ARRAY_TASK_ID="3", SLURM_ARRAY_JOB_ID="77", **env)
+    return subprocess.run(["bash", str(script)], env=environ, capture_output=True, text=True, timeout=60)
+
+
+def test_the_task_retries_a_dying_worker_and_lists_its_structure_as_crashed(tmp_path):
+    script = write_task_script(tmp_path)
+    out_dir = tmp_path / "run" / "raw" / "emt"
+    (out_dir / "shard-0003.inflight").write_text("mp-42\n")
+    bin_dir = tmp_path / "bin"
+    # segfaults twice, then finishes
+    stub(bin_dir, "apptainer", f'n=$(grep -c . "{bin_dir}/calls"); [ "$n" -ge 3 ] && exit 0; exit 139')
+    done = run_task(script, bin_dir, SLURM_RESTART_COUNT="1")
+    assert done.returncode == 0, done.stderr
+    assert (out_dir / "shard-0003.crashed").read_text() == "mp-42\nmp-42\n"
+    assert "task 77_3 restart 1 on" in (out_dir / "shard-0003.attempts").read_text()
+    call = (bin_dir / "calls").read_text().splitlines()[0].split()
+    assert call[:4] == ["apptainer", "exec", "--containall", "--cleanenv"]
+    assert "--net" in call and call[call.index("--network") + 1] == "none"
+    run_dir = tmp_path / "run"
+    assert f"--bind={run_dir / 'shards'}:/data/shards:ro" in call
+    assert f"--bind={tmp_path / 'weights'}:/cache:ro" in call
+    assert f"--bind={out_dir / 'shard-0003.jsonl'}:/data/out/shard-0003.jsonl:rw" in call
+    assert f"--bind={out_dir / 'shard-0003.crashed'}:/data/out/shard-0003.crashed:ro" in call
+    assert "--env=OPENBLAS_NUM_THREADS=1" in call and "--nv" not in call
+    image = call.index(str(tmp_path / "emt.sif"))
+    assert call[image + 1:image + 4] == ["python", "-m", "adapters.relax"]
+    assert call[call.index("--shard") + 1] == "/data/shards/shard-0003.jsonl"
+    assert '"device": "cpu"' in (bin_dir / "calls").read_text()
+
+
+@pytest.mark.parametrize("code, calls, crashed", [(137, 3, ""), (75, 1, "")])
+def test_a_worker_stopped_from_outside_or_unable_to_write_marks_no_crash(tmp_path, code, calls, crashed):
+    script = write_task_script(tmp_path)
+    out_dir = tmp_path / "run" / "raw" / "emt"
+    (out_dir / "shard-0003.inflight").write_text("mp-42\n")
+    bin_dir = tmp_path / "bin"
+    stub(bin_dir, "apptainer", f"exit {code}")
+    done = run_task(script, bin_dir)
+    assert done.returncode == code
+    assert len((bin_dir / "calls").read_text().splitlines()) == calls
+    crash_list = out_dir / "shard-0003.crashed"
+    assert (crash_list.read_text() if crash_list.exists() else "") == crashed
+
+
+def test_a_gpu_task_passes_its_assigned_gpu_only(tmp_path):
+    script = write_task_script(tmp_path, gpus_per_task=1, isolate_network=False)
+    text = script.read_text()
+    assert "#SBATCH --gres=gpu:1" in text and "#SBATCH --requeue" in text and "#SBATCH --array=3" in text
+    bin_dir = tmp_path / "bin"
+    stub(bin_dir, "apptainer", "exit 0")
+    assert run_task(script, bin_dir, CUDA_VISIBLE_DEVICES="2").returncode == 0
+    call = (bin_dir / "calls").read_text().split()
+    assert call[call.index("--nv") + 2] == "CUDA_VISIBLE_DEVICES=2" and "--net" not in call
+    assert '"device": "cuda"' in (bin_dir / "calls").read_text()
+
+
+def test_array_ranges_and_sbatch_options():
+    from orchestrator.slurm import array_spec, sbatch_header
+
+    assert array_spec([0, 1, 2, 5, 7, 8], None) == "0-2,5,7-8"
+    assert array_spec([4], 3) == "4%3"
+    settings = load_manifest(**{"slurm.partition": "gpu", "slurm.account": "mat", "slurm.memory_gb_per_task": 8,
+                                "slurm.sbatch_options": ["--qos=long"]})["slurm"]
+    header = sbatch_header("mace", [0, 1], settings, Path("/logs"), "umlip-0123d-mace-key")
+    for option in ("--partition=gpu", "--account=mat", "--mem=8192M", "--qos=long", "--array=0-1",
+                   "--output=/logs/mace-%A_%a.out", "--cpus-per-task=4", "--time=24:00:00"):
+        assert f"#SBATCH {option}" in header
+
+
+def test_images_are_converted_once_per_image_id(tmp_path, monkeypatch):
+    from orchestrator.slurm import convert_image
+
+    bin_dir = tmp_path / "bin"
+    # no daemon access for apptainer: the conversion goes through a `docker save` archive
+    stub(bin_dir, "apptainer", 'case "$4" in docker-daemon://*) exit 1;; esac; echo "SIF of $4" > "$3"')
+    stub(bin_dir, "docker", 'echo "archive of $4" > "$3"')
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    first = convert_image(None, "umlip-0123d/emt:abc", "sha256:" + "1" * 64, "apptainer", tmp_path / "images")
+    sif = Path(first["path"])
+    assert sif.read_text().startswith("SIF of docker-archive://")
+    assert first["sha256"] == hashlib.sha256(sif.read_bytes()).hexdigest()
+    assert [c.split()[:2] for c in (bin_dir / "calls").read_text().splitlines()] == [
+        ["apptainer", "build"], ["docker", "save"], ["apptainer", "build"]]
+    assert not list((tmp_path / "images").glob("*.tar"))  # the archive was a step, not a product
+    calls = (bin_dir / "calls").read_text()
+    assert convert_image(None, "umlip-0123d/emt:abc", "sha256:" + "1" * 64, "apptainer",
+                         tmp_path / "images") == first
+    assert (bin_dir / "calls").read_text() == calls  # reused
+    second = convert_image(None, "umlip-0123d/emt:abd", "sha256:" + "2" * 64, "apptainer", tmp_path / "images")
+    assert second["path"] != first["path"]  # a new image id is a new conversion
+    archive = convert_image(None, "umlip-0123d/emt:abc", "sha256:" + "1" * 64, "docker", tmp_path / "images")
+    assert Path(archive["archive"]).read_text().startswith("archive of")
+    assert convert_image(None, "umlip-0123d/emt:abc", "sha256:1", "docker", None) == {
+        "runtime": "docker", "image": "umlip-0123d/emt:abc", "image_id": "sha256:1"}
+
+
+def test_slurm_settings_are_checked(tmp_path):
+    from orchestrator.errors import BenchError
+    from orchestrator.slurm import check_shared
+
+    with pytest.raises(BenchError, match="slurm.runtime must be one of apptainer, docker, podman"):
+        load_manifest(**{"slurm.runtime": "singularty"})
+    with pytest.raises(BenchError, match="backend must be one of docker, slurm"):
+        load_manifest(backend="k8s")
+    with pytest.raises(BenchError, match="slurm.sbatch_options"):
+        load_manifest(**{"slurm.sbatch_options": ["qos=long"]})
+    settings = load_manifest(**{"slurm.shared_dir": str(tmp_path / "shared")})["slurm"]
+    check_shared(settings, {"results_dir": tmp_path / "shared" / "results"})
+    with pytest.raises(BenchError, match=r"cache_dir .*/home/cache is not inside slurm.shared_dir"):
+        check_shared(settings, {"cache_dir": tmp_path / "home" / "cache"})
+
+
+# --- a real SLURM -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def slurm_node():
+    """The local cluster's node name; skipped without SLURM, a failure in CI."""
+    listing = subprocess.run(["sinfo", "-h", "-o", "%N %T"], capture_output=True, text=True) \
+        if shutil.which("sinfo") else None
+    if listing is None or listing.returncode or not listing.stdout.strip():
+        if os.environ.get("CI"):
+            raise RuntimeError("CI starts SLURM (.ci/slurm start), but sinfo finds no node")
+        pytest.skip("no SLURM here: `.ci/slurm start` (as root) makes a local one")
+    return listing.stdout.split()[0]
+
+
+def slow_emt_dataset(path: Path) -> None:
+    """The emt pipeline set plus three rattled 108-atom copper crystals, whose relaxations
+    last long enough to fail a node under them."""
+    emt_dataset(path)
+    frames = read(path, index=":")
+    for seed in range(3):
+        crystal = bulk("Cu", cubic=True).repeat(3)
+        crystal.rattle(0.12, seed=seed)
+        crystal.info["mat_id"] = f"cu108-{seed}"
+        crystal.calc = SinglePointCalculator(crystal, energy=-3.5 * len(crystal))
+        frames.append(crystal)
+    write(path, frames, format="extxyz")
+
+
+SLURM_ARGS = ("--models", "emt", "--backend", "slurm", "--set", "slurm.runtime=docker", "--set", "slurm.cpus_per_task=1",
+              "--set", "slurm.poll_s=0.5", "--set", "shard_size=1")
+
+
+def our_tasks(state: str = "", besides: frozenset = frozenset()) -> list[str]:
+    """'<task id> <state>' of the emt array jobs (of any run folder) in `state`, leaving
+    out the jobs `besides`."""
+    listing = subprocess.run(["squeue", "-h", "-o", "%j %i %F %T"], capture_output=True, text=True)
+    return [f"{task} {task_state}" for name, task, job, task_state in map(str.split, listing.stdout.splitlines())
+            if name.startswith("umlip-0123d-emt-") and state in task_state and job not in besides]
+
+
+def wait_for(condition, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def raw_ids(run_dir: Path) -> Counter:
+    return Counter(json.loads(line)["id"] for path in (run_dir / "raw" / "emt").glob("shard-*.jsonl")
+                   for line in path.read_text().splitlines())
+
+
+@pytest.mark.docker
+@pytest.mark.slurm
+def test_slurm_relaxes_like_docker_and_survives_a_failed_node(tmp_path, slurm_node, docker_client):
+    dataset = tmp_path / "emt-set.extxyz"
+    slow_emt_dataset(dataset)
+    local = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1", results=tmp_path / "docker")
+    local_dir = Path(local.stdout.strip().splitlines()[-1])
+
+    command = bench_command(*SLURM_ARGS, "--dataset", str(dataset), results=tmp_path / "slurm")
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: our_tasks("RUNNING"))
+        subprocess.run(["scontrol", "update", f"nodename={slurm_node}", "state=down", "reason=umlip-test"], check=True)
+        time.sleep(2)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={slurm_node}", "state=resume"])
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    run_dir = Path(out.strip().splitlines()[-1])
+
+    columns = ["id", "dimension", "steps", "energy_ev", "failure_reason", "converged"]
+    on_slurm = pd.read_csv(run_dir / "results.csv", keep_default_na=False)[columns].sort_values("id")
+    on_docker = pd.read_csv(local_dir / "results.csv", keep_default_na=False)[columns].sort_values("id")
+    assert len(on_slurm) == 8
+    pd.testing.assert_frame_equal(on_slurm.reset_index(drop=True), on_docker.reset_index(drop=True))
+    assert set(raw_ids(run_dir).values()) == {1}  # every structure exactly once
+    starts = {p.stem: p.read_text().splitlines() for p in (run_dir / "raw" / "emt").glob("*.attempts")}
+    assert len(starts) == 8
+    assert any("restart 1" in line for lines in starts.values() for line in lines), starts
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["backend"] == "slurm" and provenance["status"] == "complete"
+    assert provenance["slurm"]["runtime"] == "docker" and provenance["slurm"]["jobs"]["emt"]
+    assert max(s["starts"] for s in provenance["slurm"]["task_starts"].values()) >= 2
+
+
+@pytest.mark.docker
+@pytest.mark.slurm
+def test_interrupted_slurm_runs_cancel_only_their_jobs_and_resume(tmp_path, slurm_node, docker_client):
+    dataset = tmp_path / "emt-set.extxyz"
+    slow_emt_dataset(dataset)
+    bystander = subprocess.run(["sbatch", "--parsable", "-J", "bystander", "--output=/dev/null", "--wrap", "sleep 300"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    command = bench_command(*SLURM_ARGS, "--dataset", str(dataset), results=tmp_path / "r")
+    try:
+        # an orchestrator killed outright leaves its jobs; the next one on the folder cancels them
+        killed = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        wait_for(lambda: our_tasks("RUNNING"))
+        killed.kill()
+        killed.wait()
+        leftover = frozenset(task.split("_")[0] for task in our_tasks())
+        assert leftover
+        stopped = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: our_tasks("RUNNING", besides=leftover))
+        stopped.send_signal(signal.SIGINT)
+        _, err = stopped.communicate(timeout=120)
+        assert stopped.returncode == 130, err[-2000:]
+        assert not our_tasks()
+        assert subprocess.run(["squeue", "-h", "-j", bystander], capture_output=True, text=True).stdout.strip()
+        assert not subprocess.run(["docker", "ps", "-q", "--filter", "label=org.umlip-0123d.model=emt"],
+                                  capture_output=True, text=True).stdout.strip()
+    finally:
+        subprocess.run(["scancel", bystander])
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    assert set(raw_ids(run_dir).values()) == {1} and len(raw_ids(run_dir)) == 8
+
+
+@pytest.mark.slurm
+def test_doctor_probes_the_nodes(tmp_path, slurm_node):
+    command = [*bench_command(results=tmp_path)[:2], "orchestrator", "doctor", "--backend", "slurm",
+               "--set", "slurm.runtime=docker", "--set", "slurm.cpus_per_task=1", "--set", f"results_dir={tmp_path}"]
+    wide = {**os.environ, "COLUMNS": "400"}  # one finding a line
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=200, env=wide)
+    assert "docker on a node: Docker version" in done.stderr
+    assert f"results_dir {tmp_path} writable from a node" in done.stderr
+    wrong = subprocess.run([*command, "--set", "slurm.partition=nowhere"], cwd=REPO, capture_output=True, text=True,
+                           env=wide)
+    assert wrong.returncode == 1 and "FAIL partition nowhere" in wrong.stderr

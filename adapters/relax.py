@@ -292,7 +292,7 @@ CANNOT_WRITE = 75
 
 
 def in_flight_path(out: Path) -> Path:
-    """The marker naming the structure a worker is relaxing (empty between structures)."""
+    """The marker naming the structures a worker is relaxing, one a line (empty between)."""
     return out.with_suffix(".inflight")
 
 
@@ -330,16 +330,33 @@ def main(argv: list[str] | None = None) -> int:
                 write(out, {"id": record["id"], "converged": False, "failure_reason": "model_error", "steps": 0,
                             "error": f"the worker process died {crashes[record['id']]} times relaxing it"})
             todo = [r for r in todo if crashes.get(r["id"], 0) < CRASHES_TO_FAIL]
-            if todo:
+            if todo and job["protocol"].get("engine", "ase") == "batched":
+                relax_shard_batched(job, todo, crashes, out, in_flight)
+            elif todo:
                 calculator = make_calculator(job["calculator"], job["device"], job.get("options", {}))
-            for record in todo:
-                in_flight.write_text(record["id"])
-                write(out, relax_record(record, calculator, job["protocol"], job.get("structure_timeout_s")))
+                for record in todo:
+                    in_flight.write_text(record["id"])
+                    write(out, relax_record(record, calculator, job["protocol"], job.get("structure_timeout_s")))
         in_flight.write_text("")
     except OSError as exc:
         print(f"cannot write the results of {args.shard.name}: {exc}", file=sys.stderr)
         return CANNOT_WRITE
     return 0
+
+
+def relax_shard_batched(job: dict, todo: list[dict], crashes: dict, out, in_flight: Path) -> None:
+    """The batched engine over a shard. Every structure in flight is named in the marker
+    (one a line), so a worker that dies lists them all as crashed once; those then relax
+    one at a time, first, and only the one that kills a worker again becomes model_error."""
+    from adapters.batched import relax_batched
+    from adapters.calculators import make_evaluator
+
+    evaluate = make_evaluator(job["calculator"], job["device"], job.get("options", {}))
+    suspects = [r for r in todo if crashes.get(r["id"])]
+    for records, batch_atoms in ((suspects, 0), ([r for r in todo if not crashes.get(r["id"])], job["batch_atoms"])):
+        relax_batched(records, evaluate, job["protocol"], lambda sid, result: write(out, {"id": sid, **result}),
+                      batch_atoms=batch_atoms, timeout_s=job.get("structure_timeout_s"),
+                      on_batch=lambda ids: in_flight.write_text("\n".join(ids)))
 
 
 class StructureTimeout(Exception):

@@ -5,15 +5,17 @@
 # make report                                  reports of every finished run + leaderboard
 # make test                                    unit tests and Docker integration tests
 # make perf                                    pipeline overhead vs a plain ASE loop (CHGNet, 50 structures)
+# make perf-engine MODEL=sevennet-0 N=100      batched engine vs sequential ASE: agreement and speed
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
              $(if $(LIMIT),--limit $(LIMIT)) $(if $(DIM),--dim $(DIM)) $(if $(GPUS),--gpus $(GPUS)) \
-             $(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(BACKEND),--backend $(BACKEND))
+             $(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(BACKEND),--backend $(BACKEND)) \
+             $(if $(ENGINE),--engine $(ENGINE))
 
-.PHONY: bench build weights report test test-unit perf doctor models clean-venv
+.PHONY: bench build weights report test test-unit perf perf-engine doctor models clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +49,9 @@ test-unit: $(VENV)/.installed
 
 perf: $(VENV)/.installed
 	$(PY) tests/perf/pipeline_overhead.py $(if $(N),--structures $(N))
+
+perf-engine: $(VENV)/.installed
+	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -132,7 +132,7 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
         totals[model.name] = len(structures)
         job = {"calculator": model.calculator, "options": {**model.options, **checkpoint_option(model)},
                "protocol": protocol,
-               "structure_timeout_s": manifest["structure_timeout_s"]}
+               "structure_timeout_s": manifest["structure_timeout_s"], "batch_atoms": manifest["batch_atoms"]}
         for shard, ids in shard_ids.items():
             if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):
                 jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))
@@ -158,7 +158,8 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
         "dataset": {"name": dataset.name, "files": {p.name: dataset.sha256[p.name] for p in dataset.files},
                     "identity": dataset.identity, "subset": subset, "subset_key": key,
                     "structures": len(structures), "skipped": dataset.skipped},
-        "protocol": manifest["protocol"], "fragmentation_limits_a": manifest["fragmentation_limits_a"],
+        "protocol": manifest["protocol"], "engine": manifest["engine"], "batch_atoms": manifest["batch_atoms"],
+        "fragmentation_limits_a": manifest["fragmentation_limits_a"],
         **scheduler.provenance(), "devices": [s.__dict__ for s in slots], "settings_sources": manifest.sources,
         "models": model_records,
     })

@@ -57,6 +57,8 @@ def overrides_from(args) -> dict:
         overrides["protocol.variant"] = args.protocol
     if args.backend:
         overrides["backend"] = args.backend
+    if args.engine:
+        overrides["engine"] = args.engine
     return overrides
 
 
@@ -105,6 +107,7 @@ def cmd_weights(args) -> None:
 def cmd_models(args) -> None:
     from rich.table import Table
 
+    from adapters.calculators import has_batched_forward
     from orchestrator.engine import console
     from orchestrator.images import discover_models
     from orchestrator.weights import missing_weights
@@ -112,15 +115,16 @@ def cmd_models(args) -> None:
     manifest = load(args.manifest, parse_set(args.set))
     weights_dir = manifest.path_setting("cache_dir") / "weights"
     built = _built_models()
-    table = Table(title="models (folders of images/); MODEL= takes the folder, the paper tag or an alias")
-    for column in ("model", "paper tag", "aliases", "forces", "image", "weights", "you supply"):
+    table = Table(title="models (folders of images/); MODEL= takes the folder, the paper tag or an alias; "
+                        "every model runs both engines, those with a batched forward one model call per batch")
+    for column in ("model", "paper tag", "aliases", "forces", "batched forward", "image", "weights", "you supply"):
         table.add_column(column)
     for name, model in discover_models().items():
         missing = missing_weights(model, weights_dir)
         needs = sorted({{"token": "HF_TOKEN", "manual": "the file"}.get(w.get("access", "public"), "")
                         for w in model.weights if w["file"] in missing} - {""})
         table.add_row(name, model.paper_tag or "-", ", ".join(model.aliases) or "-", model.forces or "-",
-                      "built" if name in built else "not built",
+                      "yes" if has_batched_forward(model.calculator) else "no (one by one)", "built" if name in built else "not built",
                       "none needed" if not model.weights else "missing" if missing else "present",
                       ", ".join(needs) or "-")
     console.print(table)
@@ -162,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--gpus", help="cpu, all, or indices like 0,1 (GPUS)")
             p.add_argument("--protocol", help="paper (default) or authors (PROTOCOL)")
             p.add_argument("--backend", help="docker (default) or slurm (BACKEND)")
+            p.add_argument("--engine", help="ase (default) or batched (ENGINE)")
 
     for name, func, help_text in (("bench", cmd_bench, "relax, merge, score and report"),
                                   ("build", cmd_build, "build (or reuse) the model images"),

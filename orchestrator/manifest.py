@@ -43,6 +43,8 @@ SCHEMA = {
         "1D": ((int, float), 12.5),
         "0D": ((int, float), 20.0),
     },
+    "engine": (str, "ase"),
+    "batch_atoms": (int, 2000),
     "devices": ((str, list), "cpu"),
     "workers_per_device": (OPTIONAL_INT, None),
     "threads_per_worker": (OPTIONAL_INT, None),
@@ -76,6 +78,9 @@ SCHEMA = {
         "poll_s": ((int, float), 10),
     },
 }
+#: ase: one structure at a time through ASE (the reference); batched: many per model call,
+#: each relaxed as ASE's FIRE would (adapters.batched).
+ENGINES = ("ase", "batched")
 #: Where the shard containers run: this machine's Docker engine, or a SLURM cluster.
 BACKENDS = ("docker", "slurm")
 ENV_PREFIX = "UMLIP_"
@@ -110,9 +115,12 @@ class Manifest:
 
     def relaxation_protocol(self) -> dict:
         """What decides a relaxation, as sent to the containers and hashed into the run's
-        identity: the protocol and, since the authors' variant checks them between its
-        cycles, the fragmentation limits."""
-        return {**self.values["protocol"], "fragmentation_limits_a": self.values["fragmentation_limits_a"]}
+        identity: the protocol, the engine that relaxes it and, since the authors' variant
+        checks them between its cycles, the fragmentation limits."""
+        protocol = {**self.values["protocol"], "fragmentation_limits_a": self.values["fragmentation_limits_a"]}
+        if self.values["engine"] != "ase":  # the reference engine adds nothing: earlier run folders keep their names
+            protocol["engine"] = self.values["engine"]
+        return protocol
 
 
 def _type_name(types) -> str:
@@ -241,6 +249,15 @@ def _validate(values: dict, sources: dict, path: str) -> None:
     for key in ("fmax_ev_per_a", "max_steps", "divergence_limit_ev_per_a"):
         if protocol[key] <= 0:
             fail(f"protocol.{key}", f"must be positive, not {protocol[key]!r}")
+    if values["engine"] not in ENGINES:
+        fail("engine", f"must be one of {', '.join(ENGINES)}, not {values['engine']!r}")
+    if values["engine"] == "batched":
+        for key, needed in (("variant", "paper"), ("optimizer", "FIRE"), ("cell_filter", "FrechetCellFilter")):
+            if protocol[key] != needed:
+                fail("engine", f"batched relaxes protocol.{key} {needed} only (asked: {protocol[key]!r}); "
+                               "use engine: ase for that protocol")
+    if values["batch_atoms"] < 1:
+        fail("batch_atoms", f"must be at least 1, not {values['batch_atoms']!r}")
     for dim, limit in values["fragmentation_limits_a"].items():
         if limit <= 0:
             fail(f"fragmentation_limits_a.{dim}", f"must be positive, not {limit!r}")

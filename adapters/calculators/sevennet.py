@@ -7,3 +7,58 @@ def make_calculator(device: str, model: str = "7net-0", modal: str | None = None
 
     # an explicit checkpoint (mounted read-only) wins: sevenn would otherwise download into site-packages
     return SevenNetCalculator(model=checkpoint or model, device=device, modal=modal)
+
+
+def make_batched(device: str, model: str = "7net-0", modal: str | None = None, checkpoint: str | None = None):
+    """evaluate(frames) for the batched engine: the structures' graphs collated into one
+    batch and one forward pass, with the model, cutoff and fidelity of make_calculator."""
+    import numpy as np
+    from sevenn import _keys as KEY
+    from sevenn.atom_graph_data import AtomGraphData
+    from sevenn.train.dataload import unlabeled_atoms_to_graph
+    from torch_geometric.loader.dataloader import Collater
+
+    calculator = make_calculator(device, model=model, modal=modal, checkpoint=checkpoint)
+    network = calculator.model
+    network.set_is_batch_data(True)
+    collate = Collater([], follow_batch=None, exclude_keys=None)
+
+    def graph(atoms):
+        calculator.set_atoms(atoms)  # refuses elements the model does not know
+        data = AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, calculator.cutoff, with_shift=False))
+        if calculator.modal:
+            data[KEY.DATA_MODALITY] = calculator.modal
+        return data
+
+    def forward(graphs):
+        output = network(collate(graphs).to(device))
+        energy = output[KEY.PRED_TOTAL_ENERGY].detach().cpu().numpy().reshape(-1)
+        forces = output[KEY.PRED_FORCE].detach().cpu().numpy()
+        stress = -output[KEY.PRED_STRESS].detach().cpu().numpy().reshape(-1, 6)[:, [0, 1, 2, 4, 5, 3]]  # ASE Voigt
+        split = np.cumsum([int(g[KEY.NUM_ATOMS]) for g in graphs])[:-1]
+        return [(float(e), f, s) for e, f, s in zip(energy, np.split(forces, split), stress)]
+
+    def evaluate(frames):
+        outputs, graphs, where = [None] * len(frames), [], []
+        for k, atoms in enumerate(frames):
+            try:
+                graphs.append(graph(atoms))
+                where.append(k)
+            except Exception as exc:  # this structure only
+                outputs[k] = exc
+        if not graphs:
+            return outputs
+        try:
+            results = forward(graphs)
+        except Exception:  # find the structures the model fails on, one by one
+            results = []
+            for data in graphs:
+                try:
+                    results.append(forward([data])[0])
+                except Exception as exc:
+                    results.append(exc)
+        for k, result in zip(where, results):
+            outputs[k] = result
+        return outputs
+
+    return evaluate

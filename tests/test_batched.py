@@ -1,0 +1,186 @@
+"""The batched engine reproduces the sequential ASE engine step for step (float64, EMT),
+whatever shares a structure's batch; faults stay with their structure."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, fcc111, molecule
+from ase.calculators.emt import EMT
+
+from adapters.batched import each_with_calculator, relax_batched
+from adapters.relax import main as entrypoint
+from adapters.relax import relax_record
+from metrics.geometry import periodic_axes
+from orchestrator.shards import structure_record
+
+PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "fmax_ev_per_a": 0.04, "max_steps": 15000,
+            "divergence_limit_ev_per_a": 10000.0, "cell_filter": "FrechetCellFilter"}
+
+
+def record(sid: str, atoms: Atoms) -> dict:
+    atoms.info["id"], atoms.info["dimension"] = sid, f"{len(periodic_axes(atoms))}D"
+    return json.loads(json.dumps(structure_record(atoms)))
+
+
+def structures() -> list[dict]:
+    """Every dimensionality EMT knows, with vacuum along each axis, sizes 2 to 108 atoms."""
+    crystal = bulk("Cu", cubic=True)
+    strained = bulk("Al", "fcc", a=4.3).repeat((2, 1, 1))  # the cell has to shrink
+    big = bulk("Cu", cubic=True).repeat(3)
+    slab = fcc111("Al", (2, 2, 3), vacuum=8.0)
+    standing = fcc111("Cu", (2, 1, 3), vacuum=7.0)
+    standing.positions = standing.positions[:, [2, 0, 1]]  # vacuum along a: the layer is rotated into place
+    standing.set_cell(standing.cell[:][[2, 0, 1]][:, [2, 0, 1]], scale_atoms=False)
+    wire = Atoms("Cu4", positions=[[2.4 * i, 0, 0] for i in range(4)], cell=[9.6, 16, 16])
+    wire.center(axis=(1, 2))
+    dimer = Atoms("Ni2", positions=[[0, 0, 0], [0, 0, 2.9]], cell=[14, 14, 14])
+    dimer.center()
+    co = molecule("CO")
+    co.center(vacuum=8.0)
+    frames = []
+    for seed, (sid, atoms) in enumerate((("cu-3d", crystal), ("al-3d-strained", strained), ("cu108-3d", big),
+                                         ("al-2d", slab), ("cu-2d-along-a", standing), ("cu-1d", wire),
+                                         ("ni2-0d", dimer), ("co-0d", co))):
+        atoms.rattle(0.05, seed=seed)
+        atoms.pbc = True
+        frames.append(record(sid, atoms))
+    return frames
+
+
+def sequential(records: list[dict], protocol: dict = PROTOCOL) -> dict:
+    return {r["id"]: relax_record(r, EMT(), protocol) for r in records}
+
+
+def batched(records: list[dict], protocol: dict = PROTOCOL, evaluate=None, **kwargs) -> dict:
+    results = {}
+    relax_batched(records, evaluate or each_with_calculator(EMT()), protocol,
+                  lambda sid, result: results.__setitem__(sid, result), **kwargs)
+    return results
+
+
+@pytest.fixture(scope="module")
+def reference():
+    records = structures()
+    return records, sequential(records)
+
+
+@pytest.mark.parametrize("batch_atoms", [10_000, 30, 1])  # all at once; refills mid-flight; one at a time
+def test_batched_fire_equals_ase_fire(reference, batch_atoms):
+    records, expected = reference
+    assert {r["id"]: r["periodic_axes"] for r in records}["cu-2d-along-a"] == "bc"
+    seen = []
+    got = batched(records, batch_atoms=batch_atoms, on_batch=lambda ids: seen.append(list(ids)))
+    assert set(got) == set(expected)
+    for sid, want in expected.items():
+        result, atoms = got[sid], len(next(r for r in records if r["id"] == sid)["numbers"])
+        assert want["failure_reason"] is None and want["steps"] > 5, sid
+        assert (result["steps"], result["converged"], result["failure_reason"]) == \
+            (want["steps"], want["converged"], want["failure_reason"]), sid
+        assert abs(result["energy_ev"] - want["energy_ev"]) / atoms * 1000 < 1e-6, sid
+        assert np.abs(np.subtract(result["positions"], want["positions"])).max() < 1e-8, sid
+        assert np.abs(np.subtract(result["cell"], want["cell"])).max() < 1e-8, sid
+        assert result["max_force_ev_per_a"] == pytest.approx(want["max_force_ev_per_a"], abs=1e-9)
+        assert result["max_atom_force_ev_per_a"] == pytest.approx(want["max_atom_force_ev_per_a"], abs=1e-9)
+    sizes = {len(ids) for ids in seen}
+    if batch_atoms == 30:
+        assert len(seen) > 3 and max(sizes) > 1  # structures joined a batch already running
+    if batch_atoms == 1:
+        assert max(sizes) == 1
+
+
+def test_the_step_cap_and_divergence_limit_are_the_sequential_engines(reference):
+    records, _ = reference
+    capped = {**PROTOCOL, "max_steps": 7}
+    want, got = sequential(records, capped), batched(records, capped, batch_atoms=40)
+    assert {s: (r["steps"], r["failure_reason"]) for s, r in got.items()} == \
+        {s: (r["steps"], r["failure_reason"]) for s, r in want.items()}
+    assert {r["failure_reason"] for r in got.values()} == {"not_converged"}
+    touchy = {**PROTOCOL, "divergence_limit_ev_per_a": 0.5}
+    want, got = sequential(records, touchy), batched(records, touchy, batch_atoms=40)
+    assert {s: (r["steps"], r["failure_reason"]) for s, r in got.items()} == \
+        {s: (r["steps"], r["failure_reason"]) for s, r in want.items()}
+    assert "diverged" in {r["failure_reason"] for r in got.values()}
+
+
+def test_a_failing_structure_leaves_its_batch_unharmed(reference):
+    records, expected = reference
+    silicon = record("si-3d", bulk("Si"))  # EMT has no silicon
+    plain = each_with_calculator(EMT())
+
+    def flaky(frames):  # the CO molecule's forces come back NaN
+        return [(o[0], o[1] * np.nan, o[2]) if not isinstance(o, Exception) and _poisoned(frame) else o
+                for frame, o in zip(frames, plain(frames))]
+
+    got = batched([silicon, *records], evaluate=flaky, batch_atoms=10_000)
+    assert got["si-3d"]["failure_reason"] == "model_error" and "Si" in got["si-3d"]["error"]
+    assert got["co-0d"]["failure_reason"] == "model_error" and "non-finite" in got["co-0d"]["error"]
+    for sid in expected:
+        if sid != "co-0d":
+            assert got[sid]["steps"] == expected[sid]["steps"], sid
+
+
+def _poisoned(atoms: Atoms) -> bool:
+    return atoms.get_chemical_formula() == "CO"
+
+
+def test_a_structure_over_its_time_limit_is_a_timeout(reference):
+    records, _ = reference
+    got = batched(records[:2], timeout_s=1e-9)
+    assert {r["failure_reason"] for r in got.values()} == {"timeout"}
+
+
+def write_shard(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_the_entrypoint_writes_the_same_lines_with_either_engine(tmp_path, reference):
+    records, _ = reference
+    shard = tmp_path / "shard-0000.jsonl"
+    write_shard(shard, records[:5])
+    lines = {}
+    for engine in ("ase", "batched"):
+        job = {"calculator": "emt", "options": {}, "device": "cpu", "batch_atoms": 25,
+               "protocol": {**PROTOCOL, **({"engine": engine} if engine == "batched" else {})}}
+        out = tmp_path / f"{engine}.jsonl"
+        assert entrypoint(["--job", json.dumps(job), "--shard", str(shard), "--out", str(out)]) == 0
+        lines[engine] = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert lines["ase"].keys() == lines["batched"].keys()
+    for sid, want in lines["ase"].items():
+        got = lines["batched"][sid]
+        assert set(got) == set(want)
+        assert got["steps"] == want["steps"] and np.allclose(got["positions"], want["positions"], atol=1e-8)
+
+
+def test_crashed_structures_relax_alone_first_and_a_second_crash_is_a_model_error(tmp_path, reference):
+    records, _ = reference
+    shard = tmp_path / "shard-0000.jsonl"
+    write_shard(shard, records[:4])
+    out = tmp_path / "out.jsonl"
+    # the last worker died with two structures in flight; one of them had killed one before
+    (tmp_path / "out.crashed").write_text(f"{records[0]['id']}\n{records[1]['id']}\n{records[1]['id']}\n")
+    job = {"calculator": "emt", "options": {}, "device": "cpu", "batch_atoms": 10_000,
+           "protocol": {**PROTOCOL, "engine": "batched"}}
+    assert entrypoint(["--job", json.dumps(job), "--shard", str(shard), "--out", str(out)]) == 0
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    order = [r["id"] for r in results]
+    assert order[0] == records[1]["id"] and results[0]["failure_reason"] == "model_error"
+    assert order[1] == records[0]["id"] and results[1]["failure_reason"] is None  # alone, first
+    assert sorted(order[2:]) == sorted(r["id"] for r in records[2:4])
+    assert (tmp_path / "out.inflight").read_text() == ""
+
+
+def test_the_engine_is_part_of_the_run_identity_and_batched_runs_the_paper_protocol_only():
+    from orchestrator.errors import BenchError
+    from orchestrator.manifest import load
+
+    manifest = Path(__file__).resolve().parent.parent / "benchmark.yaml"
+    reference_engine = load(manifest).relaxation_protocol()
+    assert "engine" not in reference_engine  # run folders of the reference engine keep their names
+    assert load(manifest, {"engine": "batched"}).relaxation_protocol() == {**reference_engine, "engine": "batched"}
+    with pytest.raises(BenchError, match="engine batched relaxes protocol.variant paper only"):
+        load(manifest, {"engine": "batched", "protocol.variant": "authors"})
+    with pytest.raises(BenchError, match="engine must be one of ase, batched"):
+        load(manifest, {"engine": "torchsim"})

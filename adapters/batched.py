@@ -237,7 +237,7 @@ def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, batc
             member = batch.members[k]
             atoms = structure_from_record({**member.record, "positions": positions[k, :member.n],
                                            "cell": cells[k], "pbc": member.pbc})
-            atoms.info["needs_stress"] = bool(member.mask.any())
+            atoms.info.update(id=member.record["id"], needs_stress=bool(member.mask.any()))
             frames.append(atoms)
         outputs = evaluate(frames)
         forces = np.zeros_like(batch.x_atoms)

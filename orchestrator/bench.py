@@ -193,7 +193,8 @@ def make_scheduler(manifest: Manifest, client, run_dir: Path):
                                    image_dir, pids=manifest["worker_pids"])
         return scheduler, [task_slot(settings, manifest["worker_pids"])]
     slots = device_slots(manifest["devices"], manifest["workers_per_device"], manifest["threads_per_worker"],
-                         memory_gb=manifest["worker_memory_gb"], pids=manifest["worker_pids"])
+                         memory_gb=manifest["worker_memory_gb"], pids=manifest["worker_pids"],
+                         batched=manifest["engine"] == "batched")
     return Scheduler(client, slots, run_dir, cache_dir / "weights", manifest["max_worker_retries"],
                      stall_timeout_s=manifest.stall_timeout_s()), slots
 

@@ -79,12 +79,13 @@ def host_memory_bytes() -> int:
 
 def device_slots(devices, workers_per_device: int | None, threads_per_worker: int | None,
                  cpu_count: int | None = None, gpus=host_gpus, memory_gb: float | None = None,
-                 pids: int = 4096) -> list[Slot]:
+                 pids: int = 4096, batched: bool = False) -> list[Slot]:
     """Slots for devices = "cpu" | "all" | [gpu indices]: workers_per_device per device
-    (None: one per core on the CPU, since ASE's per-step Python and the cell filter are
-    serial work; one per GPU), each with threads_per_worker threads (None: the cores
-    shared equally), memory_gb (None: the host's memory shared equally) and at most
-    `pids` processes and threads."""
+    (None: one per core on the CPU for the sequential engine, since ASE's per-step Python
+    and the cell filter are serial work; one per GPU, and one for the CPU too when
+    `batched`: a batch keeps the model's threads busy), each with threads_per_worker
+    threads (None: the cores shared equally), memory_gb (None: the host's memory shared
+    equally) and at most `pids` processes and threads."""
     if devices == "cpu":
         owners = [None]
     else:
@@ -98,7 +99,7 @@ def device_slots(devices, workers_per_device: int | None, threads_per_worker: in
             raise BenchError(f"devices: GPU {', '.join(map(str, absent))} not found (nvidia-smi reports "
                              f"{', '.join(map(str, present)) or 'no GPU'}); set GPUS to those, or cpu")
     cores = cpu_count or os.cpu_count() or 1
-    workers_per_device = workers_per_device or (cores if devices == "cpu" else 1)
+    workers_per_device = workers_per_device or (cores if devices == "cpu" and not batched else 1)
     count = len(owners) * workers_per_device
     threads = threads_per_worker or max(1, cores // count)
     memory = int(memory_gb * 1024**3) if memory_gb else host_memory_bytes() // count

@@ -16,6 +16,9 @@ def test_by_default_a_cpu_runs_one_single_threaded_worker_per_core_and_a_gpu_one
         [("cpu-0", 1), ("cpu-1", 1), ("cpu-2", 1)]
     assert [(s.name, s.threads) for s in device_slots([0, 1], None, None, cpu_count=16, gpus=lambda: [0, 1])] == \
         [("gpu0-0", 8), ("gpu1-0", 8)]
+    # the batched engine: one worker with every core on the CPU, still one per GPU
+    assert [(s.name, s.threads) for s in device_slots("cpu", None, None, cpu_count=3, batched=True)] == [("cpu-0", 3)]
+    assert len(device_slots([0, 1], None, None, cpu_count=16, gpus=lambda: [0, 1], batched=True)) == 2
 
 
 def test_cpu_slots_share_the_cores():

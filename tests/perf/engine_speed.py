@@ -1,0 +1,163 @@
+"""The batched engine against the sequential one, same model, same structures, same
+machine: agreement (steps, converged, energies) and speed (structures/s, µs per atom
+per step). A benchmark script, not a test.
+
+    python tests/perf/engine_speed.py --model sevennet-0 --structures 100   # in the model's image
+    python tests/perf/engine_speed.py --model emt --structures 20
+
+On the host it runs itself inside the model's image (built if needed) with the
+container's network off; `--inside` is that second half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: Mounted as /perf.py in the container: the repository is only known on the host.
+REPO = Path(__file__).resolve().parents[2] if len(Path(__file__).resolve().parents) > 2 else None
+SAMPLE = REPO.parent / "shared" / "data" / "alexandria-pbe-3d-sample200.json.bz2" if REPO else None
+PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "fmax_ev_per_a": 0.04, "max_steps": 15000,
+            "divergence_limit_ev_per_a": 10000.0, "cell_filter": "FrechetCellFilter"}
+
+
+def compare(records: list[dict], family: str, options: dict, device: str, batch_atoms: int) -> dict:
+    """Relax `records` with both engines in this process; per-structure pairs and timings."""
+    from adapters.batched import relax_batched
+    from adapters.calculators import make_calculator, make_evaluator
+    from adapters.relax import relax_record
+
+    calculator = make_calculator(family, device, options)
+    relax_record(records[0], calculator, PROTOCOL)  # warm-up: lazy initialisation is no one's cost
+    start = time.perf_counter()
+    sequential = {r["id"]: relax_record(r, calculator, PROTOCOL) for r in records}
+    sequential_s = time.perf_counter() - start
+    evaluate = make_evaluator(family, device, options)
+    relax_batched(records[:1], evaluate, PROTOCOL, lambda sid, result: None, batch_atoms=batch_atoms)
+    batched = {}
+    start = time.perf_counter()
+    relax_batched(records, evaluate, PROTOCOL, lambda sid, result: batched.__setitem__(sid, result),
+                  batch_atoms=batch_atoms)
+    batched_s = time.perf_counter() - start
+    atoms = {r["id"]: len(r["numbers"]) for r in records}
+    pairs = [{"id": sid, "atoms": atoms[sid], **{f"{k}_seq": sequential[sid].get(k) for k in ("steps", "converged", "energy_ev")},
+              **{f"{k}_bat": batched[sid].get(k) for k in ("steps", "converged", "energy_ev")}} for sid in sequential]
+    return {"pairs": pairs, "sequential_s": sequential_s, "batched_s": batched_s}
+
+
+def summarize(outcome: dict) -> str:
+    pairs = outcome["pairs"]
+    n = len(pairs)
+    same_flag = sum(p["converged_seq"] == p["converged_bat"] for p in pairs)
+    close_steps = sum(abs(p["steps_seq"] - p["steps_bat"]) <= max(2, 0.02 * p["steps_seq"]) for p in pairs)
+    both = [p for p in pairs if p["energy_ev_seq"] is not None and p["energy_ev_bat"] is not None]
+    close_energy = sum(abs(p["energy_ev_seq"] - p["energy_ev_bat"]) / p["atoms"] * 1000 <= 1.0 for p in both)
+    lines = ["| agreement | structures | share |", "| --- | --- | --- |",
+             f"| converged flag identical | {same_flag}/{n} | {same_flag / n:.1%} |",
+             f"| abs(Δsteps) ≤ max(2, 2 %) | {close_steps}/{n} | {close_steps / n:.1%} |",
+             f"| abs(ΔE) ≤ 1 meV/atom | {close_energy}/{len(both)} | {close_energy / max(1, len(both)):.1%} |", ""]
+    rows = []
+    for engine in ("seq", "bat"):
+        seconds = outcome["sequential_s" if engine == "seq" else "batched_s"]
+        atom_steps = sum(p["atoms"] * max(1, p[f"steps_{engine}"]) for p in pairs)
+        rows.append((("sequential (ASE)" if engine == "seq" else "batched"), seconds, n / seconds, seconds / atom_steps * 1e6))
+    lines += ["| engine | wall s | structures/s | µs per atom per step |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {s:.1f} | {rate:.2f} | {us:.0f} |" for name, s, rate, us in rows]
+    lines += ["", f"speed-up: {rows[0][1] / rows[1][1]:.1f}x"]
+    return "\n".join(lines)
+
+
+def emt_records(count: int) -> list[dict]:
+    """Structures EMT knows, of every dimensionality, 1 to 32 atoms, rattled reproducibly."""
+    from ase import Atoms
+    from ase.build import bulk, fcc111
+
+    from orchestrator.shards import structure_record
+
+    metals = ["Cu", "Al", "Ni", "Ag", "Au", "Pd", "Pt"]
+    records = []
+    for k in range(count):
+        metal, kind = metals[k % len(metals)], k % 4
+        if kind == 0:
+            atoms = bulk(metal, cubic=True).repeat((1 + k % 2, 1 + k % 3 // 2, 1))
+        elif kind == 1:
+            atoms = fcc111(metal, (2, 2, 2 + k % 2), vacuum=7.0)
+        elif kind == 2:
+            atoms = Atoms(metal * 3, positions=[[2.6 * i, 0, 0] for i in range(3)], cell=[7.8, 15, 15])
+            atoms.center(axis=(1, 2))
+        else:
+            atoms = Atoms(metal * 4, positions=[[0, 0, 0], [2.5, 0, 0], [1.25, 2.2, 0], [1.25, 0.7, 2.1]],
+                          cell=[15, 15, 15])
+            atoms.center()
+        atoms.pbc = True
+        atoms.rattle(0.05, seed=k)
+        atoms.info.update(id=f"emt-{k:04d}", dimension=f"{3 - kind}D")
+        records.append(structure_record(atoms))
+    return records
+
+
+def sample_records(count: int) -> list[dict]:
+    from orchestrator.datasets import load_dataset
+    from orchestrator.shards import structure_record
+
+    dataset = load_dataset(str(SAMPLE), {}, Path("/tmp"))
+    return [structure_record(atoms) for atoms in dataset.structures[:count]]
+
+
+def run_in_image(image: str, job: dict, records: list[dict], threads: int, batch_atoms: int) -> dict:
+    """compare() inside the model's image, its network off; the outcome, parsed."""
+    with tempfile.TemporaryDirectory() as work:
+        Path(work, "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        command = ["docker", "run", "--rm", "--network", "none", "-e", f"ENGINE_SPEED_JOB={json.dumps(job)}",
+                   "-e", "PYTHONPATH=/opt/umlip-0123d", "-e", f"OMP_NUM_THREADS={threads}",
+                   "-e", "OPENBLAS_NUM_THREADS=1", "-v", f"{work}:/work:ro",
+                   "-v", f"{Path(__file__).resolve()}:/perf.py:ro", image,
+                   "python", "/perf.py", "--inside", "/work/records.jsonl", "--batch-atoms", str(batch_atoms)]
+        done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sevennet-0")
+    parser.add_argument("--structures", type=int, default=100)
+    parser.add_argument("--data", choices=("sample", "emt"), default="sample",
+                        help="the shared Alexandria 3D sample, or structures of every dimensionality EMT knows")
+    parser.add_argument("--batch-atoms", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)  # records file, in the container
+    args = parser.parse_args()
+    if args.inside:
+        job = json.loads(os.environ["ENGINE_SPEED_JOB"])
+        records = [json.loads(line) for line in args.inside.read_text().splitlines()]
+        outcome = compare(records, job["calculator"], job["options"], "cpu", args.batch_atoms)
+        print(json.dumps(outcome))
+        return
+
+    sys.path.insert(0, str(REPO))
+    import docker
+
+    from orchestrator.images import ImageBuilder, discover_models
+    from orchestrator.manifest import load
+
+    model = discover_models()[args.model]
+    image = ImageBuilder.from_manifest(docker.from_env(), load(REPO / "benchmark.yaml")).model(model)
+    outcome = run_in_image(image, {"calculator": model.calculator, "options": model.options},
+                           (emt_records if args.data == "emt" else sample_records)(args.structures),
+                           args.threads, args.batch_atoms)
+    data = SAMPLE.name if args.data == "sample" else "EMT metals (0D-3D)"
+    print(f"{args.model}, {args.structures} structures of {data}, {args.threads} thread(s), "
+          f"batch_atoms {args.batch_atoms}, image {image}")
+    print(summarize(outcome))
+
+
+if __name__ == "__main__":
+    main()

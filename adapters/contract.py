@@ -6,6 +6,12 @@ the energy by central finite differences (this catches unit slips such as a stre
     python -m adapters.contract --job JOB_JSON   ->  one JSON report on stdout, exit 0 if passed
 
 JOB_JSON: calculator, options, device, forces ("conservative" or "direct").
+
+    python -m adapters.contract --job JOB_JSON --make-checkpoint PATH
+
+writes the family's stand-in checkpoint (``make_test_checkpoint`` of its factory: the
+package's own constructor, random weights, the package's own file format) for a model
+whose real checkpoint cannot be had, and prints the options to use with it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk, graphene, molecule
 
-from adapters.calculators import make_calculator
+from adapters.calculators import family_module, make_calculator
 
 #: Displacement (Å) and strain of the central differences.
 STEP_A, STEP_STRAIN = 1e-3, 1e-4
@@ -111,7 +117,16 @@ def check(job: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="JSON: calculator, options, device, forces")
-    report = check(json.loads(parser.parse_args(argv).job))
+    parser.add_argument("--make-checkpoint", metavar="PATH",
+                        help="instead: write the family's stand-in checkpoint (made with the package's own "
+                             "constructor) to PATH and print the options to use with it")
+    args = parser.parse_args(argv)
+    job = json.loads(args.job)
+    if args.make_checkpoint:
+        options = {k: v for k, v in job.get("options", {}).items() if k != "checkpoint"}
+        print(json.dumps(family_module(job["calculator"]).make_test_checkpoint(args.make_checkpoint, **options)))
+        return 0
+    report = check(job)
     print(json.dumps(report))
     return 0 if report["passed"] else 1
 

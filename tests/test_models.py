@@ -1,9 +1,7 @@
 """Model images beyond the pipeline's own: each factory loads an explicit checkpoint from
 the read-only weights mount, in a worker with no network, and returns finite numbers."""
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import docker.errors
@@ -36,15 +34,13 @@ def relax_in_worker(docker_client, image: str, model: str, options: dict, work: 
     return [json.loads(line) for line in job.out.read_text().splitlines()]
 
 
-def file_from_image(docker_client, image: str, path: str) -> bytes:
-    """A file's bytes out of an image (through the engine's archive API: logs would mangle binary)."""
-    container = docker_client.containers.create(image)
-    try:
-        stream, _ = container.get_archive(path)
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
-            return archive.extractfile(archive.getmembers()[0]).read()
-    finally:
-        container.remove(force=True)
+def make_stand_in(docker_client, image: str, spec: dict, folder: Path, name: str) -> dict:
+    """The family's stand-in checkpoint (adapters.contract --make-checkpoint) written into
+    folder/name by the image, with no network; the options to use with it."""
+    out = docker_client.containers.run(
+        image, ["python", "-m", "adapters.contract", "--job", json.dumps(spec), "--make-checkpoint", f"/w/{name}"],
+        remove=True, network_mode="none", volumes={str(folder): {"bind": "/w", "mode": "rw"}})
+    return json.loads(out.decode().strip().splitlines()[-1])
 
 
 def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(docker_client, model_image,
@@ -52,11 +48,10 @@ def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(
     image = model_image("sevennet-mf-ompa")
     # SevenNet-MF-0, the multi-fidelity checkpoint inside the wheel, stands in for the MF-ompa file:
     # the same loader and modal selection; its fidelities are PBE and R2SCAN (MF-ompa's: mpa, omat24)
-    wheel_file = "/opt/venv/lib/python3.11/site-packages/sevenn/pretrained_potentials/SevenNet_MF_0/" \
-                 "checkpoint_sevennet_mf_0.pth"
     folder = tmp_path / "weights" / "sevennet-mf-ompa"
     folder.mkdir(parents=True)
-    (folder / "checkpoint_sevennet_mf_ompa.pth").write_bytes(file_from_image(docker_client, image, wheel_file))
+    spec = {"calculator": "sevennet", "options": {"modal": "mpa"}}
+    assert make_stand_in(docker_client, image, spec, folder, "checkpoint_sevennet_mf_ompa.pth") == {"modal": "PBE"}
     checkpoint = "/cache/sevennet-mf-ompa/checkpoint_sevennet_mf_ompa.pth"
     energies = {}
     for modal in ("PBE", "R2SCAN"):
@@ -75,38 +70,15 @@ def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(
                         tmp_path / "typo", tmp_path / "weights", bulk("Si", "diamond", 5.43))
 
 
-#: A small MACE built with mace's own constructor and saved the way its .model files are
-#: (a pickled module), in float64, for the elements of the contract and the sample's first crystals.
-MAKE_MACE = r"""
-import sys
-import numpy as np
-import torch
-from mace import modules, tools  # first: it lets torch.load read e3nn's own constants
-from e3nn import o3
-
-torch.set_default_dtype(torch.float64)
-torch.manual_seed(0)
-table = tools.AtomicNumberTable(list(range(1, 90)))
-block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-model = modules.ScaleShiftMACE(
-    r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block,
-    interaction_cls_first=block, num_interactions=2, num_elements=len(table),
-    hidden_irreps=o3.Irreps("8x0e + 8x1o"), MLP_irreps=o3.Irreps("8x0e"), gate=torch.nn.functional.silu,
-    atomic_energies=np.full(len(table), -1.0), avg_num_neighbors=10.0, atomic_numbers=table.zs, correlation=2,
-    radial_type="bessel", atomic_inter_scale=0.1, atomic_inter_shift=0.0)
-torch.save(model, sys.argv[1])
-"""
-
-
 @pytest.fixture(scope="module")
 def mace_weights(docker_client, model_image, tmp_path_factory):
-    """A weights cache pre-seeded with a MACE checkpoint made in the image, under the MPA-0 file name."""
+    """A weights cache pre-seeded with a MACE checkpoint made in the image by mace's own constructor
+    (adapters.calculators.mace.make_test_checkpoint), under the MPA-0 file name."""
     image = model_image("mace-mpa-0")
     cache = tmp_path_factory.mktemp("mace-cache")
     folder = cache / "weights" / "mace-mpa-0"
     folder.mkdir(parents=True)
-    docker_client.containers.run(image, ["python", "-c", MAKE_MACE, "/w/mace-mpa-0-medium.model"], remove=True,
-                                 network_mode="none", volumes={str(folder): {"bind": "/w", "mode": "rw"}})
+    make_stand_in(docker_client, image, {"calculator": "mace", "options": {}}, folder, "mace-mpa-0-medium.model")
     return image, cache
 
 
@@ -152,25 +124,6 @@ def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weight
     assert provenance["packages"]["mace-torch"] == "0.3.16"
 
 
-#: Orb models with random weights, built by orb-models' own architecture functions and saved as
-#: its checkpoints are (a state dict), under each model's file name.
-MAKE_ORB = r"""
-import sys
-import torch
-from orb_models.forcefield import pretrained
-from orb_models.forcefield.atomic_system import SystemConfig
-
-torch.manual_seed(0)
-build = {"orb_v2": lambda: pretrained.orb_v2_architecture(
-             device="cpu", system_config=SystemConfig(radius=6.0, max_num_neighbors=20)),
-         "orb_v3_conservative_inf_mpa": lambda: pretrained.orb_v3_conservative_architecture(
-             device="cpu", system_config=SystemConfig(radius=6.0, max_num_neighbors=120)),
-         "orb_v3_direct_inf_mpa": lambda: pretrained.orb_v3_direct_architecture(
-             device="cpu", system_config=SystemConfig(radius=6.0, max_num_neighbors=120))}
-torch.save(build[sys.argv[1]]().state_dict(), sys.argv[2])
-"""
-
-
 @pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa"])
 def test_orb_contract_with_checkpoints_made_by_orb_models(docker_client, model_image, tmp_path, folder):
     from orchestrator.images import discover_models
@@ -180,8 +133,8 @@ def test_orb_contract_with_checkpoints_made_by_orb_models(docker_client, model_i
     weights = tmp_path / "weights" / folder
     weights.mkdir(parents=True)
     checkpoint = model.weights[0]["file"]
-    docker_client.containers.run(image, ["python", "-c", MAKE_ORB, model.options["model"], f"/w/{checkpoint}"],
-                                 remove=True, network_mode="none", volumes={str(weights): {"bind": "/w", "mode": "rw"}})
+    # random weights in orb-models' own architecture and file format (adapters.calculators.orb)
+    make_stand_in(docker_client, image, {"calculator": "orb", "options": model.options}, weights, checkpoint)
     job = Job(model=folder, image=image, shard=tmp_path / "shards" / "shard-0000.jsonl", out_dir=tmp_path, job={})
     (tmp_path / "shards").mkdir()
     prepare_worker_files(job)

@@ -62,3 +62,19 @@ def make_batched(device: str, model: str = "7net-0", modal: str | None = None, c
         return outputs
 
     return evaluate
+
+
+def make_test_checkpoint(path: str, modal: str | None = None, **options) -> dict:
+    """The stand-in for a checkpoint that cannot be had here: SevenNet-MF-0, the
+    multi-fidelity checkpoint inside the wheel (the same loader and fidelity selection),
+    predicting its PBE fidelity, or 7net-0 for a single-fidelity model."""
+    import shutil
+    from pathlib import Path
+
+    import sevenn
+
+    wheel = Path(sevenn.__file__).parent / "pretrained_potentials"
+    source = wheel / "SevenNet_MF_0" / "checkpoint_sevennet_mf_0.pth" if modal else \
+        wheel / "SevenNet_0__11Jul2024" / "checkpoint_sevennet_0.pth"
+    shutil.copyfile(source, path)
+    return {"modal": "PBE"} if modal else {}

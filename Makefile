@@ -4,6 +4,7 @@
 # make weights MODEL=mace                      download a model's weights into the cache (once)
 # make report                                  reports of every finished run + leaderboard
 # make test                                    unit tests and Docker integration tests
+# make test-zoo                                every model image from a clean cache: build, contract, one relaxation
 # make perf                                    pipeline overhead vs a plain ASE loop (CHGNet, 50 structures)
 # make perf-engine MODEL=sevennet-0 N=100      batched engine vs sequential ASE: agreement and speed
 
@@ -15,7 +16,7 @@ BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASE
              $(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(BACKEND),--backend $(BACKEND)) \
              $(if $(ENGINE),--engine $(ENGINE))
 
-.PHONY: bench build weights report test test-unit perf perf-engine doctor models clean-venv
+.PHONY: bench build weights report test test-unit test-zoo perf perf-engine doctor models clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,9 @@ models: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-zoo: $(VENV)/.installed
+	$(PY) -m orchestrator zoo $(if $(MODEL),--models $(MODEL))
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -m "not docker and not slurm" $(PYTEST_ARGS)

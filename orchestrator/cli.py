@@ -142,6 +142,16 @@ def _built_models() -> set[str]:
     return {image.labels.get(f"{LABEL}.model") for image in client.images.list(filters={"label": f"{LABEL}.model"})}
 
 
+def cmd_zoo(args) -> None:
+    from orchestrator.bench import pick_models
+    from orchestrator.images import discover_models
+    from orchestrator.zoo import zoo
+
+    manifest = load(args.manifest, overrides_from(args))
+    models = pick_models(manifest, args.models) if args.models else list(discover_models().values())
+    print(zoo(manifest, models, keep=args.keep))
+
+
 def cmd_doctor(args) -> None:
     from orchestrator.doctor import doctor
 
@@ -175,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         common(p)
         p.set_defaults(func=func)
+    p = sub.add_parser("zoo", help="build every model image from a clean cache, check each, print a table")
+    common(p)
+    p.add_argument("--keep", action="store_true", help="keep the images (default: removed after their check)")
+    p.set_defaults(func=cmd_zoo)
     p = sub.add_parser("report", help="reports of every finished run and the leaderboard")
     common(p, selection=False)
     p.set_defaults(func=cmd_report)

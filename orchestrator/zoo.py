@@ -1,0 +1,171 @@
+"""`zoo` (make test-zoo): build every model image from a clean Docker cache, one at a
+time, check each, and print a table.
+
+Per model: its images and the engine's build cache are removed, the image is built
+(timed), the Python, torch and package versions are read from it, the contract runs in
+a worker with no network (adapters.contract: finite energy, forces and stress on a
+crystal, a layer and a molecule; finite-difference forces and stress for conservative
+models) and one structure of the shipped sample relaxes through `bench`. The weights
+are the real ones where the cache has them, else the family's stand-in checkpoint made
+in the image with the package's own constructor. The image is then removed (disk is
+finite) unless --keep. A folder with a CANNOT_BUILD.md is reported with its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator import provenance
+from orchestrator.engine import console, docker_client
+from orchestrator.images import IMAGE_PREFIX, REPO, ImageBuilder, Model
+from orchestrator.manifest import Manifest
+from orchestrator.scheduler import (CACHE_MOUNT, Job, container_kwargs, device_slots, prepare_worker_files,
+                                    worker_user)
+from orchestrator.weights import missing_weights, weights_folder
+
+#: A model folder with this file cannot be built here; its first line says why.
+CANNOT_BUILD = "CANNOT_BUILD.md"
+COLUMNS = ("model", "paper_tag", "result", "build_s", "size_gb", "python", "torch", "packages", "checkpoint",
+           "contract", "bench", "note")
+
+
+def remove_model_images(client, name: str | None = None) -> None:
+    """Every image of the model (or of every model and the runtime), and the build cache."""
+    for image in client.images.list(name=f"{IMAGE_PREFIX}/{name}" if name else None):
+        if any(tag.startswith(f"{IMAGE_PREFIX}/") for tag in image.tags):
+            client.images.remove(image.id, force=True)
+    client.api.prune_builds(all=True)
+
+
+def run_in_worker(client, image: str, model: Model, weights: Path, command: list[str], work: Path,
+                  writable: bool = False) -> str:
+    """`command` in a least-privilege worker of the image (no network, the weights folder at
+    /cache, read-only unless `writable`: making a stand-in); its stdout."""
+    job = Job(model=model.name, image=image, shard=work / "shards" / "shard-0000.jsonl", out_dir=work / "out", job={})
+    job.shard.parent.mkdir(parents=True, exist_ok=True)
+    prepare_worker_files(job)
+    kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "zoo", weights)
+    kwargs["command"] = command
+    if writable:
+        kwargs["volumes"][str(weights)]["mode"] = "rw"
+    return client.containers.run(remove=True, **kwargs).decode()
+
+
+def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest, keep: bool) -> dict:
+    row = {"model": model.name, "paper_tag": model.paper_tag or "-"}
+    reason = model.folder / CANNOT_BUILD
+    if reason.exists():
+        return {**row, "result": "cannot build here", "note": reason.read_text().strip().splitlines()[0]}
+    remove_model_images(client, model.name)
+    start = time.monotonic()
+    try:
+        image = builder.model(model)
+    except Exception as exc:  # noqa: BLE001 - the table says what failed; the zoo goes on
+        return {**row, "result": "build failed", "build_s": round(time.monotonic() - start),
+                "note": str(exc).splitlines()[0][:200]}
+    row["build_s"] = round(time.monotonic() - start)
+    row["size_gb"] = round(client.images.get(image).attrs["Size"] / 1e9, 2)
+    versions = provenance.image_versions(client, image, sorted({*model.packages, "torch"}))
+    row["python"], row["torch"] = versions["python"], versions["packages"].get("torch") or "-"
+    row["packages"] = " ".join(f"{k}={v}" for k, v in versions["packages"].items() if k not in ("torch", "ase", "numpy"))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        cache = work / "cache"
+        (cache / "weights").mkdir(parents=True)
+        options, overrides = dict(model.options), {}
+        real = manifest.path_setting("cache_dir") / "weights"
+        if model.weights and not missing_weights(model, real):
+            shutil.copytree(weights_folder(real, model), weights_folder(cache / "weights", model))
+            row["checkpoint"] = "real"
+        elif model.weights:
+            folder = weights_folder(cache / "weights", model)
+            folder.mkdir(parents=True)
+            os.chown(folder, *worker_user())
+            spec = {"calculator": model.calculator, "options": options}
+            output = run_in_worker(client, image, model, cache / "weights",
+                                   ["python", "-m", "adapters.contract", "--job", json.dumps(spec),
+                                    "--make-checkpoint", f"{CACHE_MOUNT}/{model.name}/{model.weights[0]['file']}"],
+                                   work / "make", writable=True)
+            overrides = json.loads(output.strip().splitlines()[-1])
+            row["checkpoint"] = "stand-in" + (f" with {json.dumps(overrides)}" if overrides else "")
+        else:
+            row["checkpoint"] = "none needed"
+        if model.weights:
+            options.update(overrides, checkpoint=f"{CACHE_MOUNT}/{model.name}/{model.weights[0]['file']}")
+        spec = {"calculator": model.calculator, "options": options, "device": "cpu",
+                "forces": model.forces or "conservative"}
+        try:
+            report = json.loads(run_in_worker(client, image, model, cache / "weights",
+                                              ["python", "-m", "adapters.contract", "--job", json.dumps(spec)],
+                                              work / "contract").strip().splitlines()[-1])
+            row["contract"] = "passed" if report["passed"] else f"FAILED {json.dumps(report)[:150]}"
+        except Exception as exc:  # noqa: BLE001 - a contract that crashes is a failed contract
+            row["contract"] = f"FAILED {str(exc).splitlines()[-1][:150]}"
+        # bench runs model.yaml's options: not with a stand-in that needs others
+        row["bench"] = "skipped: the stand-in needs other options" if overrides else \
+            bench_one(model, cache, work / "results")
+    row["result"] = "ok" if row["contract"] == "passed" and not row["bench"].startswith("FAILED") else "FAILED"
+    if not keep:
+        remove_model_images(client, model.name)
+    return row
+
+
+def bench_one(model: Model, cache: Path, results: Path) -> str:
+    """One sample structure through `python -m orchestrator bench`, network off in the worker."""
+    command = [sys.executable, "-m", "orchestrator", "bench", "--models", model.name, "--dataset", "sample",
+               "--limit", "1", "--gpus", "cpu", "--set", f"cache_dir={cache}", "--set", f"results_dir={results}",
+               "--set", "protocol.max_steps=60"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode:
+        return f"FAILED (exit {done.returncode}): {done.stderr.strip().splitlines()[-1][:150]}"
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    with (run_dir / "results.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    return "relaxed" if row["failure_reason"] in ("", "not_converged") and row["energy_ev"] else \
+        f"FAILED: {row['failure_reason']}"
+
+
+def zoo(manifest: Manifest, models: list[Model], keep: bool = False) -> Path:
+    client = docker_client()
+    builder = ImageBuilder.from_manifest(client, manifest, echo=console.print)
+    console.print("removing every model image and the build cache: each image builds from a clean cache")
+    remove_model_images(client)
+    start = time.monotonic()
+    runtime = builder.runtime()
+    rows = [{"model": "(runtime)", "paper_tag": "-", "result": "ok", "build_s": round(time.monotonic() - start),
+             "size_gb": round(client.images.get(runtime).attrs["Size"] / 1e9, 2), "note": runtime}]
+    for model in models:
+        console.print(f"[bold]{model.name}[/bold]")
+        rows.append(check_model(client, builder, model, manifest, keep))
+        console.print(rows[-1])
+    out = manifest.path_setting("results_dir") / f"zoo-{provenance.now()[:19].replace(':', '')}"
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "zoo.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in COLUMNS} for row in rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(row.get(k, "")) for k in COLUMNS) + " |" for row in rows]
+    (out / "zoo.md").write_text("\n".join(lines) + "\n")
+    print_table(rows)
+    console.print(f"zoo table: {out / 'zoo.md'}")
+    return out
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="model zoo: each image from a clean build cache")
+    for column in COLUMNS:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row.get(k, "")) for k in COLUMNS))
+    console.print(table)

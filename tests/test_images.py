@@ -111,8 +111,10 @@ def test_make_models_says_what_is_present_and_what_the_user_supplies(tmp_path, m
     assert main(["models", "--manifest", str(manifest)]) == 0
     rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
             for line in out.getvalue().splitlines() if line.startswith("│")}
-    assert rows["mace-mpa-0"][0] == "MACE" and rows["mace-mpa-0"][4] == "missing"
-    assert rows["sevennet-mf-ompa"][0] == "SevenNet" and rows["chgnet"][4] == "none needed"
+    weights, batched = 5, 3  # columns after the model's
+    assert rows["mace-mpa-0"][0] == "MACE" and rows["mace-mpa-0"][weights] == "missing"
+    assert rows["sevennet-mf-ompa"][0] == "SevenNet" and rows["chgnet"][weights] == "none needed"
+    assert rows["sevennet-0"][batched] == "yes" and rows["chgnet"][batched] == "no (one by one)"
     (tmp_path / "cache" / "weights" / "mace-mpa-0").mkdir(parents=True)
     (tmp_path / "cache" / "weights" / "mace-mpa-0" / "mace-mpa-0-medium.model").write_bytes(b"x")
     out.seek(0)

@@ -5,7 +5,7 @@ Per model: its images and the engine's build cache are removed, the image is bui
 (timed), the Python, torch and package versions are read from it, the contract runs in
 a worker with no network (adapters.contract: finite energy, forces and stress on a
 crystal, a layer and a molecule; finite-difference forces and stress for conservative
-models) and one structure of the shipped sample relaxes through `bench`. The weights
+models) and the contract's copper crystal relaxes through `bench`. The weights
 are the real ones where the cache has them, else the family's stand-in checkpoint made
 in the image with the package's own constructor. The image is then removed (disk is
 finite) unless --keep. A folder with a CANNOT_BUILD.md is reported with its reason.
@@ -119,10 +119,21 @@ def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest,
 
 
 def bench_one(model: Model, cache: Path, results: Path) -> str:
-    """One sample structure through `python -m orchestrator bench`, network off in the worker."""
-    command = [sys.executable, "-m", "orchestrator", "bench", "--models", model.name, "--dataset", "sample",
-               "--limit", "1", "--gpus", "cpu", "--set", f"cache_dir={cache}", "--set", f"results_dir={results}",
-               "--set", "protocol.max_steps=60"]
+    """The contract's copper crystal (every model, EMT included, knows copper) through
+    `python -m orchestrator bench`, network off in the worker."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from adapters.contract import structures
+
+    crystal = structures()["bulk Cu"]
+    crystal.info["mat_id"] = "zoo-cu"
+    crystal.calc = SinglePointCalculator(crystal, energy=-3.7 * len(crystal))  # a reference energy to score
+    results.mkdir(parents=True, exist_ok=True)
+    write(results / "zoo-cu.extxyz", crystal, format="extxyz")
+    command = [sys.executable, "-m", "orchestrator", "bench", "--models", model.name,
+               "--dataset", str(results / "zoo-cu.extxyz"), "--gpus", "cpu", "--set", f"cache_dir={cache}",
+               "--set", f"results_dir={results}", "--set", "protocol.max_steps=60"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if done.returncode:
         return f"FAILED (exit {done.returncode}): {done.stderr.strip().splitlines()[-1][:150]}"

@@ -124,8 +124,10 @@ def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weight
     assert provenance["packages"]["mace-torch"] == "0.3.16"
 
 
-@pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa"])
-def test_orb_contract_with_checkpoints_made_by_orb_models(docker_client, model_image, tmp_path, folder):
+@pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa",
+                                    "mattersim-v1-5m"])
+def test_contract_and_bench_with_checkpoints_made_by_the_models_package(docker_client, model_image, tmp_path,
+                                                                        folder):
     from orchestrator.images import discover_models
 
     model = discover_models()[folder]
@@ -133,13 +135,14 @@ def test_orb_contract_with_checkpoints_made_by_orb_models(docker_client, model_i
     weights = tmp_path / "weights" / folder
     weights.mkdir(parents=True)
     checkpoint = model.weights[0]["file"]
-    # random weights in orb-models' own architecture and file format (adapters.calculators.orb)
-    make_stand_in(docker_client, image, {"calculator": "orb", "options": model.options}, weights, checkpoint)
+    # random weights in the package's own architecture and file format (make_test_checkpoint of its family)
+    make_stand_in(docker_client, image, {"calculator": model.calculator, "options": model.options}, weights,
+                  checkpoint)
     job = Job(model=folder, image=image, shard=tmp_path / "shards" / "shard-0000.jsonl", out_dir=tmp_path, job={})
     (tmp_path / "shards").mkdir()
     prepare_worker_files(job)
     kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "contract-test", tmp_path / "weights")
-    spec = {"calculator": "orb", "device": "cpu", "forces": model.forces,
+    spec = {"calculator": model.calculator, "device": "cpu", "forces": model.forces,
             "options": {**model.options, "checkpoint": f"/cache/{folder}/{checkpoint}"}}
     kwargs["command"] = ["python", "-m", "adapters.contract", "--job", json.dumps(spec)]
     report = json.loads(docker_client.containers.run(remove=True, **kwargs).decode().strip().splitlines()[-1])

@@ -182,9 +182,10 @@ def make_scheduler(manifest: Manifest, client, run_dir: Path):
     (docker), or one array task's resources (slurm)."""
     cache_dir = manifest.path_setting("cache_dir")
     if manifest["backend"] == "slurm":
-        from orchestrator.slurm import SlurmScheduler, check_shared, task_slot
+        from orchestrator.slurm import SlurmScheduler, check_commands, check_shared, task_slot
 
         settings = manifest["slurm"]
+        check_commands()
         check_shared(settings, {"results_dir": run_dir, "cache_dir": cache_dir})
         image_dir = manifest.path_setting("slurm.image_dir")
         if image_dir is None and settings["runtime"] == "apptainer":

@@ -336,6 +336,17 @@ class SlurmScheduler:
             time.sleep(1)
 
 
+#: What the submit host runs.
+SLURM_COMMANDS = ("sbatch", "squeue", "scancel")
+
+
+def check_commands() -> None:
+    missing = [tool for tool in SLURM_COMMANDS if not shutil.which(tool)]
+    if missing:
+        raise BenchError(f"backend slurm: {', '.join(missing)} not found on this host; run on the cluster's "
+                         "login node (or load its SLURM module), or set backend: docker")
+
+
 def check_shared(settings: dict, folders: dict[str, Path]) -> None:
     """With slurm.shared_dir set, the run and cache folders must be inside it (the nodes
     see nothing else)."""
@@ -352,7 +363,7 @@ def check_shared(settings: dict, folders: dict[str, Path]) -> None:
 def doctor_checks(settings: dict, folders: dict[str, Path], check) -> None:
     """`make doctor` for backend slurm: the commands, the partition, the runtime and the
     shared folders as a node sees them (one short probe task). check(ok, what, remedy)."""
-    missing = [tool for tool in ("sbatch", "squeue", "scancel", "sinfo", "srun") if not shutil.which(tool)]
+    missing = [tool for tool in (*SLURM_COMMANDS, "sinfo", "srun") if not shutil.which(tool)]
     check(not missing, "SLURM commands " + (f"missing: {', '.join(missing)}" if missing else "found"),
           "run on the cluster's login node, or load its SLURM module")
     if missing:

@@ -149,7 +149,7 @@ def test_images_are_converted_once_per_image_id(tmp_path, monkeypatch):
         "runtime": "docker", "image": "umlip-0123d/emt:abc", "image_id": "sha256:1"}
 
 
-def test_slurm_settings_are_checked(tmp_path):
+def test_slurm_settings_are_checked(tmp_path, monkeypatch):
     from orchestrator.errors import BenchError
     from orchestrator.slurm import check_shared
 
@@ -159,6 +159,12 @@ def test_slurm_settings_are_checked(tmp_path):
         load_manifest(backend="k8s")
     with pytest.raises(BenchError, match="slurm.sbatch_options"):
         load_manifest(**{"slurm.sbatch_options": ["qos=long"]})
+    from orchestrator.bench import make_scheduler
+
+    with pytest.raises(BenchError, match="sbatch, squeue, scancel not found on this host"):
+        monkeypatch.setenv("PATH", str(tmp_path))
+        make_scheduler(load_manifest(), None, tmp_path / "run")
+    monkeypatch.undo()
     settings = load_manifest(**{"slurm.shared_dir": str(tmp_path / "shared")})["slurm"]
     check_shared(settings, {"results_dir": tmp_path / "shared" / "results"})
     with pytest.raises(BenchError, match=r"cache_dir .*/home/cache is not inside slurm.shared_dir"):

@@ -32,6 +32,7 @@ import time
 from collections import deque
 
 import numpy as np
+from ase import Atoms
 from scipy.linalg import expm
 
 from adapters.relax import alignment_and_mask, structure_from_record
@@ -235,8 +236,7 @@ def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, batc
         frames = []
         for k in occupied:
             member = batch.members[k]
-            atoms = structure_from_record({**member.record, "positions": positions[k, :member.n],
-                                           "cell": cells[k], "pbc": member.pbc})
+            atoms = Atoms(numbers=member.numbers, positions=positions[k, :member.n], cell=cells[k], pbc=member.pbc)
             atoms.info.update(id=member.record["id"], needs_stress=bool(member.mask.any()))
             frames.append(atoms)
         outputs = evaluate(frames)

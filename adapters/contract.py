@@ -1,7 +1,9 @@
 """Contract check of a model image: the factory builds a calculator, which gives finite
 energy, forces and stress on a bulk crystal, a 2D layer and a molecule; for a model with
 conservative forces, forces match -dE/dx and the stress matches the strain derivative of
-the energy by central finite differences (this catches unit slips such as a stress in GPa).
+the energy by central finite differences (this catches unit slips such as a stress in GPa);
+for a family with a batched forward, that forward on all three at once matches the
+calculator one by one.
 
     python -m adapters.contract --job JOB_JSON   ->  one JSON report on stdout, exit 0 if passed
 
@@ -24,7 +26,7 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk, graphene, molecule
 
-from adapters.calculators import family_module, make_calculator
+from adapters.calculators import family_module, has_batched_forward, make_calculator, make_evaluator
 
 #: Displacement (Å) and strain of the central differences.
 STEP_A, STEP_STRAIN = 1e-3, 1e-4
@@ -110,8 +112,36 @@ def check(job: dict) -> dict:
         report["force_deviation_ev_per_a"] = max(worst for worst, _ in forces)
         report["stress_deviation_ev_per_a3"] = stress
         passed &= all(ok for _, ok in forces) and stress_ok
+    if has_batched_forward(job["calculator"]):
+        deviation = batched_deviation(job, calculator)
+        report["batched_deviation"] = deviation
+        passed &= all(deviation[key] <= limit for key, limit in BATCHED_TOL.items())
     report["passed"] = bool(passed)
     return report
+
+
+#: Allowed |batched forward - calculator| (eV/atom, eV/Å, eV/Å³): float32 summation order only.
+BATCHED_TOL = {"energy_ev_per_atom": 1e-4, "force_ev_per_a": 1e-3, "stress_ev_per_a3": 1e-4}
+
+
+def batched_deviation(job: dict, calculator) -> dict:
+    """The family's batched forward (make_batched) on the three structures in one call,
+    against its calculator one structure at a time: the largest differences."""
+    frames = list(structures().values())
+    for k, atoms in enumerate(frames):
+        atoms.info.update(id=f"contract-{k}", needs_stress=True)
+    outputs = make_evaluator(job["calculator"], job.get("device", "cpu"), job.get("options", {}))(frames)
+    worst = dict.fromkeys(BATCHED_TOL, 0.0)
+    for atoms, output in zip(frames, outputs):
+        if isinstance(output, Exception):
+            raise output
+        e, f, s = output
+        atoms.calc = calculator
+        worst["energy_ev_per_atom"] = max(worst["energy_ev_per_atom"],
+                                          abs(e - atoms.get_potential_energy()) / len(atoms))
+        worst["force_ev_per_a"] = max(worst["force_ev_per_a"], float(np.abs(f - atoms.get_forces()).max()))
+        worst["stress_ev_per_a3"] = max(worst["stress_ev_per_a3"], float(np.abs(s - atoms.get_stress()).max()))
+    return {key: float(value) for key, value in worst.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

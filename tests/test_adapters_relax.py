@@ -295,4 +295,20 @@ def test_the_contract_passes_a_conservative_model_and_catches_a_stress_in_gpa(mo
     monkeypatch.setattr(contract, "make_calculator", lambda *args: GPaStress())
     report = contract.check({"calculator": "emt", "options": {}, "forces": "conservative"})
     assert not report["passed"] and report["stress_deviation_ev_per_a3"] > 1e-3
+    from adapters.batched import each_with_calculator
+
+    monkeypatch.setattr(contract, "make_evaluator", lambda *args: each_with_calculator(GPaStress()))
     assert contract.check({"calculator": "emt", "options": {}, "forces": "direct"})["passed"]  # no gradient check
+
+
+def test_the_contract_catches_a_batched_forward_that_disagrees_with_the_calculator(monkeypatch):
+    import adapters.contract as contract
+    from adapters.batched import each_with_calculator
+
+    report = contract.check({"calculator": "emt", "options": {}, "forces": "conservative"})
+    assert report["batched_deviation"]["force_ev_per_a"] < 1e-12  # EMT's batched forward: one EMT per structure
+    plain = each_with_calculator(EMT())
+    monkeypatch.setattr(contract, "make_evaluator",
+                        lambda *args: lambda frames: [(e, 1.01 * f, s) for e, f, s in plain(frames)])
+    report = contract.check({"calculator": "emt", "options": {}, "forces": "conservative"})
+    assert not report["passed"] and report["batched_deviation"]["force_ev_per_a"] > 1e-3

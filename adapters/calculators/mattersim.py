@@ -20,3 +20,41 @@ def make_test_checkpoint(path: str, **options) -> dict:
     model = M3Gnet(num_blocks=2, units=32, device="cpu")
     torch.save({"model": model.state_dict(), "model_args": model.model_args, "model_name": "m3gnet"}, path)
     return {}
+
+
+def make_batched(device: str, checkpoint: str):
+    """evaluate(frames) for the batched engine: every structure's graph in one batch and one
+    forward pass, with the loader, cutoffs and stress conversion of MatterSimCalculator."""
+    import numpy as np
+    from ase.stress import full_3x3_to_voigt_6_stress
+    from mattersim.datasets.utils.build import build_dataloader
+    from mattersim.forcefield.potential import batch_to_dict
+
+    calculator = make_calculator(device, checkpoint)
+    potential = calculator.potential
+    args = potential.model.model_args
+
+    def forward(frames):
+        (batch,) = build_dataloader(frames, model_type=potential.model_name, cutoff=args["cutoff"],
+                                    threebody_cutoff=args["threebody_cutoff"], batch_size=len(frames),
+                                    only_inference=True)
+        result = potential.forward(batch_to_dict(batch, device=device), include_forces=True, include_stresses=True)
+        energy = result["total_energy"].detach().cpu().numpy().reshape(-1)
+        forces = np.split(result["forces"].detach().cpu().numpy(), np.cumsum([len(a) for a in frames])[:-1])
+        stress = result["stresses"].detach().cpu().numpy().reshape(-1, 3, 3)
+        return [(float(e), f, calculator.stress_weight * full_3x3_to_voigt_6_stress(s))
+                for e, f, s in zip(energy, forces, stress)]
+
+    def evaluate(frames):
+        try:
+            return forward(frames)
+        except Exception:  # find the structures the model fails on, one by one
+            outputs = []
+            for atoms in frames:
+                try:
+                    outputs.append(forward([atoms])[0])
+                except Exception as exc:
+                    outputs.append(exc)
+            return outputs
+
+    return evaluate

@@ -295,6 +295,21 @@ def outcome(batch: Batch, k: int, positions, cells, forces, energy, gmax, conver
             "cell": (cells[k] @ member.rotation).tolist()}
 
 
+def isolate_failures(forward, items: list) -> list:
+    """forward(items) in one call; if that raises, each item alone, so that a structure the
+    model fails on gets its own exception and the others their results."""
+    try:
+        return forward(items)
+    except Exception:
+        outputs = []
+        for item in items:
+            try:
+                outputs.append(forward([item])[0])
+            except Exception as exc:  # this structure only
+                outputs.append(exc)
+        return outputs
+
+
 def each_with_calculator(calculator):
     """evaluate() for any ASE calculator, one structure after another: the batched engine's
     arithmetic with a model that has no batched forward (and the exactness tests' EMT)."""

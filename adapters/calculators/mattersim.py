@@ -30,6 +30,8 @@ def make_batched(device: str, checkpoint: str):
     from mattersim.datasets.utils.build import build_dataloader
     from mattersim.forcefield.potential import batch_to_dict
 
+    from adapters.batched import isolate_failures
+
     calculator = make_calculator(device, checkpoint)
     potential = calculator.potential
     args = potential.model.model_args
@@ -46,15 +48,6 @@ def make_batched(device: str, checkpoint: str):
                 for e, f, s in zip(energy, forces, stress)]
 
     def evaluate(frames):
-        try:
-            return forward(frames)
-        except Exception:  # find the structures the model fails on, one by one
-            outputs = []
-            for atoms in frames:
-                try:
-                    outputs.append(forward([atoms])[0])
-                except Exception as exc:
-                    outputs.append(exc)
-            return outputs
+        return isolate_failures(forward, frames)
 
     return evaluate

@@ -18,6 +18,8 @@ def make_batched(device: str, model: str = "7net-0", modal: str | None = None, c
     from sevenn.train.dataload import unlabeled_atoms_to_graph
     from torch_geometric.loader.dataloader import Collater
 
+    from adapters.batched import isolate_failures
+
     calculator = make_calculator(device, model=model, modal=modal, checkpoint=checkpoint)
     network = calculator.model
     network.set_is_batch_data(True)
@@ -48,16 +50,7 @@ def make_batched(device: str, model: str = "7net-0", modal: str | None = None, c
                 outputs[k] = exc
         if not graphs:
             return outputs
-        try:
-            results = forward(graphs)
-        except Exception:  # find the structures the model fails on, one by one
-            results = []
-            for data in graphs:
-                try:
-                    results.append(forward([data])[0])
-                except Exception as exc:
-                    results.append(exc)
-        for k, result in zip(where, results):
+        for k, result in zip(where, isolate_failures(forward, graphs)):
             outputs[k] = result
         return outputs
 

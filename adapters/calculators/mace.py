@@ -30,3 +30,42 @@ def make_test_checkpoint(path: str, **options) -> dict:
         radial_type="bessel", atomic_inter_scale=0.1, atomic_inter_shift=0.0)
     torch.save(model, path)
     return {}
+
+
+def make_batched(device: str, checkpoint: str, dtype: str = ""):
+    """evaluate(frames) for the batched engine: each structure's graph made by
+    MACECalculator itself, all of them in one batch and one forward pass of its model."""
+    import numpy as np
+    import torch
+    from ase.stress import full_3x3_to_voigt_6_stress
+    from mace import data
+    from mace.tools import torch_geometric, torch_tools
+
+    from adapters.batched import isolate_failures
+
+    calculator = make_calculator(device, checkpoint, dtype)
+    model = calculator.models[0]
+    model_dtype = next(model.parameters()).dtype
+    energy_unit = calculator.energy_units_to_eV
+    length_unit = calculator.length_units_to_A
+
+    def graph(atoms):  # as MACECalculator._atoms_to_batch makes it, without its padding for compiled models
+        keys = data.KeySpecification(info_keys=calculator.info_keys,
+                                     arrays_keys={**calculator.arrays_keys, calculator.charges_key: "charges"})
+        with torch_tools.default_dtype(calculator.default_dtype):
+            config = data.config_from_atoms(atoms, key_specification=keys, head_name=calculator.head)
+            return data.AtomicData.from_config(config, z_table=calculator.z_table, cutoff=calculator.r_max,
+                                               heads=calculator.available_heads)
+
+    def forward(frames):
+        batch = torch_geometric.Batch.from_data_list([graph(atoms) for atoms in frames]).to(device)
+        inputs = {key: value.to(dtype=model_dtype) if torch.is_tensor(value) and torch.is_floating_point(value)
+                  else value for key, value in batch.to_dict().items()}
+        out = model(inputs, compute_stress=True, training=False)
+        energy = out["energy"].detach().cpu().numpy().reshape(-1) * energy_unit
+        forces = np.split(out["forces"].detach().cpu().numpy() * energy_unit / length_unit,
+                          np.cumsum([len(a) for a in frames])[:-1])
+        stress = out["stress"].detach().cpu().numpy().reshape(-1, 3, 3) * energy_unit / length_unit**3
+        return [(float(e), f, full_3x3_to_voigt_6_stress(s)) for e, f, s in zip(energy, forces, stress)]
+
+    return lambda frames: isolate_failures(forward, frames)

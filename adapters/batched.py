@@ -33,13 +33,13 @@ from collections import deque
 
 import numpy as np
 from ase import Atoms
+from ase.stress import voigt_6_to_full_3x3_stress
 from scipy.linalg import expm
 
 from adapters.relax import alignment_and_mask, structure_from_record
 
 #: ase.optimize.FIRE's defaults (ase 3.29), as the sequential engine runs it.
 FIRE = {"dt": 0.1, "maxstep": 0.2, "dtmax": 1.0, "Nmin": 5, "finc": 1.1, "fdec": 0.5, "astart": 0.1, "fa": 0.99}
-VOIGT = ((0, 5, 4), (5, 1, 3), (4, 3, 2))
 
 
 class Structure:
@@ -127,16 +127,16 @@ class Batch:
         stretched = expm(self.x_cell / n) / n
         return np.eye(3) + self.mask * (stretched - np.eye(3))
 
-    def geometry(self) -> tuple[np.ndarray, np.ndarray]:
-        """Cartesian positions and cells of every slot."""
+    def geometry(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cartesian positions, cells and deformation gradients of every slot."""
         deform = self.deformation()
-        return self.x_atoms @ np.swapaxes(deform, 1, 2), self.orig_cell @ np.swapaxes(deform, 1, 2)
+        return self.x_atoms @ np.swapaxes(deform, 1, 2), self.orig_cell @ np.swapaxes(deform, 1, 2), deform
 
-    def filter_forces(self, forces: np.ndarray, stress: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def filter_forces(self, forces: np.ndarray, stress: np.ndarray, cells: np.ndarray,
+                      deform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The FrechetCellFilter's forces: on the atoms (B, N, 3) and on the cell (B, 3, 3)."""
-        deform = self.deformation()
         volume = np.abs(np.linalg.det(cells))[:, None, None]
-        full = stress[:, VOIGT]
+        full = voigt_6_to_full_3x3_stress(stress)
         relaxes = self.mask.any(axis=(1, 2))[:, None, None]
         virial = np.where(relaxes, -volume * full * self.mask, 0.0)  # a molecule has no stress to use
         pulled = virial @ np.linalg.inv(np.swapaxes(deform, 1, 2))
@@ -231,7 +231,7 @@ def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, batc
 
     refill()
     while any(m is not None for m in batch.members):
-        positions, cells = batch.geometry()
+        positions, cells, deform = batch.geometry()
         occupied = [k for k, m in enumerate(batch.members) if m is not None]
         frames = []
         for k in occupied:
@@ -257,7 +257,7 @@ def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, batc
             energy[k] = e
             if s is not None:
                 stress[k] = s
-        f_atoms, f_cell = batch.filter_forces(forces, stress, cells)
+        f_atoms, f_cell = batch.filter_forces(forces, stress, cells, deform)
         gmax = batch.max_force(f_atoms, f_cell)
         raw = np.abs(forces).max(axis=(1, 2))
         active = np.zeros(len(batch.members), bool)

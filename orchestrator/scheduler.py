@@ -239,8 +239,8 @@ class RunLock:
 
 
 def record_crash(job: Job) -> None:
-    """After a worker died on its own: append the structure it was relaxing (its in-flight
-    marker) to the shard's crash list."""
+    """After a worker died on its own: append the structures it was relaxing (its in-flight
+    marker: one, or a batch of them, one a line) to the shard's crash list."""
     in_flight = in_flight_path(job.out)
     sid = in_flight.read_text().strip() if in_flight.exists() else ""
     if sid:

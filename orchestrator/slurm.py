@@ -107,6 +107,11 @@ def array_spec(numbers: list[int], max_simultaneous: int | None) -> str:
     return ",".join(ranges) + (f"%{max_simultaneous}" if max_simultaneous else "")
 
 
+def shard_number(job: Job) -> int:
+    """The shard's number (shard-0007 -> 7): its task's index in the array."""
+    return int(job.shard.stem.split("-")[-1])
+
+
 def job_name(model: str, run_key_: str) -> str:
     """The array job's name: the model and the run folder's key. Only one orchestrator
     holds a run folder, so the name finds exactly its jobs, even one whose sbatch was
@@ -285,7 +290,7 @@ class SlurmScheduler:
                                                    self.image_dir)
                 for job in model_jobs:
                     prepare_worker_files(job)
-                numbers = sorted(int(job.shard.stem.split("-")[-1]) for job in model_jobs)
+                numbers = sorted(shard_number(job) for job in model_jobs)
                 script = log_dir / f"{model}.sbatch"
                 script.write_text(task_script(first, numbers, self.settings, self.images[model], self.run_key,
                                               self.cache_dir, self.owner, self.max_retries, self.pids, log_dir))
@@ -318,7 +323,7 @@ class SlurmScheduler:
     def _report_incomplete(self, jobs: list[Job]) -> None:
         for job in jobs:
             if not set(read_ids(job.shard)) <= set(read_ids(job.out)):
-                number = int(job.shard.stem.split("-")[-1])
+                number = shard_number(job)
                 self.failures.append(
                     f"{job.model} {job.shard.name}: incomplete when SLURM task {self.submitted.get(job.model)}_{number} "
                     f"ended; see {job.out.with_suffix('.log')} and {self.run_dir / 'slurm'}/{job.model}-*_{number}.out")

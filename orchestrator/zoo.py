@@ -59,6 +59,34 @@ def run_in_worker(client, image: str, model: Model, weights: Path, command: list
     return client.containers.run(remove=True, **kwargs).decode()
 
 
+def checkpoint_path(model: Model) -> str:
+    """Where a worker sees the model's checkpoint (its first weights file)."""
+    return f"{CACHE_MOUNT}/{model.name}/{model.weights[0]['file']}"
+
+
+def make_stand_in(client, image: str, model: Model, weights: Path, work: Path) -> dict:
+    """The family's stand-in checkpoint (adapters.contract --make-checkpoint: the package's
+    own constructor and file format), written by the image with no network into
+    weights/<model>/<first file>; the options to use with it."""
+    folder = weights_folder(weights, model)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chown(folder, *worker_user())
+    spec = {"calculator": model.calculator, "options": model.options}
+    output = run_in_worker(client, image, model, weights, ["python", "-m", "adapters.contract", "--job",
+                                                           json.dumps(spec), "--make-checkpoint", checkpoint_path(model)],
+                           work, writable=True)
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def run_contract(client, image: str, model: Model, weights: Path, options: dict, work: Path) -> dict:
+    """adapters.contract's report for the model with `options`, in a no-network worker."""
+    spec = {"calculator": model.calculator, "options": options, "device": "cpu",
+            "forces": model.forces or "conservative"}
+    output = run_in_worker(client, image, model, weights, ["python", "-m", "adapters.contract", "--job",
+                                                           json.dumps(spec)], work)
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest, keep: bool) -> dict:
     row = {"model": model.name, "paper_tag": model.paper_tag or "-"}
     reason = model.folder / CANNOT_BUILD
@@ -86,26 +114,14 @@ def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest,
             shutil.copytree(weights_folder(real, model), weights_folder(cache / "weights", model))
             row["checkpoint"] = "real"
         elif model.weights:
-            folder = weights_folder(cache / "weights", model)
-            folder.mkdir(parents=True)
-            os.chown(folder, *worker_user())
-            spec = {"calculator": model.calculator, "options": options}
-            output = run_in_worker(client, image, model, cache / "weights",
-                                   ["python", "-m", "adapters.contract", "--job", json.dumps(spec),
-                                    "--make-checkpoint", f"{CACHE_MOUNT}/{model.name}/{model.weights[0]['file']}"],
-                                   work / "make", writable=True)
-            overrides = json.loads(output.strip().splitlines()[-1])
+            overrides = make_stand_in(client, image, model, cache / "weights", work / "make")
             row["checkpoint"] = "stand-in" + (f" with {json.dumps(overrides)}" if overrides else "")
         else:
             row["checkpoint"] = "none needed"
         if model.weights:
-            options.update(overrides, checkpoint=f"{CACHE_MOUNT}/{model.name}/{model.weights[0]['file']}")
-        spec = {"calculator": model.calculator, "options": options, "device": "cpu",
-                "forces": model.forces or "conservative"}
+            options.update(overrides, checkpoint=checkpoint_path(model))
         try:
-            report = json.loads(run_in_worker(client, image, model, cache / "weights",
-                                              ["python", "-m", "adapters.contract", "--job", json.dumps(spec)],
-                                              work / "contract").strip().splitlines()[-1])
+            report = run_contract(client, image, model, cache / "weights", options, work / "contract")
             row["contract"] = "passed" if report["passed"] else f"FAILED {json.dumps(report)[:150]}"
         except Exception as exc:  # noqa: BLE001 - a contract that crashes is a failed contract
             row["contract"] = f"FAILED {str(exc).splitlines()[-1][:150]}"

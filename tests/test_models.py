@@ -8,8 +8,10 @@ import docker.errors
 import pytest
 from ase.build import bulk
 
+from orchestrator.images import discover_models
 from orchestrator.scheduler import Job, container_kwargs, device_slots, prepare_worker_files
 from orchestrator.shards import structure_record
+from orchestrator.zoo import checkpoint_path, make_stand_in, run_contract
 
 pytestmark = pytest.mark.docker
 
@@ -34,24 +36,13 @@ def relax_in_worker(docker_client, image: str, model: str, options: dict, work: 
     return [json.loads(line) for line in job.out.read_text().splitlines()]
 
 
-def make_stand_in(docker_client, image: str, spec: dict, folder: Path, name: str) -> dict:
-    """The family's stand-in checkpoint (adapters.contract --make-checkpoint) written into
-    folder/name by the image, with no network; the options to use with it."""
-    out = docker_client.containers.run(
-        image, ["python", "-m", "adapters.contract", "--job", json.dumps(spec), "--make-checkpoint", f"/w/{name}"],
-        remove=True, network_mode="none", volumes={str(folder): {"bind": "/w", "mode": "rw"}})
-    return json.loads(out.decode().strip().splitlines()[-1])
-
-
 def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(docker_client, model_image,
                                                                                  tmp_path):
     image = model_image("sevennet-mf-ompa")
     # SevenNet-MF-0, the multi-fidelity checkpoint inside the wheel, stands in for the MF-ompa file:
     # the same loader and modal selection; its fidelities are PBE and R2SCAN (MF-ompa's: mpa, omat24)
-    folder = tmp_path / "weights" / "sevennet-mf-ompa"
-    folder.mkdir(parents=True)
-    spec = {"calculator": "sevennet", "options": {"modal": "mpa"}}
-    assert make_stand_in(docker_client, image, spec, folder, "checkpoint_sevennet_mf_ompa.pth") == {"modal": "PBE"}
+    model = discover_models()["sevennet-mf-ompa"]
+    assert make_stand_in(docker_client, image, model, tmp_path / "weights", tmp_path / "make") == {"modal": "PBE"}
     checkpoint = "/cache/sevennet-mf-ompa/checkpoint_sevennet_mf_ompa.pth"
     energies = {}
     for modal in ("PBE", "R2SCAN"):
@@ -76,23 +67,15 @@ def mace_weights(docker_client, model_image, tmp_path_factory):
     (adapters.calculators.mace.make_test_checkpoint), under the MPA-0 file name."""
     image = model_image("mace-mpa-0")
     cache = tmp_path_factory.mktemp("mace-cache")
-    folder = cache / "weights" / "mace-mpa-0"
-    folder.mkdir(parents=True)
-    make_stand_in(docker_client, image, {"calculator": "mace", "options": {}}, folder, "mace-mpa-0-medium.model")
+    make_stand_in(docker_client, image, discover_models()["mace-mpa-0"], cache / "weights", cache / "make")
     return image, cache
 
 
 def test_mace_contract_with_a_checkpoint_made_by_mace(docker_client, mace_weights, tmp_path):
     image, cache = mace_weights
-    job = Job(model="mace-mpa-0", image=image, shard=tmp_path / "shards" / "shard-0000.jsonl", out_dir=tmp_path,
-              job={})
-    kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "contract-test", cache / "weights")
-    spec = {"calculator": "mace", "device": "cpu", "forces": "conservative",
-            "options": {"checkpoint": "/cache/mace-mpa-0/mace-mpa-0-medium.model", "dtype": ""}}
-    kwargs["command"] = ["python", "-m", "adapters.contract", "--job", json.dumps(spec)]
-    (tmp_path / "shards").mkdir()
-    prepare_worker_files(job)
-    report = json.loads(docker_client.containers.run(remove=True, **kwargs).decode().strip().splitlines()[-1])
+    model = discover_models()["mace-mpa-0"]
+    report = run_contract(docker_client, image, model, cache / "weights",
+                          {"checkpoint": "/cache/mace-mpa-0/mace-mpa-0-medium.model", "dtype": ""}, tmp_path)
     assert report["passed"], report
     assert all(s["finite"] for s in report["structures"].values())
     assert report["force_deviation_ev_per_a"] < 1e-3 and report["stress_deviation_ev_per_a3"] < 1e-4
@@ -128,24 +111,12 @@ def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weight
                                     "mattersim-v1-5m"])
 def test_contract_and_bench_with_checkpoints_made_by_the_models_package(docker_client, model_image, tmp_path,
                                                                         folder):
-    from orchestrator.images import discover_models
-
     model = discover_models()[folder]
     image = model_image(folder)
-    weights = tmp_path / "weights" / folder
-    weights.mkdir(parents=True)
-    checkpoint = model.weights[0]["file"]
     # random weights in the package's own architecture and file format (make_test_checkpoint of its family)
-    make_stand_in(docker_client, image, {"calculator": model.calculator, "options": model.options}, weights,
-                  checkpoint)
-    job = Job(model=folder, image=image, shard=tmp_path / "shards" / "shard-0000.jsonl", out_dir=tmp_path, job={})
-    (tmp_path / "shards").mkdir()
-    prepare_worker_files(job)
-    kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "contract-test", tmp_path / "weights")
-    spec = {"calculator": model.calculator, "device": "cpu", "forces": model.forces,
-            "options": {**model.options, "checkpoint": f"/cache/{folder}/{checkpoint}"}}
-    kwargs["command"] = ["python", "-m", "adapters.contract", "--job", json.dumps(spec)]
-    report = json.loads(docker_client.containers.run(remove=True, **kwargs).decode().strip().splitlines()[-1])
+    assert make_stand_in(docker_client, image, model, tmp_path / "weights", tmp_path / "make") == {}
+    report = run_contract(docker_client, image, model, tmp_path / "weights",
+                          {**model.options, "checkpoint": checkpoint_path(model)}, tmp_path / "contract")
     assert report["passed"], report
     assert ("force_deviation_ev_per_a" in report) == (model.forces == "conservative")
     # and through make bench, by its paper tag, with the checkpoint pre-seeded (tmp_path/weights)

@@ -8,7 +8,9 @@ crystal, a layer and a molecule; finite-difference forces and stress for conserv
 models) and the contract's copper crystal relaxes through `bench`. The weights
 are the real ones where the cache has them, else the family's stand-in checkpoint made
 in the image with the package's own constructor. The image is then removed (disk is
-finite) unless --keep. A folder with a CANNOT_BUILD.md is reported with its reason.
+finite) unless --keep (with --keep a later image reuses the layers a kept one shares with
+it, so its build time is not from a clean cache). A folder with a CANNOT_BUILD.md is
+reported with its reason.
 """
 
 from __future__ import annotations

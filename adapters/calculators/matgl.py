@@ -15,8 +15,8 @@ def make_calculator(device: str, checkpoint: str):
         ase.constraints.ExpCellFilter = ase.filters.ExpCellFilter
     from matgl.ext.ase import PESCalculator
 
-    # matgl loads a model folder (model.json, model.pt, state.pt) by path, and places it on
-    # the default device: set it, as matgl's own examples do
+    # matgl has no device argument: the graphs its calculator builds and the model it loads
+    # (a folder of model.json, model.pt, state.pt, given by path) follow torch's default device
     torch.set_default_device(device)
     potential = matgl.load_model(Path(checkpoint).parent)
     # PESCalculator's stress is in GPa unless told otherwise; ASE's optimizers want eV/Å³

@@ -2,6 +2,8 @@
 # make bench MODEL="chgnet sevennet-0" DATASET=path LIMIT=20 DIM=0D,2D GPUS=0,1 PROTOCOL=authors
 # make bench MODEL=mace BACKEND=slurm            the same run as array jobs on a SLURM cluster (benchmark.yaml: slurm)
 # make weights MODEL=mace                      download a model's weights into the cache (once)
+# make lock MODEL=mace                         re-resolve a model's packages: images/<model>/requirements.lock
+#                                              (PYTHON=3.13: that runtime's; neither: every runtime's and model's)
 # make report                                  reports of every finished run + leaderboard
 # make test                                    unit tests and Docker integration tests
 # make test-zoo                                every model image from a clean cache: build, contract, one relaxation
@@ -16,7 +18,7 @@ BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASE
              $(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(BACKEND),--backend $(BACKEND)) \
              $(if $(ENGINE),--engine $(ENGINE))
 
-.PHONY: bench build weights report test test-unit test-zoo perf perf-engine doctor models clean-venv
+.PHONY: bench build lock weights report test test-unit test-zoo perf perf-engine doctor models clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,9 @@ bench: $(VENV)/.installed
 
 build: $(VENV)/.installed
 	$(PY) -m orchestrator build $(BENCH_ARGS)
+
+lock: $(VENV)/.installed
+	$(PY) -m orchestrator lock $(if $(MODEL),--models $(MODEL)) $(if $(PYTHON),--python $(PYTHON))
 
 weights: $(VENV)/.installed
 	$(PY) -m orchestrator weights $(BENCH_ARGS)

@@ -124,8 +124,8 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
         out_dir = run_dir / "raw" / model.name
         check_image(out_dir, image, image_id)
         if model_records.get(model.name, {}).get("image_id") != image_id:
-            model_records[model.name] = {"image": image, "image_id": image_id, "runtime_image": builder.runtime(),
-                                         "base_image": manifest["base_image"], "calculator": model.calculator,
+            model_records[model.name] = {"image": image, "image_id": image_id, "runtime_image": builder.runtime(model.python),
+                                         "base_image": builder.base_image(model.python), "calculator": model.calculator,
                                          "options": model.options, "description": model.description,
                                          "paper_tag": model.paper_tag, "weights": weights[model.name],
                                          **provenance.image_versions(client, image, model.packages)}

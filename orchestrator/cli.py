@@ -81,6 +81,24 @@ def cmd_build(args) -> None:
         print(builder.model(model))
 
 
+def cmd_lock(args) -> None:
+    from orchestrator.bench import pick_models
+    from orchestrator.engine import console, docker_client
+    from orchestrator.images import ImageBuilder, discover_models, write_lock
+
+    manifest = load(args.manifest, overrides_from(args))
+    client = docker_client()
+    builder = ImageBuilder.from_manifest(client, manifest, echo=console.print)
+    # MODEL=...: those models on today's runtimes; PYTHON=...: those runtimes; neither: the
+    # runtime of every Python the models ask for first, then every model on its runtime
+    models = pick_models(manifest, args.models) if args.models else \
+        [] if args.python else list(discover_models().values())
+    for python in args.python or ([] if args.models else sorted({model.python for model in models})):
+        print(write_lock(builder, client, None, python))
+    for model in models:
+        print(write_lock(builder, client, model))
+
+
 def cmd_report(args) -> None:
     from metrics.report import write_leaderboard, write_run_report
 
@@ -185,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         common(p)
         p.set_defaults(func=func)
+    p = sub.add_parser("lock", help="resolve the images' packages afresh and write their locks")
+    common(p)
+    p.add_argument("--python", nargs="+", help="lock the runtimes of these Python versions (PYTHON)")
+    p.set_defaults(func=cmd_lock)
     p = sub.add_parser("zoo", help="build every model image from a clean cache, check each, print a table")
     common(p)
     p.add_argument("--keep", action="store_true", help="keep the images (default: removed after their check)")

@@ -29,14 +29,14 @@ def doctor(manifest: Manifest) -> bool:
     if client is not None:
         import docker.errors
 
-        base = manifest["base_image"]
-        try:
-            client.images.get(base)
-            check(True, f"base image {base} present")
-        except docker.errors.ImageNotFound:
-            check(None, f"base image {base} not present locally",
-                  "it is pulled on the first build; without a registry run images/make-local-base.sh "
-                  "and set base_image (or UMLIP_BASE_IMAGE) to its tag")
+        for python, base in sorted(manifest["base_images"].items()):
+            try:
+                client.images.get(base)
+                check(True, f"base image for Python {python}: {base} present")
+            except docker.errors.ImageNotFound:
+                check(None, f"base image for Python {python}: {base} not present locally",
+                      "it is pulled on the first build that needs it; without a registry run "
+                      "images/make-local-base.sh and set base_images (or UMLIP_BASE_IMAGES) to its tag")
         if manifest["devices"] != "cpu":
             runtimes = client.info().get("Runtimes", {})
             check("nvidia" in runtimes or bool(shutil.which("nvidia-container-cli")),

@@ -1,17 +1,27 @@
 """One Docker image per model, tagged by a hash of everything that built it.
 
-images/base/Dockerfile is the shared runtime (venv, CA bundle, pinned ase);
-every other folder of images/ with a model.yaml is a model. A model image is
-rebuilt only when its Dockerfile, model.yaml, the adapters code, or the runtime
-changes; the tag says which, so the tag alone decides reuse.
+images/base/Dockerfile is the shared runtime (venv, CA bundle, pinned ase), built
+once per Python version the models ask for (model.yaml `python`) on the manifest's
+base image for that version; every other folder of images/ with a model.yaml is a
+model. A model image is rebuilt only when its Dockerfile, model.yaml, lock, the
+adapters code, or its runtime changes; the tag says which, so the tag alone decides
+reuse.
+
+Each model folder has a requirements.lock, and images/base one per Python version
+(requirements-<version>.lock): every package of the image at its exact version,
+written by `make lock` from what pip resolved then. The image keeps it at LOCK_PATH,
+which PIP_CONSTRAINT names, so its installs resolve to those versions: an image
+rebuilt next year has the packages this one has.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +35,16 @@ ADAPTERS_DIR = REPO / "adapters"
 IMAGE_PREFIX = "umlip-0123d"
 LABEL = "org.umlip-0123d"
 MODEL_KEYS = {"description": str, "calculator": str, "options": dict, "packages": list, "paper_tag": str,
-              "aliases": list, "forces": str, "weights": list, "citation": str}
+              "aliases": list, "forces": str, "weights": list, "citation": str, "python": str}
+#: A model's Python when its model.yaml does not say.
+DEFAULT_PYTHON = "3.11"
 WEIGHT_KEYS = {"file": str, "url": str, "sha256": str, "licence": str, "access": str, "note": str}
+#: The lock file of a folder, and where its image keeps it (PIP_CONSTRAINT names it there:
+#: the runtime's at first, each model's copied over it).
+LOCK = "requirements.lock"
+LOCK_PATH = "/opt/umlip-0123d/requirements.lock"
+#: The lock of an image being locked: no constraint beyond the runtime's ase pin.
+UNLOCKED = "# unlocked: `make lock` is resolving this image's packages afresh\n"
 #: How a weights file is had: downloaded as is, downloaded with the user's HF_TOKEN, or
 #: put in place by the user (no public copy).
 WEIGHT_ACCESS = ("public", "token", "manual")
@@ -45,6 +63,7 @@ class Model:
     forces: str | None = None         # conservative | direct
     weights: list = field(default_factory=list)  # WEIGHT_KEYS entries; the first is the checkpoint
     citation: str | None = None
+    python: str = DEFAULT_PYTHON     # the version its runtime is built for (base_images in the manifest)
 
     @property
     def names(self) -> list[str]:
@@ -88,6 +107,8 @@ def discover_models(images_dir: Path = IMAGES_DIR) -> dict[str, Model]:
         for key in ("description", "calculator"):
             if key not in data:
                 raise BenchError(f"{meta}: missing key {key!r}")
+        if not re.fullmatch(r"3\.\d+", data.get("python", DEFAULT_PYTHON)):
+            raise BenchError(f"{meta}: python must be a quoted version like \"3.11\", not {data['python']!r}")
         if data.get("forces", "conservative") not in ("conservative", "direct"):
             raise BenchError(f"{meta}: forces must be conservative or direct, not {data['forces']!r}")
         _check_weights(meta, data.get("weights", []))
@@ -144,11 +165,40 @@ def content_hash(context: Path, build_args: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def runtime_context(dest: Path, ca_bundle: Path | None, wheelhouse: Path | None) -> Path:
-    shutil.copytree(IMAGES_DIR / "base", dest, dirs_exist_ok=True)
+def runtime_lock(python: str) -> Path:
+    return IMAGES_DIR / "base" / f"requirements-{python}.lock"
+
+
+def _place_lock(dockerfile: Path, lock: Path, dest: Path, unlocked: bool, command: str) -> None:
+    """The context's requirements.lock: `lock`, or an empty one to resolve afresh (make lock)."""
+    if LOCK not in dockerfile.read_text():
+        raise BenchError(f"{dockerfile}: must COPY {LOCK} to {LOCK_PATH} before its pip installs "
+                         "(README: Adding a model)")
+    if unlocked:
+        (dest / LOCK).write_text(UNLOCKED)
+    elif not lock.exists():
+        raise BenchError(f"{lock.parent}: no {lock.name}; `{command}` resolves and writes it")
+    else:
+        shutil.copyfile(lock, dest / LOCK)
+
+
+def wheels_for(wheelhouse: Path | None, python: str) -> list[Path]:
+    """The wheelhouse's wheels a runtime of `python` can install: pure-Python ones and those
+    built for its CPython (a wheel's name ends in python-abi-platform tags)."""
+    own = {"cp" + python.replace(".", ""), "py3", "py2"}
+    wheels = sorted(wheelhouse.glob("*.whl")) if wheelhouse else []
+    return [wheel for wheel in wheels if own & set(wheel.name.split("-")[-3].split("."))]
+
+
+def runtime_context(dest: Path, python: str, ca_bundle: Path | None, wheelhouse: Path | None,
+                    unlocked: bool = False) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Dockerfile", "constraints.txt"):
+        shutil.copyfile(IMAGES_DIR / "base" / name, dest / name)
+    _place_lock(IMAGES_DIR / "base" / "Dockerfile", runtime_lock(python), dest, unlocked, "make lock")
     (dest / "extra-ca.crt").write_bytes(ca_bundle.read_bytes() if ca_bundle else b"")
     (dest / "wheelhouse").mkdir()
-    for wheel in sorted(wheelhouse.glob("*.whl")) if wheelhouse else []:
+    for wheel in wheels_for(wheelhouse, python):
         # hard links: a torch wheel is hundreds of MB
         try:
             (dest / "wheelhouse" / wheel.name).hardlink_to(wheel)
@@ -157,8 +207,9 @@ def runtime_context(dest: Path, ca_bundle: Path | None, wheelhouse: Path | None)
     return dest
 
 
-def model_context(dest: Path, model: Model) -> Path:
+def model_context(dest: Path, model: Model, unlocked: bool = False) -> Path:
     shutil.copytree(model.folder, dest, dirs_exist_ok=True)
+    _place_lock(model.folder / "Dockerfile", model.folder / LOCK, dest, unlocked, f"make lock MODEL={model.name}")
     shutil.copytree(ADAPTERS_DIR, dest / "adapters", ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
@@ -166,52 +217,63 @@ def model_context(dest: Path, model: Model) -> Path:
 class ImageBuilder:
     """Builds (or reuses) the runtime and model images with a Docker client."""
 
-    def __init__(self, client, base_image: str, ca_bundle: Path | None, wheelhouse: Path | None,
+    def __init__(self, client, base_images: dict[str, str], ca_bundle: Path | None, wheelhouse: Path | None,
                  log_dir: Path, echo=print):
         self.client = client
-        self.base_image = base_image
+        self.base_images = base_images   # Python version -> the image its runtime is built FROM
         self.ca_bundle = ca_bundle
         self.wheelhouse = wheelhouse
         self.log_dir = log_dir
         self.echo = echo
-        self._runtime_tag: str | None = None
+        self._runtime_tags: dict[str, str] = {}
 
     @classmethod
     def from_manifest(cls, client, manifest, log_dir: Path | None = None, echo=print) -> "ImageBuilder":
         """The builder the manifest describes; build logs under cache_dir/build-logs unless told."""
-        return cls(client, manifest["base_image"], manifest.path_setting("ca_bundle"),
+        return cls(client, manifest["base_images"], manifest.path_setting("ca_bundle"),
                    manifest.path_setting("wheelhouse"),
                    log_dir or manifest.path_setting("cache_dir") / "build-logs", echo=echo)
 
-    def runtime(self) -> str:
-        if self._runtime_tag is None:
-            base_id = self._base_image_id()
-            with tempfile.TemporaryDirectory() as tmp:
-                context = runtime_context(Path(tmp), self.ca_bundle, self.wheelhouse)
-                args = {"BASE_IMAGE": self.base_image}
-                tag = f"{IMAGE_PREFIX}/runtime:{content_hash(context, {**args, 'base_id': base_id})}"
-                self._ensure(tag, context, args, {f"{LABEL}.base-image": self.base_image,
-                                                  f"{LABEL}.base-image-id": base_id})
-            self._runtime_tag = tag
-        return self._runtime_tag
+    def base_image(self, python: str) -> str:
+        if python not in self.base_images:
+            raise BenchError(f"a model asks for Python {python}, but base_images in benchmark.yaml has no "
+                             f"\"{python}\" entry (e.g. \"{python}\": python:{python}-slim-bookworm)")
+        return self.base_images[python]
 
-    def model(self, model: Model) -> str:
-        runtime = self.runtime()
+    def runtime(self, python: str = DEFAULT_PYTHON, unlocked: bool = False) -> str:
+        """The runtime image for `python` (built if absent); `unlocked`: with an empty lock."""
+        if python not in self._runtime_tags or unlocked:
+            base = self.base_image(python)
+            base_id = self._base_image_id(base)
+            with tempfile.TemporaryDirectory() as tmp:
+                context = runtime_context(Path(tmp), python, self.ca_bundle, self.wheelhouse, unlocked)
+                args = {"BASE_IMAGE": base}
+                tag = f"{IMAGE_PREFIX}/runtime:{content_hash(context, {**args, 'base_id': base_id})}"
+                self._ensure(tag, context, args, {f"{LABEL}.base-image": base, f"{LABEL}.base-image-id": base_id,
+                                                  f"{LABEL}.python": python})
+            if unlocked:
+                return tag
+            self._runtime_tags[python] = tag
+        return self._runtime_tags[python]
+
+    def model(self, model: Model, unlocked: bool = False) -> str:
+        """The model's image (built if absent); `unlocked`: with an empty lock, to resolve afresh."""
+        runtime = self.runtime(model.python)
         with tempfile.TemporaryDirectory() as tmp:
-            context = model_context(Path(tmp) / "ctx", model)
+            context = model_context(Path(tmp) / "ctx", model, unlocked)
             args = {"RUNTIME_IMAGE": runtime}
             tag = f"{IMAGE_PREFIX}/{model.name}:{content_hash(context, args)}"
             self._ensure(tag, context, args, {f"{LABEL}.model": model.name, f"{LABEL}.runtime": runtime})
         return tag
 
-    def _base_image_id(self) -> str:
+    def _base_image_id(self, base: str) -> str:
         """Id of the base image if present locally; else its name (pulled by the build)."""
         import docker.errors
 
         try:
-            return self.client.images.get(self.base_image).id
+            return self.client.images.get(base).id
         except docker.errors.ImageNotFound:
-            return self.base_image
+            return base
 
     def _ensure(self, tag: str, context: Path, args: dict, labels: dict) -> None:
         import docker.errors
@@ -237,3 +299,33 @@ class ImageBuilder:
         if error:
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
             raise BenchError(f"building {tag} failed: {error.strip()}\n--- last lines of {log_path} ---\n{tail}")
+
+
+def freeze(client, image: str) -> list[str]:
+    """`name==version` of every package of the image's venv (pip, setuptools and wheel come
+    with the venv), without local version labels: a lock's `torch==2.13.0` then also admits
+    a site wheel `2.13.0+cpu` or `+cu126` in the wheelhouse."""
+    out = client.containers.run(image, ["pip", "list", "--format=freeze", "--disable-pip-version-check"],
+                                remove=True, network_disabled=True).decode()
+    lines = [re.sub(r"\+[\w.]+$", "", line.strip()) for line in out.splitlines() if "==" in line]
+    return sorted((line for line in lines if line.split("==")[0].lower() not in ("pip", "setuptools", "wheel")),
+                  key=str.lower)
+
+
+def write_lock(builder: ImageBuilder, client, model: Model | None, python: str = DEFAULT_PYTHON) -> Path:
+    """Resolve the image of `model` (the runtime for `python` when None) afresh and write its
+    lock: built with an empty lock, frozen, that image removed. Returns the lock's path."""
+    image = builder.runtime(python, unlocked=True) if model is None else builder.model(model, unlocked=True)
+    packages = freeze(client, image)
+    version = client.containers.run(image, ["python", "-c", "import platform; print(platform.python_version())"],
+                                    remove=True, network_disabled=True).decode().strip()
+    client.images.remove(image, force=True)
+    name = f"Python {python} runtime" if model is None else model.name
+    command = f"make lock PYTHON={python}" if model is None else f"make lock MODEL={model.name}"
+    header = (f"# Every package of the {name} image, as pip resolved them on {time.strftime('%Y-%m-%d')} "
+              f"(Python {version}),\n# written by `{command}`. The image installs under these pins "
+              f"(PIP_CONSTRAINT), so a rebuild\n# gets the same versions; to move to newer ones, run "
+              f"`{command}` again.\n")
+    path = runtime_lock(python) if model is None else model.folder / LOCK
+    path.write_text(header + "\n".join(packages) + "\n")
+    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,9 @@ SCHEMA = {
     "stall_timeout_s": ((int, float, type(None)), None),
     "results_dir": (str, "results"),
     "cache_dir": (str, "~/.cache/umlip-0123d"),
-    "base_image": (str, "python:3.11-slim-bookworm"),
+    # a Python version (model.yaml `python`) -> the image its runtime is built FROM
+    "base_images": (dict, {"3.11": "python:3.11-slim-bookworm", "3.12": "python:3.12-slim-bookworm",
+                           "3.13": "python:3.13-slim-trixie"}),
     "ca_bundle": (OPTIONAL_STR, None),
     "wheelhouse": (OPTIONAL_STR, None),
     "models": (list, ["chgnet", "sevennet-0"]),
@@ -149,7 +152,9 @@ def _merge(schema: dict, data: dict, where: str, source: str, prefix: str, value
             _merge(spec, value, where, source, f"{dotted}.", values[key], sources)
         else:
             _check(value, spec[0], where, dotted)
-            values[key] = value
+            # a mapping (base_images, datasets) is added to, entry by entry: overriding one
+            # Python's base image keeps the others
+            values[key] = {**values[key], **value} if isinstance(value, dict) else value
             sources[dotted] = source
 
 
@@ -159,7 +164,7 @@ def _defaults(schema: dict, prefix: str, sources: dict) -> dict:
         if isinstance(spec, dict):
             values[key] = _defaults(spec, f"{prefix}{key}.", sources)
         else:
-            values[key] = spec[1]
+            values[key] = spec[1].copy() if isinstance(spec[1], (dict, list)) else spec[1]
             sources[f"{prefix}{key}"] = "default"
     return values
 
@@ -261,6 +266,10 @@ def _validate(values: dict, sources: dict, path: str) -> None:
     for dim, limit in values["fragmentation_limits_a"].items():
         if limit <= 0:
             fail(f"fragmentation_limits_a.{dim}", f"must be positive, not {limit!r}")
+    for version, image in values["base_images"].items():
+        if not (isinstance(version, str) and re.fullmatch(r"3\.\d+", version) and isinstance(image, str)):
+            fail("base_images", f"maps quoted Python versions to images, like \"3.11\": python:3.11-slim-bookworm; "
+                                f"not {version!r}: {image!r}")
     for name, entry in values["datasets"].items():
         if not isinstance(entry, dict) or ("url" in entry) == ("path" in entry):
             fail(f"datasets.{name}", "needs a url (to download) or a path (shipped), not both")

@@ -167,10 +167,13 @@ def zoo(manifest: Manifest, models: list[Model], keep: bool = False) -> Path:
     builder = ImageBuilder.from_manifest(client, manifest, echo=console.print)
     console.print("removing every model image and the build cache: each image builds from a clean cache")
     remove_model_images(client)
-    start = time.monotonic()
-    runtime = builder.runtime()
-    rows = [{"model": "(runtime)", "paper_tag": "-", "result": "ok", "build_s": round(time.monotonic() - start),
-             "size_gb": round(client.images.get(runtime).attrs["Size"] / 1e9, 2), "note": runtime}]
+    rows = []
+    for python in sorted({model.python for model in models}):
+        start = time.monotonic()
+        runtime = builder.runtime(python)
+        rows.append({"model": f"(runtime {python})", "paper_tag": "-", "result": "ok", "python": python,
+                     "build_s": round(time.monotonic() - start),
+                     "size_gb": round(client.images.get(runtime).attrs["Size"] / 1e9, 2), "note": runtime})
     for model in models:
         console.print(f"[bold]{model.name}[/bold]")
         rows.append(check_model(client, builder, model, manifest, keep))

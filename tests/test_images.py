@@ -1,10 +1,12 @@
 import io
+import re
 import shutil
 
 import pytest
 
 from orchestrator.errors import BenchError
-from orchestrator.images import LABEL, content_hash, discover_models, model_context
+from orchestrator.images import (LABEL, LOCK, ImageBuilder, content_hash, discover_models, freeze, model_context,
+                                 runtime_lock, wheels_for, write_lock)
 
 
 def test_repository_models_are_valid():
@@ -58,9 +60,89 @@ def test_image_is_built_once_labelled_and_reused(docker_client, builder, model_i
 def test_a_failing_build_shows_the_log(builder, tmp_path):
     folder = tmp_path / "broken"
     shutil.copytree(discover_models()["emt"].folder, folder)
-    (folder / "Dockerfile").write_text("ARG RUNTIME_IMAGE\nFROM ${RUNTIME_IMAGE}\nRUN exit 3\n")
+    (folder / "Dockerfile").write_text(f"ARG RUNTIME_IMAGE\nFROM ${{RUNTIME_IMAGE}}\nCOPY {LOCK} /opt/{LOCK}\nRUN exit 3\n")
     with pytest.raises(BenchError, match="building umlip-0123d/broken.*failed"):
         builder.model(discover_models(tmp_path)["broken"])
+
+
+def test_every_image_folder_has_a_lock_its_dockerfile_installs_under(tmp_path):
+    for model in discover_models().values():
+        lock = (model.folder / LOCK).read_text()
+        pins = [line for line in lock.splitlines() if line and not line.startswith("#")]
+        assert pins and all(re.fullmatch(r"[\w.-]+==[\w.!]+", pin) for pin in pins), model.name
+        assert "ase==3.29.0" in pins, model.name  # the benchmark's one optimizer
+        model_context(tmp_path / model.name, model)  # no error: the Dockerfile copies it into place
+    folder = tmp_path / "new"
+    shutil.copytree(discover_models()["emt"].folder, folder)
+    (folder / LOCK).unlink()
+    with pytest.raises(BenchError, match=rf"new: no {LOCK}; `make lock MODEL=new` resolves and writes it"):
+        model_context(tmp_path / "a", discover_models(tmp_path)["new"])
+    (folder / LOCK).write_text("six==1.17.0\n")
+    (folder / "Dockerfile").write_text("ARG RUNTIME_IMAGE\nFROM ${RUNTIME_IMAGE}\nRUN pip install six\n")
+    with pytest.raises(BenchError, match=rf"new/Dockerfile: must COPY {LOCK} to /opt/umlip-0123d/{LOCK}"):
+        model_context(tmp_path / "b", discover_models(tmp_path)["new"])
+
+
+@pytest.mark.docker
+def test_a_lock_decides_the_versions_and_make_lock_resolves_them_afresh(docker_client, builder, tmp_path):
+    folder = tmp_path / "pinned"
+    shutil.copytree(discover_models()["emt"].folder, folder)
+    (folder / "Dockerfile").write_text("ARG RUNTIME_IMAGE\nFROM ${RUNTIME_IMAGE}\n"
+                                       f"COPY {LOCK} /opt/umlip-0123d/{LOCK}\nRUN pip install six\n")
+    (folder / LOCK).write_text("six==1.15.0\n")  # an old release: the unpinned request gets it anyway
+    assert "six==1.15.0" in freeze(docker_client, builder.model(discover_models(tmp_path)["pinned"]))
+
+    write_lock(builder, docker_client, discover_models(tmp_path)["pinned"])
+    pins = [line for line in (folder / LOCK).read_text().splitlines() if not line.startswith("#")]
+    six = next(pin for pin in pins if pin.startswith("six=="))
+    assert six != "six==1.15.0" and "ase==3.29.0" in pins
+    assert not any("+" in pin for pin in pins)  # a wheelhouse's torch 2.13.0+cpu is locked as 2.13.0
+    # the image built from the new lock has exactly the locked packages
+    assert freeze(docker_client, builder.model(discover_models(tmp_path)["pinned"])) == pins
+
+
+def test_a_runtime_gets_the_wheels_made_for_its_python(tmp_path):
+    names = ["torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", "numpy-2.4.6-cp313-cp313-manylinux_2_28_x86_64.whl",
+             "ase-3.29.0-py3-none-any.whl", "six-1.17.0-py2.py3-none-any.whl"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert [w.name for w in wheels_for(tmp_path, "3.11")] == [names[2], names[3], names[0]]
+    assert [w.name for w in wheels_for(tmp_path, "3.13")] == [names[2], names[1], names[3]]
+    assert wheels_for(None, "3.11") == []
+
+
+def test_a_python_without_a_base_image_is_named_with_the_key_to_set(tmp_path):
+    folder = tmp_path / "new"
+    shutil.copytree(discover_models()["emt"].folder, folder)
+    meta = folder / "model.yaml"
+    meta.write_text(meta.read_text().replace('python: "3.11"', 'python: "3.14"'))
+    builder = ImageBuilder(None, {"3.11": "python:3.11-slim-bookworm"}, None, None, tmp_path)
+    with pytest.raises(BenchError, match=r'asks for Python 3.14, but base_images in benchmark.yaml has no "3.14"'):
+        builder.model(discover_models(tmp_path)["new"])
+    meta.write_text(meta.read_text().replace('python: "3.14"', "python: 3.14"))
+    with pytest.raises(BenchError, match=r'new/model.yaml: \'python\' must be a str'):
+        discover_models(tmp_path)
+
+
+@pytest.mark.docker
+def test_a_model_asking_for_python_3_13_runs_on_a_runtime_built_for_it(docker_client, builder, tmp_path):
+    folder = tmp_path / "emt-313"
+    shutil.copytree(discover_models()["emt"].folder, folder)
+    meta = folder / "model.yaml"
+    meta.write_text(meta.read_text().replace('python: "3.11"', 'python: "3.13"'))
+    assert runtime_lock("3.13").exists()  # committed, made by `make lock PYTHON=3.13`
+    image = builder.model(discover_models(tmp_path)["emt-313"])
+    runtime = docker_client.images.get(image).labels[f"{LABEL}.runtime"]
+    assert runtime == builder.runtime("3.13") != builder.runtime("3.11")
+    assert docker_client.images.get(runtime).labels[f"{LABEL}.python"] == "3.13"
+    run = docker_client.containers.run
+    assert run(image, ["python", "-c", "import sys; print(sys.version_info[:2])"], remove=True).decode().strip() == "(3, 13)"
+    # the adapters work there: the contract of its family passes (finite differences included)
+    report = run(image, ["python", "-m", "adapters.contract", "--job", '{"calculator": "emt"}'], remove=True,
+                 network_disabled=True)
+    assert '"passed": true' in report.decode().splitlines()[-1]
+    # a cp311 wheel of the wheelhouse (CI's CPU torch) is not offered to the 3.13 runtime
+    assert "torch" not in " ".join(freeze(docker_client, runtime))
 
 
 def zoo(tmp_path):
@@ -114,7 +196,7 @@ def test_make_models_says_what_is_present_and_what_the_user_supplies(tmp_path, m
     weights, batched = 5, 3  # columns after the model's
     assert rows["mace-mpa-0"][0] == "MACE" and rows["mace-mpa-0"][weights] == "missing"
     assert rows["sevennet-mf-ompa"][0] == "SevenNet" and rows["chgnet"][weights] == "none needed"
-    assert rows["sevennet-0"][batched] == "yes" and rows["chgnet"][batched] == "no (one by one)"
+    assert rows["chgnet"][batched] == "yes" and rows["orb-v2"][batched] == "no (one by one)"
     (tmp_path / "cache" / "weights" / "mace-mpa-0").mkdir(parents=True)
     (tmp_path / "cache" / "weights" / "mace-mpa-0" / "mace-mpa-0-medium.model").write_bytes(b"x")
     out.seek(0)

@@ -43,10 +43,14 @@ def test_bad_devices_and_dimensions_are_rejected(tmp_path):
 
 
 def test_precedence_and_sources(tmp_path):
-    path = write(tmp_path, "shard_size: 10\nbase_image: from-file\ncache_dir: cache\n")
-    m = load(path, {"shard_size": 5}, environ={"UMLIP_BASE_IMAGE": "from-env", "UMLIP_SHARD_SIZE": "7"})
+    path = write(tmp_path, "shard_size: 10\nbase_images: {\"3.11\": from-file}\ncache_dir: cache\n")
+    m = load(path, {"shard_size": 5}, environ={"UMLIP_BASE_IMAGES": '{"3.13": from-env}', "UMLIP_SHARD_SIZE": "7"})
     assert (m["shard_size"], m.sources["shard_size"]) == (5, "command line")
-    assert (m["base_image"], m.sources["base_image"]) == ("from-env", "environment")
+    # a mapping is added to entry by entry: the file's 3.11, the environment's 3.13, the default 3.12
+    assert m["base_images"] == {"3.11": "from-file", "3.12": "python:3.12-slim-bookworm", "3.13": "from-env"}
+    assert m.sources["base_images"] == "environment"
+    with pytest.raises(BenchError, match=r'base_images maps quoted Python versions to images, like "3.11"'):
+        load(write(tmp_path, "base_images: {3.10: python:3.10-slim}\n"), environ={})
     assert m.sources["workers_per_device"] == "default"
     assert m.path_setting("cache_dir") == tmp_path / "cache"
 

@@ -61,6 +61,19 @@ def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(
                         tmp_path / "typo", tmp_path / "weights", bulk("Si", "diamond", 5.43))
 
 
+@pytest.mark.parametrize("folder", ["chgnet", "sevennet-0"])
+def test_contract_with_the_weights_inside_the_wheel_and_the_batched_forward(docker_client, model_image, tmp_path,
+                                                                            folder):
+    model = discover_models()[folder]
+    (tmp_path / "weights").mkdir()
+    report = run_contract(docker_client, model_image(folder), model, tmp_path / "weights", model.options,
+                          tmp_path / "contract")
+    assert report["passed"], report
+    # both have a batched forward (CHGNet's graph batching, SevenNet's collated graphs): checked
+    # on the three structures at once against the calculator one structure at a time
+    assert report["batched_deviation"]["force_ev_per_a"] <= 1e-3, report
+
+
 @pytest.fixture(scope="module")
 def mace_weights(docker_client, model_image, tmp_path_factory):
     """A weights cache pre-seeded with a MACE checkpoint made in the image by mace's own constructor
@@ -108,7 +121,7 @@ def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weight
 
 
 @pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa",
-                                    "mattersim-v1-5m", "m3gnet"])
+                                    "mattersim-v1-5m", "m3gnet", "grace-2l-oam"])
 def test_contract_and_bench_with_checkpoints_made_by_the_models_package(docker_client, model_image, tmp_path,
                                                                         folder):
     model = discover_models()[folder]

@@ -39,15 +39,16 @@ def make_calculator(device: str, checkpoint: str):
 
 
 def make_test_checkpoint(path: str, **options) -> dict:
-    """A small GRACE-2L built by tensorpotential's own preset (random weights), exported by
+    """A small GRACE-2L for every element, built by tensorpotential's own preset (random weights), exported by
     its own save_model as a SavedModel and packed as the released tarballs are (one top
     folder): the stand-in for the file that cannot be had here. The options to use: none."""
+    from ase.data import chemical_symbols
     from tensorpotential.potentials.presets import GRACE_2LAYER_v1_24  # before TensorFlow, as above
     import tensorflow as tf
     from tensorpotential.tpmodel import TPModel
 
     tf.random.set_seed(0)
-    elements = ["C", "Cu", "H", "O"]  # those of the contract's structures
+    elements = chemical_symbols[1:]  # every element, as a universal model has
     instructions = GRACE_2LAYER_v1_24(element_map={e: i for i, e in enumerate(elements)}, lmax=(2, 2),
                                       n_rad_max=(4, 4), embedding_size=8, n_mlp_dens=4, max_order=2)
     model = TPModel(instructions.get_instructions())

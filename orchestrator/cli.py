@@ -93,6 +93,7 @@ def cmd_lock(args) -> None:
     # runtime of every Python the models ask for first, then every model on its runtime
     models = pick_models(manifest, args.models) if args.models else \
         [] if args.python else list(discover_models().values())
+    models = list({(model.image_of or model).name: model.image_of or model for model in models}.values())  # a lock per image
     for python in args.python or ([] if args.models else sorted({model.python for model in models})):
         print(write_lock(builder, client, None, python))
     for model in models:
@@ -142,7 +143,8 @@ def cmd_models(args) -> None:
         needs = sorted({{"token": "HF_TOKEN", "manual": "the file"}.get(w.get("access", "public"), "")
                         for w in model.weights if w["file"] in missing} - {""})
         table.add_row(name, model.paper_tag or "-", ", ".join(model.aliases) or "-", model.forces or "-",
-                      "yes" if has_batched_forward(model.calculator) else "no (one by one)", "built" if name in built else "not built",
+                      "yes" if has_batched_forward(model.calculator) else "no (one by one)",
+                      "built" if (model.image or name) in built else "not built",
                       "none needed" if not model.weights else "missing" if missing else "present",
                       ", ".join(needs) or "-")
     console.print(table)

@@ -3,9 +3,10 @@
 images/base/Dockerfile is the shared runtime (venv, CA bundle, pinned ase), built
 once per Python version the models ask for (model.yaml `python`) on the manifest's
 base image for that version; every other folder of images/ with a model.yaml is a
-model. A model image is rebuilt only when its Dockerfile, model.yaml, lock, the
-adapters code, or its runtime changes; the tag says which, so the tag alone decides
-reuse.
+model, with a Dockerfile of its own or running in another model folder's image
+(model.yaml `image`: the same packages, e.g. ORB-v3 in ORB-v2's). A model image is
+rebuilt only when its Dockerfile, model.yaml, lock, the adapters code, or its runtime
+changes; the tag says which, so the tag alone decides reuse.
 
 Each model folder has a requirements.lock, and images/base one per Python version
 (requirements-<version>.lock): every package of the image at its exact version,
@@ -35,7 +36,7 @@ ADAPTERS_DIR = REPO / "adapters"
 IMAGE_PREFIX = "umlip-0123d"
 LABEL = "org.umlip-0123d"
 MODEL_KEYS = {"description": str, "calculator": str, "options": dict, "packages": list, "paper_tag": str,
-              "aliases": list, "forces": str, "weights": list, "citation": str, "python": str}
+              "aliases": list, "forces": str, "weights": list, "citation": str, "python": str, "image": str}
 #: A model's Python when its model.yaml does not say.
 DEFAULT_PYTHON = "3.11"
 WEIGHT_KEYS = {"file": str, "url": str, "sha256": str, "licence": str, "access": str, "note": str}
@@ -64,6 +65,8 @@ class Model:
     weights: list = field(default_factory=list)  # WEIGHT_KEYS entries; the first is the checkpoint
     citation: str | None = None
     python: str = DEFAULT_PYTHON     # the version its runtime is built for (base_images in the manifest)
+    image: str | None = None         # the model folder whose image it runs in, if not its own
+    image_of: "Model | None" = None  # that folder's model (set by discover_models)
 
     @property
     def names(self) -> list[str]:
@@ -112,9 +115,19 @@ def discover_models(images_dir: Path = IMAGES_DIR) -> dict[str, Model]:
         if data.get("forces", "conservative") not in ("conservative", "direct"):
             raise BenchError(f"{meta}: forces must be conservative or direct, not {data['forces']!r}")
         _check_weights(meta, data.get("weights", []))
-        if not (meta.parent / "Dockerfile").exists():
-            raise BenchError(f"{meta.parent}: a model folder needs a Dockerfile")
+        if "image" not in data and not (meta.parent / "Dockerfile").exists():
+            raise BenchError(f"{meta.parent}: a model folder needs a Dockerfile, or `image:` naming the model "
+                             "folder whose image it runs in")
         models[meta.parent.name] = Model(name=meta.parent.name, folder=meta.parent, **data)
+    for model in models.values():
+        if model.image:
+            model.image_of = models.get(model.image)
+            if model.image_of is None or model.image_of.image:
+                raise BenchError(f"{model.folder / 'model.yaml'}: image {model.image!r} is not a model folder "
+                                 "with a Dockerfile of its own")
+            if (model.folder / "Dockerfile").exists() or model.python != model.image_of.python:
+                raise BenchError(f"{model.folder}: a model running in {model.image}'s image has no Dockerfile "
+                                 "and asks for no other Python")
     return models
 
 
@@ -258,6 +271,8 @@ class ImageBuilder:
 
     def model(self, model: Model, unlocked: bool = False) -> str:
         """The model's image (built if absent); `unlocked`: with an empty lock, to resolve afresh."""
+        if model.image_of:
+            return self.model(model.image_of, unlocked)
         runtime = self.runtime(model.python)
         with tempfile.TemporaryDirectory() as tmp:
             context = model_context(Path(tmp) / "ctx", model, unlocked)

@@ -94,7 +94,7 @@ def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest,
     reason = model.folder / CANNOT_BUILD
     if reason.exists():
         return {**row, "result": "cannot build here", "note": reason.read_text().strip().splitlines()[0]}
-    remove_model_images(client, model.name)
+    remove_model_images(client, model.image or model.name)
     start = time.monotonic()
     try:
         image = builder.model(model)
@@ -132,7 +132,7 @@ def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest,
             bench_one(model, cache, work / "results")
     row["result"] = "ok" if row["contract"] == "passed" and not row["bench"].startswith("FAILED") else "FAILED"
     if not keep:
-        remove_model_images(client, model.name)
+        remove_model_images(client, model.image or model.name)
     return row
 
 

@@ -67,6 +67,9 @@ def test_a_failing_build_shows_the_log(builder, tmp_path):
 
 def test_every_image_folder_has_a_lock_its_dockerfile_installs_under(tmp_path):
     for model in discover_models().values():
+        if model.image:  # runs in another folder's image: that folder's lock
+            assert not (model.folder / LOCK).exists() and (model.image_of.folder / LOCK).exists()
+            continue
         lock = (model.folder / LOCK).read_text()
         pins = [line for line in lock.splitlines() if line and not line.startswith("#")]
         assert pins and all(re.fullmatch(r"[\w.-]+==[\w.!]+", pin) for pin in pins), model.name
@@ -99,6 +102,27 @@ def test_a_lock_decides_the_versions_and_make_lock_resolves_them_afresh(docker_c
     assert not any("+" in pin for pin in pins)  # a wheelhouse's torch 2.13.0+cpu is locked as 2.13.0
     # the image built from the new lock has exactly the locked packages
     assert freeze(docker_client, builder.model(discover_models(tmp_path)["pinned"])) == pins
+
+
+def test_a_model_folder_may_run_in_another_folders_image(tmp_path):
+    models = discover_models()
+    assert models["orb-v3-direct-inf-mpa"].image_of is models["orb-v2"]
+    assert models["esen-30m-oam"].image_of is models["eqv2-m-omat-salex-mp"]
+    for name in ("base", "shared"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "base" / "model.yaml").write_text("description: x\ncalculator: orb\n")
+    (tmp_path / "base" / "Dockerfile").write_text("FROM x\n")
+    (tmp_path / "shared" / "model.yaml").write_text("description: y\ncalculator: orb\nimage: bass\n")
+    with pytest.raises(BenchError, match=r"shared/model.yaml: image 'bass' is not a model folder with a Dockerfile"):
+        discover_models(tmp_path)
+    (tmp_path / "shared" / "model.yaml").write_text('description: y\ncalculator: orb\nimage: base\npython: "3.13"\n')
+    with pytest.raises(BenchError, match=r"shared: a model running in base's image has no Dockerfile and asks for no"):
+        discover_models(tmp_path)
+
+
+@pytest.mark.docker
+def test_a_model_without_a_dockerfile_gets_the_image_it_names(model_image):
+    assert model_image("orb-v3-direct-inf-mpa") == model_image("orb-v2")
 
 
 def test_a_runtime_gets_the_wheels_made_for_its_python(tmp_path):

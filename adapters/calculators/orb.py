@@ -31,3 +31,33 @@ def make_test_checkpoint(path: str, model: str, **options) -> dict:
         network = build(device="cpu", system_config=SystemConfig(radius=6.0, max_num_neighbors=120))
     torch.save(network.state_dict(), path)
     return {}
+
+
+def make_batched(device: str, model: str, checkpoint: str, precision: str = "float32-high"):
+    """evaluate(frames) for the batched engine: each structure's graph made as ORBCalculator
+    makes it, all of them batched by orb-models' own batch_graphs into one model call, the
+    results read as ORBCalculator reads them (conservative models: the gradient heads)."""
+    import numpy as np
+    from orb_models.forcefield.atomic_system import ase_atoms_to_atom_graphs
+    from orb_models.forcefield.base import batch_graphs
+
+    from adapters.batched import isolate_failures
+
+    calculator = make_calculator(device, model, checkpoint, precision)
+    network = calculator.model
+    forces_key = network.grad_forces_name if calculator.conservative else "forces"
+    stress_key = network.grad_stress_name if calculator.conservative else "stress"
+
+    def forward(frames):
+        graphs = [ase_atoms_to_atom_graphs(atoms, system_config=calculator.system_config,
+                                           max_num_neighbors=calculator.max_num_neighbors,
+                                           edge_method=calculator.edge_method,
+                                           half_supercell=calculator.half_supercell, device=calculator.device)
+                  for atoms in frames]
+        out = network.predict(batch_graphs(graphs).to(calculator.device))
+        energy = out["energy"].detach().cpu().numpy().reshape(-1)
+        forces = np.split(out[forces_key].detach().cpu().numpy(), np.cumsum([len(a) for a in frames])[:-1])
+        stress = out[stress_key].detach().cpu().numpy().reshape(len(frames), 6)
+        return [(float(e), f, s) for e, f, s in zip(energy, forces, stress)]
+
+    return lambda frames: isolate_failures(forward, frames)

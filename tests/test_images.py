@@ -220,7 +220,7 @@ def test_make_models_says_what_is_present_and_what_the_user_supplies(tmp_path, m
     weights, batched = 5, 3  # columns after the model's
     assert rows["mace-mpa-0"][0] == "MACE" and rows["mace-mpa-0"][weights] == "missing"
     assert rows["sevennet-mf-ompa"][0] == "SevenNet" and rows["chgnet"][weights] == "none needed"
-    assert rows["chgnet"][batched] == "yes" and rows["orb-v2"][batched] == "no (one by one)"
+    assert rows["orb-v2"][batched] == "yes" and rows["m3gnet"][batched] == "no (one by one)"
     (tmp_path / "cache" / "weights" / "mace-mpa-0").mkdir(parents=True)
     (tmp_path / "cache" / "weights" / "mace-mpa-0" / "mace-mpa-0-medium.model").write_bytes(b"x")
     out.seek(0)

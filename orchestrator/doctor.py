@@ -29,7 +29,15 @@ def doctor(manifest: Manifest) -> bool:
     if client is not None:
         import docker.errors
 
-        for python, base in sorted(manifest["base_images"].items()):
+        try:  # the base images of the Pythons the models to run ask for
+            pythons = sorted({model.python for model in pick_models(manifest, manifest["models"])})
+        except BenchError:  # said below, with the models
+            pythons = []
+        for python in pythons:
+            base = manifest["base_images"].get(python)
+            if base is None:
+                check(False, f"base image for Python {python}: none", f'add "{python}": <image> to base_images')
+                continue
             try:
                 client.images.get(base)
                 check(True, f"base image for Python {python}: {base} present")

@@ -244,3 +244,31 @@ def test_doctor_names_missing_weights_and_the_command_that_fetches_them(tmp_path
     assert "models to run: mace-mpa-0, chgnet" in text
     assert "mace-mpa-0: weights missing: mace-mpa-0-medium.model" in text and "make weights MODEL=mace-mpa-0" in text
     assert "chgnet: weights" not in text  # nothing to fetch
+
+
+def test_doctor_checks_the_base_image_of_each_python_the_models_ask_for(tmp_path, monkeypatch):
+    import docker.errors
+    from rich.console import Console
+
+    import orchestrator.doctor
+    from orchestrator.manifest import load
+
+    class Images:
+        def get(self, name):
+            raise docker.errors.ImageNotFound(name)
+
+    class Engine:
+        images = Images()
+
+        def version(self):
+            return {"Version": "test"}
+
+    out = io.StringIO()
+    monkeypatch.setattr(orchestrator.doctor, "console", Console(file=out, width=300))
+    monkeypatch.setattr(orchestrator.doctor, "docker_client", Engine)
+    manifest = tmp_path / "benchmark.yaml"
+    manifest.write_text(f"cache_dir: {tmp_path / 'cache'}\nmodels: [emt]\nbase_images: {{\"3.11\": my/base}}\n")
+    orchestrator.doctor.doctor(load(manifest, environ={}))
+    text = out.getvalue()
+    assert "base image for Python 3.11: my/base not present locally" in text and "make-local-base.sh" in text
+    assert "Python 3.13" not in text  # no model to run asks for it

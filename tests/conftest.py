@@ -9,7 +9,15 @@ from pathlib import Path
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
+import signal
+
 import pytest
+
+# A shell without job control starts background commands with SIGINT ignored, and children inherit
+# that: a test run started so would send its orchestrators a Ctrl-C they cannot see. A handler (not
+# an ignore) is reset to the default in each child, so they get Ctrl-C as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "data" / "alexandria-pbe-3d-sample200.json.bz2"

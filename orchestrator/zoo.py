@@ -27,7 +27,7 @@ from pathlib import Path
 
 from orchestrator import provenance
 from orchestrator.engine import console, docker_client
-from orchestrator.images import IMAGE_PREFIX, REPO, ImageBuilder, Model
+from orchestrator.images import LABEL, REPO, ImageBuilder, Model
 from orchestrator.manifest import Manifest
 from orchestrator.scheduler import (CACHE_MOUNT, Job, container_kwargs, device_slots, prepare_worker_files,
                                     worker_user)
@@ -40,10 +40,17 @@ COLUMNS = ("model", "paper_tag", "result", "build_s", "size_gb", "python", "torc
 
 
 def remove_model_images(client, name: str | None = None) -> None:
-    """Every image of the model (or of every model and the runtime), and the build cache."""
-    for image in client.images.list(name=f"{IMAGE_PREFIX}/{name}" if name else None):
-        if any(tag.startswith(f"{IMAGE_PREFIX}/") for tag in image.tags):
-            client.images.remove(image.id, force=True)
+    """Every image of the model (or of every model and runtime, untagged ones that earlier
+    builds left included), models before the runtimes they are built on, and the build cache."""
+    import docker.errors
+
+    kinds = [f"{LABEL}.model={name}"] if name else [f"{LABEL}.model", f"{LABEL}.base-image"]
+    for kind in kinds:
+        for image in client.images.list(filters={"label": kind}):
+            try:
+                client.images.remove(image.id, force=True)
+            except docker.errors.ImageNotFound:  # went with an image removed before it
+                pass
     client.api.prune_builds(all=True)
 
 

@@ -272,3 +272,12 @@ def test_doctor_checks_the_base_image_of_each_python_the_models_ask_for(tmp_path
     text = out.getvalue()
     assert "base image for Python 3.11: my/base not present locally" in text and "make-local-base.sh" in text
     assert "Python 3.13" not in text  # no model to run asks for it
+
+
+def test_make_bench_model_paper_runs_a_folder_for_each_of_the_papers_eleven_models(manifest):
+    from metrics.paper import table_ii
+    from orchestrator.bench import pick_models
+
+    models = pick_models(manifest, ["paper"])
+    assert len(models) == 11
+    assert sorted(m.paper_tag for m in models) == sorted(set(table_ii()["tag"]))

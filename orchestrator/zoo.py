@@ -101,7 +101,8 @@ def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest,
     reason = model.folder / CANNOT_BUILD
     if reason.exists():
         return {**row, "result": "cannot build here", "note": reason.read_text().strip().splitlines()[0]}
-    remove_model_images(client, model.image or model.name)
+    if not (keep and model.image):  # with --keep, a model sharing a kept image reuses it
+        remove_model_images(client, model.image or model.name)
     start = time.monotonic()
     try:
         image = builder.model(model)

@@ -126,7 +126,7 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
         if model_records.get(model.name, {}).get("image_id") != image_id:
             model_records[model.name] = {"image": image, "image_id": image_id, "runtime_image": builder.runtime(model.python),
                                          "base_image": builder.base_image(model.python), "calculator": model.calculator,
-                                         "options": model.options, "description": model.description,
+                                         "options": model.options, "description": model.description, "dtype": model.dtype,
                                          "paper_tag": model.paper_tag, "weights": weights[model.name],
                                          **provenance.image_versions(client, image, model.packages)}
         totals[model.name] = len(structures)

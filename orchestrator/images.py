@@ -36,7 +36,7 @@ ADAPTERS_DIR = REPO / "adapters"
 IMAGE_PREFIX = "umlip-0123d"
 LABEL = "org.umlip-0123d"
 MODEL_KEYS = {"description": str, "calculator": str, "options": dict, "packages": list, "paper_tag": str,
-              "aliases": list, "forces": str, "weights": list, "citation": str, "python": str, "image": str}
+              "aliases": list, "forces": str, "weights": list, "citation": str, "python": str, "image": str, "dtype": str}
 #: A model's Python when its model.yaml does not say.
 DEFAULT_PYTHON = "3.11"
 WEIGHT_KEYS = {"file": str, "url": str, "sha256": str, "licence": str, "access": str, "note": str}
@@ -65,6 +65,7 @@ class Model:
     weights: list = field(default_factory=list)  # WEIGHT_KEYS entries; the first is the checkpoint
     citation: str | None = None
     python: str = DEFAULT_PYTHON     # the version its runtime is built for (base_images in the manifest)
+    dtype: str | None = None         # the precision it computes in, as its package runs it
     image: str | None = None         # the model folder whose image it runs in, if not its own
     image_of: "Model | None" = None  # that folder's model (set by discover_models)
 

@@ -93,7 +93,10 @@ def cmd_lock(args) -> None:
     # runtime of every Python the models ask for first, then every model on its runtime
     models = pick_models(manifest, args.models) if args.models else \
         [] if args.python else list(discover_models().values())
-    models = list({(model.image_of or model).name: model.image_of or model for model in models}.values())  # a lock per image
+    images = {}  # a lock per image: a model running in another folder's image locks that folder
+    for model in models:
+        images.setdefault((model.image_of or model).name, model.image_of or model)
+    models = list(images.values())
     for python in args.python or ([] if args.models else sorted({model.python for model in models})):
         print(write_lock(builder, client, None, python))
     for model in models:

@@ -209,7 +209,7 @@ def runtime_context(dest: Path, python: str, ca_bundle: Path | None, wheelhouse:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("Dockerfile", "constraints.txt"):
         shutil.copyfile(IMAGES_DIR / "base" / name, dest / name)
-    _place_lock(IMAGES_DIR / "base" / "Dockerfile", runtime_lock(python), dest, unlocked, "make lock")
+    _place_lock(IMAGES_DIR / "base" / "Dockerfile", runtime_lock(python), dest, unlocked, f"make lock PYTHON={python}")
     (dest / "extra-ca.crt").write_bytes(ca_bundle.read_bytes() if ca_bundle else b"")
     (dest / "wheelhouse").mkdir()
     for wheel in wheels_for(wheelhouse, python):

@@ -36,7 +36,8 @@ ADAPTERS_DIR = REPO / "adapters"
 IMAGE_PREFIX = "umlip-0123d"
 LABEL = "org.umlip-0123d"
 MODEL_KEYS = {"description": str, "calculator": str, "options": dict, "packages": list, "paper_tag": str,
-              "aliases": list, "forces": str, "weights": list, "citation": str, "python": str, "image": str, "dtype": str}
+              "aliases": list, "forces": str, "weights": list, "citation": str, "python": str, "image": str,
+              "dtype": str}
 #: A model's Python when its model.yaml does not say.
 DEFAULT_PYTHON = "3.11"
 WEIGHT_KEYS = {"file": str, "url": str, "sha256": str, "licence": str, "access": str, "note": str}

@@ -1,6 +1,6 @@
 """Container entrypoint: relax every structure of a shard, one JSON line each.
 
-    python -m adapters.relax --job JOB_JSON --shard IN.jsonl --out OUT.jsonl
+    python -m adapters.relax --job JOB_JSON --shard IN.jsonl --out OUT.jsonl [--shard ... --out ...]
 
 JOB_JSON holds the calculator name and options, the device and the protocol
 (variant, fmax, max_steps, divergence limit, optimizer, cell filter, fragmentation
@@ -8,7 +8,9 @@ limits). Two variants: `paper`, the text of Benedini et al. (one FIRE run of up 
 max_steps), and `authors`, their code (cycles of FIRE with the vacuum reset between
 them; see relax_authors). The calculator is
 loaded once; each structure's result is appended and flushed as it finishes, so
-a killed worker loses at most the structure in flight. Rerun on the same files,
+a killed worker loses at most the structures in flight. Several shards (pairs of
+--shard and --out) are one queue for the batched engine, so its batch stays full across
+shard boundaries; each result still goes to its own shard's output. Rerun on the same files,
 it skips what is done; a structure that killed CRASHES_TO_FAIL workers (segfault,
 out of memory; the orchestrator lists them in `<out>.crashed`) is recorded as
 model_error instead of being tried forever.
@@ -310,53 +312,84 @@ def crash_counts(out: Path) -> dict[str, int]:
     return counts
 
 
+class ShardFiles:
+    """One shard's files in a worker: its structures still to relax, its output and its
+    in-flight marker."""
+
+    def __init__(self, shard: Path, out: Path):
+        self.in_flight = in_flight_path(out)  # may be a mounted file: emptied, never removed
+        self.in_flight.write_text("")
+        records = [json.loads(line) for line in shard.read_text().splitlines() if line.strip()]
+        done = finished_ids(out)
+        self.todo = [r for r in records if r["id"] not in done]
+        self.crashes = crash_counts(out)
+        self.out = out.open("a")
+        for record in [r for r in self.todo if self.crashes.get(r["id"], 0) >= CRASHES_TO_FAIL]:
+            # it killed the worker itself again and again (segfault, out of memory): record it
+            write(self.out, {"id": record["id"], "converged": False, "failure_reason": "model_error", "steps": 0,
+                             "error": f"the worker process died {self.crashes[record['id']]} times relaxing it"})
+        self.todo = [r for r in self.todo if self.crashes.get(r["id"], 0) < CRASHES_TO_FAIL]
+        self.marked = ""
+
+    def mark(self, ids: list[str]) -> None:
+        """Name the structures of this shard in flight (rewritten only when they change)."""
+        text = "\n".join(ids)
+        if text != self.marked:
+            self.in_flight.write_text(text)
+            self.marked = text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="JSON: calculator, options, device, protocol")
-    parser.add_argument("--shard", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--shard", required=True, type=Path, action="append", help="repeatable, with --out")
+    parser.add_argument("--out", required=True, type=Path, action="append", help="one per --shard, in order")
     args = parser.parse_args(argv)
+    if len(args.shard) != len(args.out):
+        parser.error(f"{len(args.shard)} --shard but {len(args.out)} --out: give one --out per --shard")
     job = json.loads(args.job)
-    records = [json.loads(line) for line in args.shard.read_text().splitlines() if line.strip()]
-    in_flight = in_flight_path(args.out)  # may be a mounted file: emptied, never removed
+    shards: list[ShardFiles] = []
     try:
-        in_flight.write_text("")
-        done = finished_ids(args.out)
-        todo = [r for r in records if r["id"] not in done]
-        crashes = crash_counts(args.out)
-        with args.out.open("a") as out:
-            for record in [r for r in todo if crashes.get(r["id"], 0) >= CRASHES_TO_FAIL]:
-                # it killed the worker itself again and again (segfault, out of memory): record it
-                write(out, {"id": record["id"], "converged": False, "failure_reason": "model_error", "steps": 0,
-                            "error": f"the worker process died {crashes[record['id']]} times relaxing it"})
-            todo = [r for r in todo if crashes.get(r["id"], 0) < CRASHES_TO_FAIL]
-            if todo and job["protocol"].get("engine", "ase") == "batched":
-                relax_shard_batched(job, todo, crashes, out, in_flight)
-            elif todo:
-                calculator = make_calculator(job["calculator"], job["device"], job.get("options", {}))
-                for record in todo:
-                    in_flight.write_text(record["id"])
-                    write(out, relax_record(record, calculator, job["protocol"], job.get("structure_timeout_s")))
-        in_flight.write_text("")
+        for shard, out in zip(args.shard, args.out):
+            shards.append(ShardFiles(shard, out))
+        if any(s.todo for s in shards) and job["protocol"].get("engine", "ase") == "batched":
+            relax_shards_batched(job, shards)
+        elif any(s.todo for s in shards):
+            calculator = make_calculator(job["calculator"], job["device"], job.get("options", {}))
+            for shard in shards:
+                for record in shard.todo:
+                    shard.mark([record["id"]])
+                    write(shard.out, relax_record(record, calculator, job["protocol"], job.get("structure_timeout_s")))
+                shard.mark([])
     except OSError as exc:
-        print(f"cannot write the results of {args.shard.name}: {exc}", file=sys.stderr)
+        print(f"cannot write the results of {', '.join(s.name for s in args.shard)}: {exc}", file=sys.stderr)
         return CANNOT_WRITE
+    finally:
+        for shard in shards:
+            shard.out.close()
     return 0
 
 
-def relax_shard_batched(job: dict, todo: list[dict], crashes: dict, out, in_flight: Path) -> None:
-    """The batched engine over a shard. Every structure in flight is named in the marker
-    (one a line), so a worker that dies lists them all as crashed once; those then relax
-    one at a time, first, and only the one that kills a worker again becomes model_error."""
+def relax_shards_batched(job: dict, shards: list[ShardFiles]) -> None:
+    """The batched engine over the shards' structures as one queue. Every structure in
+    flight is named in its shard's marker (one a line), so a worker that dies lists them
+    all as crashed once; those then relax one at a time, first, and only the one that
+    kills a worker again becomes model_error."""
     from adapters.batched import relax_batched
     from adapters.calculators import make_evaluator
 
     evaluate = make_evaluator(job["calculator"], job["device"], job.get("options", {}))
-    suspects = [r for r in todo if crashes.get(r["id"])]
-    for records, batch_atoms in ((suspects, 0), ([r for r in todo if not crashes.get(r["id"])], job["batch_atoms"])):
-        relax_batched(records, evaluate, job["protocol"], lambda sid, result: write(out, {"id": sid, **result}),
-                      batch_atoms=batch_atoms, timeout_s=job.get("structure_timeout_s"),
-                      on_batch=lambda ids: in_flight.write_text("\n".join(ids)))
+    owner = {r["id"]: shard for shard in shards for r in shard.todo}
+
+    def mark(ids: list[str]) -> None:
+        for shard in shards:
+            shard.mark([sid for sid in ids if owner[sid] is shard])
+
+    suspects = [r for s in shards for r in s.todo if s.crashes.get(r["id"])]
+    rest = [r for s in shards for r in s.todo if not s.crashes.get(r["id"])]
+    for records, batch_atoms in ((suspects, 0), (rest, job["batch_atoms"])):
+        relax_batched(records, evaluate, job["protocol"], lambda sid, result: write(owner[sid].out, {"id": sid, **result}),
+                      batch_atoms=batch_atoms, timeout_s=job.get("structure_timeout_s"), on_batch=mark)
 
 
 class StructureTimeout(Exception):

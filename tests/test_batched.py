@@ -156,6 +156,47 @@ def test_the_entrypoint_writes_the_same_lines_with_either_engine(tmp_path, refer
         assert got["steps"] == want["steps"] and np.allclose(got["positions"], want["positions"], atol=1e-8)
 
 
+def test_one_worker_refills_its_batch_across_shards_and_writes_each_result_to_its_shard(tmp_path, reference,
+                                                                                         monkeypatch):
+    import adapters.relax
+
+    records, expected = reference
+    parts = {"shard-0000": records[:3], "shard-0001": records[3:5], "shard-0002": records[5:]}
+    for name, part in parts.items():
+        write_shard(tmp_path / f"{name}.jsonl", part)
+    (tmp_path / "shard-0001.out.jsonl").write_text(json.dumps({"id": records[3]["id"], "steps": -1}) + "\n")  # done
+    in_flight = []  # (shard, ids) as the worker names them
+    mark = adapters.relax.ShardFiles.mark
+    monkeypatch.setattr(adapters.relax.ShardFiles, "mark",
+                        lambda self, ids: (in_flight.append((self.in_flight.name, tuple(ids))), mark(self, ids))[1])
+    job = {"calculator": "emt", "options": {}, "device": "cpu", "batch_atoms": 40,
+           "protocol": {**PROTOCOL, "engine": "batched"}}
+    argv = ["--job", json.dumps(job)]
+    for name in parts:
+        argv += ["--shard", str(tmp_path / f"{name}.jsonl"), "--out", str(tmp_path / f"{name}.out.jsonl")]
+    assert entrypoint(argv) == 0
+    for name, part in parts.items():
+        lines = [json.loads(line) for line in (tmp_path / f"{name}.out.jsonl").read_text().splitlines()]
+        assert sorted(r["id"] for r in lines) == sorted(r["id"] for r in part)  # each exactly once, in its shard
+        for line in lines:
+            if line["steps"] != -1:
+                assert line["steps"] == expected[line["id"]]["steps"], line["id"]
+        assert (tmp_path / f"{name}.out.inflight").read_text() == ""
+    busy = {}
+    for shard, ids in in_flight:
+        busy[shard] = bool(ids)
+        if sum(busy.values()) > 1:
+            break
+    assert sum(busy.values()) > 1  # structures of two shards shared a batch
+    assert records[3]["id"] not in {sid for _, ids in in_flight for sid in ids}  # finished before: not redone
+
+
+def test_a_shard_and_an_output_go_in_pairs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        entrypoint(["--job", "{}", "--shard", "a.jsonl", "--shard", "b.jsonl", "--out", "a.out"])
+    assert "2 --shard but 1 --out" in capsys.readouterr().err
+
+
 def test_crashed_structures_relax_alone_first_and_a_second_crash_is_a_model_error(tmp_path, reference):
     records, _ = reference
     shard = tmp_path / "shard-0000.jsonl"
@@ -216,12 +257,16 @@ def test_make_bench_with_the_batched_engine_gives_the_reference_table(tmp_path, 
 
     dataset = tmp_path / "emt-set.extxyz"
     emt_dataset(dataset)
-    runs = {}
+    runs, logs = {}, {}
     for engine in ("ase", "batched"):
         done = bench("--models", "emt", "--dataset", str(dataset), "--engine", engine, "--set", "batch_atoms=8",
-                     results=tmp_path / "r")
+                     "--set", "shard_size=2", results=tmp_path / "r")
         runs[engine] = Path(done.stdout.strip().splitlines()[-1])
+        logs[engine] = sorted(path.name for path in (runs[engine] / "raw" / "emt").glob("*.log"))
     assert runs["ase"] != runs["batched"]
+    # three shards: a container each for the reference engine, one for all three when batched
+    assert logs == {"ase": ["shard-0000.log", "shard-0001.log", "shard-0002.log"], "batched": ["shard-0000.log"]}
+    assert "3 shard(s) in 1 job(s)" in done.stdout
     columns = ["id", "steps", "converged", "failure_reason", "energy_ev", "position_mae_a"]
     tables = {engine: pd.read_csv(run / "results.csv", keep_default_na=False)[columns].sort_values("id")
               .reset_index(drop=True) for engine, run in runs.items()}

@@ -16,7 +16,7 @@ from orchestrator.datasets import load_dataset, select, subset_key, write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
 from orchestrator.images import ImageBuilder, Model, discover_models, resolve_models
 from orchestrator.manifest import Manifest
-from orchestrator.scheduler import Job, RunLock, Scheduler, device_slots
+from orchestrator.scheduler import Job, RunLock, Scheduler, device_slots, one_job_per_slot
 from orchestrator.shards import complete_lines, read_ids, write_shards
 from orchestrator.weights import checkpoint_option, ensure_weights
 
@@ -135,10 +135,13 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
                "structure_timeout_s": manifest["structure_timeout_s"], "batch_atoms": manifest["batch_atoms"]}
         for shard, ids in shard_ids.items():
             if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):
-                jobs.append(Job(model=model.name, image=image, shard=shard, out_dir=out_dir, job=job))
+                jobs.append(Job(model=model.name, image=image, shards=(shard,), out_dir=out_dir, job=job))
+    if manifest["engine"] == "batched" and manifest["backend"] == "docker":
+        jobs = one_job_per_slot(jobs, len(slots))  # a batch refilled across shards keeps its device busy
 
     if jobs:
-        console.print(f"{len(jobs)} shard job(s) on {len(slots)} slot(s): {', '.join(s.name for s in slots)}")
+        console.print(f"{sum(len(job.shards) for job in jobs)} shard(s) in {len(jobs)} job(s) on {len(slots)} slot(s): "
+                      f"{', '.join(s.name for s in slots)}")
         tracker = ResultsProgress(run_dir, totals)
         with tracker.progress:
             scheduler.run(jobs, on_tick=tracker.update)

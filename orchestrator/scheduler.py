@@ -1,4 +1,6 @@
-"""Run shards in model containers, one container per (model, shard), on device slots.
+"""Run shards in model containers, one container per (model, shard), on device slots;
+with the batched engine one container per (model, slot) relaxes that slot's share of the
+shards as one queue, so its batch stays full from the first shard to the last.
 
 A slot is one worker: a GPU (or the CPU) and a bounded number of CPU threads.
 Each container sees only its own GPU, its shard read-only, its results folder
@@ -112,13 +114,40 @@ def device_slots(devices, workers_per_device: int | None, threads_per_worker: in
 class Job:
     model: str
     image: str
-    shard: Path           # host path of the shard
-    out_dir: Path         # host folder of this model's results
-    job: dict             # calculator, options, protocol (device is filled per slot)
+    shards: tuple[Path, ...]  # host paths of the shards one container relaxes
+    out_dir: Path             # host folder of this model's results
+    job: dict                 # calculator, options, protocol (device is filled per slot)
+
+    def out(self, shard: Path) -> Path:
+        return self.out_dir / f"{shard.stem}.jsonl"
 
     @property
-    def out(self) -> Path:
-        return self.out_dir / f"{self.shard.stem}.jsonl"
+    def outs(self) -> list[Path]:
+        return [self.out(shard) for shard in self.shards]
+
+    @property
+    def name(self) -> str:
+        """Its shards, for messages: shard-0003, or shard-0000 to shard-0039 (40 shards)."""
+        first, last = self.shards[0].stem, self.shards[-1].stem
+        return first if len(self.shards) == 1 else f"{first} to {last} ({len(self.shards)} shards)"
+
+    @property
+    def log(self) -> Path:
+        """The container's output, beside its first shard's results."""
+        return self.out(self.shards[0]).with_suffix(".log")
+
+
+def one_job_per_slot(jobs: list[Job], slots: int) -> list[Job]:
+    """The batched engine's jobs: each model's shards split into `slots` runs of
+    consecutive shards, one container each (a model with fewer shards gets fewer)."""
+    merged = []
+    for model in dict.fromkeys(job.model for job in jobs):
+        same = [job for job in jobs if job.model == model]
+        shards = [shard for job in same for shard in job.shards]
+        size = -(-len(shards) // slots)
+        merged += [Job(model=model, image=same[0].image, shards=tuple(shards[k:k + size]), out_dir=same[0].out_dir,
+                       job=same[0].job) for k in range(0, len(shards), size)]
+    return merged
 
 
 #: Exit codes of a worker killed from outside (SIGKILL, SIGTERM): not the structure's fault.
@@ -131,15 +160,18 @@ def run_key(run_dir: Path) -> str:
 
 
 def container_name(run_key: str, job: Job) -> str:
-    return f"umlip-0123d-{run_key}-{job.model}-{job.shard.stem}"
+    return f"umlip-0123d-{run_key}-{job.model}-{job.shards[0].stem}"
 
 
 def worker_files(job: Job) -> dict[str, tuple[Path, str]]:
-    """The only host files a worker may touch, by their path inside the container:
-    its output and in-flight marker (read-write) and its crash list (read-only)."""
-    return {f"{OUT_MOUNT}/{job.out.name}": (job.out, "rw"),
-            f"{OUT_MOUNT}/{in_flight_path(job.out).name}": (in_flight_path(job.out), "rw"),
-            f"{OUT_MOUNT}/{crash_list_path(job.out).name}": (crash_list_path(job.out), "ro")}
+    """The only host files a worker may touch, by their path inside the container: its
+    shards' outputs and in-flight markers (read-write) and crash lists (read-only)."""
+    files = {}
+    for out in job.outs:
+        files.update({f"{OUT_MOUNT}/{out.name}": (out, "rw"),
+                      f"{OUT_MOUNT}/{in_flight_path(out).name}": (in_flight_path(out), "rw"),
+                      f"{OUT_MOUNT}/{crash_list_path(out).name}": (crash_list_path(out), "ro")})
+    return files
 
 
 def worker_user() -> tuple[int, int]:
@@ -159,7 +191,7 @@ def prepare_worker_files(job: Job) -> None:
 
 
 def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner: str = "") -> dict:
-    """Everything docker needs to run one shard on one slot (also used to inspect in tests).
+    """Everything docker needs to run a job's shards on one slot (also used to inspect in tests).
 
     Least privilege: no network, not root, no capabilities, no privilege escalation, a
     read-only root filesystem with a tmpfs for scratch, the shards and the weights cache
@@ -171,13 +203,14 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
     spec = {**job.job, "device": slot.device}
     threads = str(slot.threads)
     uid, gid = worker_user()
-    volumes = {str(job.shard.parent): {"bind": SHARDS_MOUNT, "mode": "ro"},
+    volumes = {str(job.shards[0].parent): {"bind": SHARDS_MOUNT, "mode": "ro"},
                str(cache_dir): {"bind": CACHE_MOUNT, "mode": "ro"}}
     volumes.update({str(path): {"bind": inside, "mode": mode} for inside, (path, mode) in worker_files(job).items()})
     kwargs = {
         "image": job.image,
         "command": ["python", "-m", "adapters.relax", "--job", json.dumps(spec),
-                    "--shard", f"{SHARDS_MOUNT}/{job.shard.name}", "--out", f"{OUT_MOUNT}/{job.out.name}"],
+                    *[arg for shard in job.shards
+                      for arg in ("--shard", f"{SHARDS_MOUNT}/{shard.name}", "--out", f"{OUT_MOUNT}/{job.out(shard).name}")]],
         "name": container_name(run_key, job),
         "labels": {f"{LABEL}.run": run_key, f"{LABEL}.owner": owner, f"{LABEL}.model": job.model,
                    f"{LABEL}.slot": slot.name},
@@ -239,13 +272,19 @@ class RunLock:
 
 
 def record_crash(job: Job) -> None:
-    """After a worker died on its own: append the structures it was relaxing (its in-flight
-    marker: one, or a batch of them, one a line) to the shard's crash list."""
-    in_flight = in_flight_path(job.out)
-    sid = in_flight.read_text().strip() if in_flight.exists() else ""
-    if sid:
-        with crash_list_path(job.out).open("a") as handle:
-            handle.write(sid + "\n")
+    """After a worker died on its own: append the structures it was relaxing (the in-flight
+    markers: one, or a batch of them, one a line) to their shards' crash lists."""
+    for out in job.outs:
+        in_flight = in_flight_path(out)
+        ids = in_flight.read_text().strip() if in_flight.exists() else ""
+        if ids:
+            with crash_list_path(out).open("a") as handle:
+                handle.write(ids + "\n")
+
+
+def results_size(job: Job) -> int:
+    """Bytes in the job's result files: grows with every structure finished."""
+    return sum(out.stat().st_size for out in job.outs if out.exists())
 
 
 class Scheduler:
@@ -297,30 +336,37 @@ class Scheduler:
             try:
                 self._run_job(job, slot, stop)
             except Exception as exc:  # the engine refused: record why, keep the queue moving
-                self.failures.append(f"{job.model} {job.shard.name} on {slot.name}: {type(exc).__name__}: {exc}")
+                self.failures.append(f"{job.model} {job.name} on {slot.name}: {type(exc).__name__}: {exc}")
 
     def _run_job(self, job: Job, slot: Slot, stop: threading.Event) -> None:
-        for _ in range(self.max_retries + 1):
+        """Run the job's container until its shards are done. One that dies is rerun; the
+        job is given up after max_retries + 1 deaths in a row without a new result, so a
+        job of many shards survives as many crashes as it has structures that cause
+        them (each one ends as model_error after CRASHES_TO_FAIL of them)."""
+        fruitless = 0
+        while fruitless <= self.max_retries:
             if stop.is_set():
                 return
+            written = results_size(job)
             code, out_of_memory, stalled = self._run_container(job, slot)
             if code == 0 or stop.is_set():
                 return
             if stalled:
-                self.failures.append(f"{job.model} {job.shard.name}: no new result for {self.stall_timeout_s:g} s: "
+                self.failures.append(f"{job.model} {job.name}: no new result for {self.stall_timeout_s:g} s: "
                                      "the worker was stopped and its shard resumed")
             if code == CANNOT_WRITE:
-                self.failures.append(f"{job.model} {job.shard.name}: the worker cannot write its results "
-                                     f"(disk full or folder read-only); see {job.out.with_suffix('.log')}")
+                self.failures.append(f"{job.model} {job.name}: the worker cannot write its results "
+                                     f"(disk full or folder read-only); see {job.log}")
                 return
             if out_of_memory or code not in KILLED_FROM_OUTSIDE:
                 record_crash(job)
-        self.failures.append(f"{job.model} {job.shard.name}: container exited with code {code} "
-                             f"{self.max_retries + 1} times; see {job.out.with_suffix('.log')}")
+            fruitless = 0 if results_size(job) > written else fruitless + 1
+        self.failures.append(f"{job.model} {job.name}: container exited with code {code} "
+                             f"{fruitless} times in a row without a new result; see {job.log}")
 
     def _run_container(self, job: Job, slot: Slot) -> tuple[int, bool, bool]:
         """(exit code, killed for memory, stopped as hung) of one container run of the job.
-        Its output is streamed into the shard's .log as it comes, so a killed run keeps
+        Its output is streamed into the job's .log as it comes, so a killed run keeps
         its log; a watchdog stops it when its output file has not grown for
         stall_timeout_s (a paused or deadlocked worker)."""
         import docker.errors
@@ -333,8 +379,9 @@ class Scheduler:
         def watch() -> None:
             size, since = -1, time.monotonic()
             while not done.wait(min(5.0, self.stall_timeout_s / 4)):
-                if job.out.stat().st_size != size:
-                    size, since = job.out.stat().st_size, time.monotonic()
+                written = results_size(job)
+                if written != size:
+                    size, since = written, time.monotonic()
                 elif time.monotonic() - since > self.stall_timeout_s:
                     stalled.set()
                     try:
@@ -349,7 +396,7 @@ class Scheduler:
         watchdog = threading.Thread(target=watch, daemon=True)
         watchdog.start()
         try:
-            with job.out.with_suffix(".log").open("ab") as log:
+            with job.log.open("ab") as log:
                 for chunk in container.logs(stream=True, follow=True):
                     log.write(chunk)
                     log.flush()

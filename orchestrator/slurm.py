@@ -109,7 +109,7 @@ def array_spec(numbers: list[int], max_simultaneous: int | None) -> str:
 
 def shard_number(job: Job) -> int:
     """The shard's number (shard-0007 -> 7): its task's index in the array."""
-    return int(job.shard.stem.split("-")[-1])
+    return int(job.shards[0].stem.split("-")[-1])
 
 
 def job_name(model: str, run_key_: str) -> str:
@@ -135,7 +135,7 @@ def task_script(job: Job, numbers: list[int], settings: dict, image: dict, run_k
                 owner: str, max_retries: int, pids: int, log_dir: Path) -> str:
     """The batch script of one model's array job: task N relaxes shard-N with the same
     container as the Docker backend, retried and crash-recorded the same way."""
-    template = Job(model=job.model, image=job.image, shard=job.shard.parent / f"{SHARD}.jsonl",
+    template = Job(model=job.model, image=job.image, shards=(job.shards[0].parent / f"{SHARD}.jsonl",),
                    out_dir=job.out_dir, job=job.job)
     kwargs = container_kwargs(template, task_slot(settings, pids), run_key_, cache_dir, owner)
     runtime = settings["runtime"]
@@ -156,7 +156,7 @@ def task_script(job: Job, numbers: list[int], settings: dict, image: dict, run_k
     if image.get("archive"):  # nodes with engines of their own load the image once
         load = [f"{runtime} image inspect {shlex.quote(job.image)} >/dev/null 2>&1 || "
                 f"{runtime} load -i {shlex.quote(image['archive'])} >/dev/null"]
-    out = template.out
+    out = template.outs[0]
     return "\n".join([
         "#!/bin/bash",
         *sbatch_header(job.model, numbers, settings, log_dir, job_name(job.model, run_key_)),
@@ -322,11 +322,12 @@ class SlurmScheduler:
 
     def _report_incomplete(self, jobs: list[Job]) -> None:
         for job in jobs:
-            if not set(read_ids(job.shard)) <= set(read_ids(job.out)):
+            (shard,), (out,) = job.shards, job.outs  # a task relaxes one shard
+            if not set(read_ids(shard)) <= set(read_ids(out)):
                 number = shard_number(job)
                 self.failures.append(
-                    f"{job.model} {job.shard.name}: incomplete when SLURM task {self.submitted.get(job.model)}_{number} "
-                    f"ended; see {job.out.with_suffix('.log')} and {self.run_dir / 'slurm'}/{job.model}-*_{number}.out")
+                    f"{job.model} {shard.name}: incomplete when SLURM task {self.submitted.get(job.model)}_{number} "
+                    f"ended; see {job.log} and {self.run_dir / 'slurm'}/{job.model}-*_{number}.out")
 
     def _cancel(self, names: list[str]) -> None:
         """Cancel this user's jobs of these names and wait (up to a minute) until SLURM

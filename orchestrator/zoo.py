@@ -58,8 +58,9 @@ def run_in_worker(client, image: str, model: Model, weights: Path, command: list
                   writable: bool = False) -> str:
     """`command` in a least-privilege worker of the image (no network, the weights folder at
     /cache, read-only unless `writable`: making a stand-in); its stdout."""
-    job = Job(model=model.name, image=image, shard=work / "shards" / "shard-0000.jsonl", out_dir=work / "out", job={})
-    job.shard.parent.mkdir(parents=True, exist_ok=True)
+    job = Job(model=model.name, image=image, shards=(work / "shards" / "shard-0000.jsonl",), out_dir=work / "out",
+              job={})
+    job.shards[0].parent.mkdir(parents=True, exist_ok=True)
     prepare_worker_files(job)
     kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "zoo", weights)
     kwargs["command"] = command

@@ -27,13 +27,14 @@ def relax_in_worker(docker_client, image: str, model: str, options: dict, work: 
     shards.mkdir(parents=True)
     atoms.info.update(id="x", dimension="3D")
     (shards / "shard-0000.jsonl").write_text(json.dumps(structure_record(atoms)) + "\n")
-    job = Job(model=model, image=image, shard=shards / "shard-0000.jsonl", out_dir=work / "out",
+    job = Job(model=model, image=image, shards=(shards / "shard-0000.jsonl",), out_dir=work / "out",
               job={"calculator": options.pop("calculator"), "options": options, "protocol": PROTOCOL})
     prepare_worker_files(job)
-    job.out.write_text("")
+    (out,) = job.outs
+    out.write_text("")
     kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "model-test", weights)
     docker_client.containers.run(remove=True, **kwargs)
-    return [json.loads(line) for line in job.out.read_text().splitlines()]
+    return [json.loads(line) for line in out.read_text().splitlines()]
 
 
 def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(docker_client, model_image,

@@ -1,13 +1,15 @@
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import BenchError
-from orchestrator.scheduler import Job, RunLock, Slot, container_kwargs, container_name, device_slots, run_key
+from orchestrator.scheduler import (Job, RunLock, Scheduler, Slot, container_kwargs, container_name, device_slots,
+                                   one_job_per_slot, record_crash, run_key)
 
-JOB = Job(model="emt", image="img:tag", shard=Path("/runs/r/shards/shard-0003.jsonl"),
+JOB = Job(model="emt", image="img:tag", shards=(Path("/runs/r/shards/shard-0003.jsonl"),),
           out_dir=Path("/runs/r/raw/emt"), job={"calculator": "emt", "options": {}, "protocol": {}})
 
 
@@ -78,11 +80,87 @@ def test_container_spec_mounts_and_bounds():
     assert "device_requests" not in container_kwargs(JOB, Slot("cpu-0", None, 2), "run1", Path("/cache"))
 
 
+
+def shard_jobs(model: str, numbers, out_dir: Path = Path("/runs/r/raw")) -> list[Job]:
+    return [Job(model=model, image=f"{model}:tag", shards=(Path(f"/runs/r/shards/shard-{n:04d}.jsonl"),),
+                out_dir=out_dir / model, job={"calculator": model}) for n in numbers]
+
+
+def test_the_batched_engine_gives_each_slot_one_run_of_consecutive_shards_per_model():
+    merged = one_job_per_slot(shard_jobs("mace", range(5)) + shard_jobs("orb", [1, 4]), slots=2)
+    assert [(job.model, [s.stem for s in job.shards]) for job in merged] == [
+        ("mace", ["shard-0000", "shard-0001", "shard-0002"]), ("mace", ["shard-0003", "shard-0004"]),
+        ("orb", ["shard-0001"]), ("orb", ["shard-0004"])]
+    assert merged[0].name == "shard-0000 to shard-0002 (3 shards)" and merged[2].name == "shard-0001"
+    assert [len(job.shards) for job in one_job_per_slot(shard_jobs("mace", range(5)), slots=1)] == [5]
+
+
+def test_a_job_of_several_shards_mounts_and_names_each_shards_files_only():
+    (job,) = one_job_per_slot(shard_jobs("emt", [2, 3]), slots=1)
+    kwargs = container_kwargs(job, Slot("cpu-0", None, 2), "run1", Path("/cache"))
+    command = kwargs["command"]
+    pairs = [(command[k + 1], command[k + 3]) for k, arg in enumerate(command) if arg == "--shard"]
+    assert pairs == [("/data/shards/shard-0002.jsonl", "/data/out/shard-0002.jsonl"),
+                     ("/data/shards/shard-0003.jsonl", "/data/out/shard-0003.jsonl")]
+    writable = sorted(Path(k).name for k, v in kwargs["volumes"].items() if v["mode"] == "rw")
+    assert writable == ["shard-0002.inflight", "shard-0002.jsonl", "shard-0003.inflight", "shard-0003.jsonl"]
+    assert kwargs["name"].endswith("-emt-shard-0002") and job.log == Path("/runs/r/raw/emt/shard-0002.log")
+
+
+def test_a_dead_worker_of_several_shards_lists_each_structure_in_flight_in_its_own_shards_crash_list(tmp_path):
+    (job,) = one_job_per_slot(shard_jobs("emt", [0, 1, 2], out_dir=tmp_path), slots=1)
+    (tmp_path / "emt").mkdir()
+    (tmp_path / "emt" / "shard-0000.inflight").write_text("a\nb")
+    (tmp_path / "emt" / "shard-0001.inflight").write_text("")
+    (tmp_path / "emt" / "shard-0002.inflight").write_text("c")
+    record_crash(job)
+    record_crash(job)
+    assert (tmp_path / "emt" / "shard-0000.crashed").read_text() == "a\nb\na\nb\n"
+    assert not (tmp_path / "emt" / "shard-0001.crashed").exists()
+    assert (tmp_path / "emt" / "shard-0002.crashed").read_text() == "c\nc\n"
+
+
+class ScriptedWorkers(Scheduler):
+    """The scheduler's retry policy with workers that follow a script: each run writes
+    `results` lines (and names `in_flight` in its marker) and exits with `code`."""
+
+    def __init__(self, tmp_path, script, max_retries=2):
+        super().__init__(client=None, slots=[], run_dir=tmp_path, cache_dir=tmp_path / "cache", max_retries=max_retries)
+        self.script, self.runs = list(script), 0
+
+    def _run_container(self, job, slot):
+        results, code, in_flight = self.script[self.runs]
+        self.runs += 1
+        out = job.outs[-1]
+        with out.open("a") as handle:
+            handle.writelines(f'{{"id": "s{self.runs}-{k}"}}\n' for k in range(results))
+        out.with_suffix(".inflight").write_text(in_flight)
+        return code, False, False
+
+
+@pytest.mark.parametrize("script, runs, given_up", [
+    ([(1, 139, "x"), (1, 139, "y"), (1, 139, "z"), (1, 139, "w"), (5, 0, "")], 5, False),  # dies, yet moves on
+    ([(1, 139, "x"), (0, 139, "x"), (0, 137, ""), (0, 139, "x")], 4, True),  # three deaths in a row with nothing new
+])
+def test_a_job_is_given_up_only_after_its_retries_in_a_row_without_a_new_result(tmp_path, script, runs, given_up):
+    (job,) = one_job_per_slot(shard_jobs("emt", [0, 1], out_dir=tmp_path), slots=1)
+    (tmp_path / "emt").mkdir()
+    workers = ScriptedWorkers(tmp_path, script)
+    workers._run_job(job, Slot("cpu-0", None, 1), stop=threading.Event())
+    assert workers.runs == runs
+    assert bool(workers.failures) == given_up
+    if given_up:
+        assert workers.failures == [f"emt shard-0000 to shard-0001 (2 shards): container exited with code 139 "
+                                    f"3 times in a row without a new result; see {job.log}"]
+    # a death from outside (137) names no crash; the others name what was in flight
+    crashed = (tmp_path / "emt" / "shard-0001.crashed").read_text().split()
+    assert crashed == [name for _, code, name in script[:runs] if code not in (0, 137) and name]
+
 @pytest.mark.docker
 def test_engine_records_the_gpu_request_of_each_worker(docker_client, model_image, tmp_path):
     """Create (never start: no GPU here) the container a GPU slot would run, and inspect it."""
     (tmp_path / "shards").mkdir()
-    job = Job(model="emt", image=model_image("emt"), shard=tmp_path / "shards" / "shard-0000.jsonl",
+    job = Job(model="emt", image=model_image("emt"), shards=(tmp_path / "shards" / "shard-0000.jsonl",),
               out_dir=tmp_path / "raw", job={"calculator": "emt", "options": {}, "protocol": {}})
     kwargs = container_kwargs(job, Slot("gpu1-0", "1", 1), "inspect-test", tmp_path / "cache")
     container = docker_client.containers.create(**kwargs)
@@ -131,7 +209,7 @@ def test_a_running_worker_has_least_privilege(docker_client, model_image, tmp_pa
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "shard-0000.jsonl").write_text("{}\n")
     (tmp_path / "cache").mkdir()
-    job = Job(model="emt", image=model_image("emt"), shard=tmp_path / "shards" / "shard-0000.jsonl",
+    job = Job(model="emt", image=model_image("emt"), shards=(tmp_path / "shards" / "shard-0000.jsonl",),
               out_dir=tmp_path / "raw", job={"calculator": "emt", "options": {}, "protocol": {}})
     prepare_worker_files(job)
     kwargs = container_kwargs(job, device_slots("cpu", 1, 1, memory_gb=2, pids=256)[0], "privilege-test",

@@ -43,7 +43,7 @@ def write_task_script(tmp_path: Path, **slurm) -> Path:
     run_dir = tmp_path / "run"
     out_dir = run_dir / "raw" / "emt"
     out_dir.mkdir(parents=True)
-    job = Job(model="emt", image="umlip-0123d/emt:test", shard=run_dir / "shards" / "shard-0003.jsonl",
+    job = Job(model="emt", image="umlip-0123d/emt:test", shards=(run_dir / "shards" / "shard-0003.jsonl",),
               out_dir=out_dir, job={"calculator": "emt", "options": {}, "protocol": {}})
     script = run_dir / "emt.sbatch"
     script.write_text(task_script(job, [3], settings, {"path": str(tmp_path / "emt.sif")}, "key", tmp_path / "weights",

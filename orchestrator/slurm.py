@@ -9,8 +9,9 @@ with the same mounts and limits as a Docker-backend container (container_kwargs)
 results land in the run folder on the shared filesystem, where the host tails them for
 progress as with the Docker backend; the merge, metrics and report are the same code.
 
-A task reruns its container up to max_worker_retries times and records a structure its
-worker died on in the crash list, as the Docker backend does; a task whose node fails
+A task reruns its container until max_worker_retries + 1 deaths in a row bring no new
+result and records a structure its worker died on in the crash list, as the Docker
+backend does; a task whose node fails
 is requeued by SLURM (--requeue) and resumes its shard from the lines already written,
 so a structure is never relaxed into the results twice.
 """
@@ -164,6 +165,7 @@ def task_script(job: Job, numbers: list[int], settings: dict, image: dict, run_k
         "set -u",
         'shard=$(printf "shard-%04d" "$SLURM_ARRAY_TASK_ID")',
         f"name={bash_word(kwargs['name'])}",
+        f"out={bash_word(str(out))}",
         f"log={bash_word(str(out.with_suffix('.log')))}",
         f"in_flight={bash_word(str(in_flight_path(out)))}",
         f"crashed={bash_word(str(crash_list_path(out)))}",
@@ -181,7 +183,10 @@ def task_script(job: Job, numbers: list[int], settings: dict, image: dict, run_k
         "trap 'stop; exit 143' TERM INT",
         *load,
         "code=0",
-        f"for attempt in $(seq {max_retries + 1}); do",
+        # given up after max_retries + 1 deaths in a row without a new result (as the Docker backend)
+        "fruitless=0",
+        f'while [ "$fruitless" -le {max_retries} ]; do',
+        '  written=$(stat -c %s "$out" 2>/dev/null || echo 0)',
         "  stop  # a container an earlier run of this task left behind",
         '  "${run[@]}" "${gpus[@]}" "${worker[@]}" >> "$log" 2>&1 &',
         '  pid=$!; wait "$pid"; code=$?',
@@ -193,6 +198,8 @@ def task_script(job: Job, numbers: list[int], settings: dict, image: dict, run_k
         f'  if [ "$oom" = yes ] || ! [[ " {" ".join(map(str, KILLED_FROM_OUTSIDE))} " == *" $code "* ]]; then',
         '    [ -s "$in_flight" ] && printf "%s\\n" "$(cat "$in_flight")" >> "$crashed"',
         "  fi",
+        '  if [ "$(stat -c %s "$out" 2>/dev/null || echo 0)" -gt "$written" ]; then fruitless=0; '
+        "else fruitless=$((fruitless + 1)); fi",
         "done",
         'exit "$code"',
         ""])

@@ -83,6 +83,19 @@ def test_the_task_retries_a_dying_worker_and_lists_its_structure_as_crashed(tmp_
     assert '"device": "cpu"' in (bin_dir / "calls").read_text()
 
 
+def test_a_task_whose_worker_dies_but_moves_on_is_rerun_past_its_retries(tmp_path):
+    script = write_task_script(tmp_path)
+    out = tmp_path / "run" / "raw" / "emt" / "shard-0003.jsonl"
+    bin_dir = tmp_path / "bin"
+    # four deaths (two retries allowed), each after a new result, then it finishes
+    stub(bin_dir, "apptainer", f'n=$(grep -c . "{bin_dir}/calls"); [ "$n" -ge 5 ] && exit 0; '
+                               f'echo "{{\\"id\\": \\"s$n\\"}}" >> "{out}"; exit 139')
+    done = run_task(script, bin_dir)
+    assert done.returncode == 0, done.stderr
+    assert len((bin_dir / "calls").read_text().splitlines()) == 5
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["s1", "s2", "s3", "s4"]
+
+
 @pytest.mark.parametrize("code, calls, crashed", [(137, 3, ""), (75, 1, "")])
 def test_a_worker_stopped_from_outside_or_unable_to_write_marks_no_crash(tmp_path, code, calls, crashed):
     script = write_task_script(tmp_path)

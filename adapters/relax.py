@@ -388,7 +388,8 @@ def relax_shards_batched(job: dict, shards: list[ShardFiles]) -> None:
     suspects = [r for s in shards for r in s.todo if s.crashes.get(r["id"])]
     rest = [r for s in shards for r in s.todo if not s.crashes.get(r["id"])]
     for records, batch_atoms in ((suspects, 0), (rest, job["batch_atoms"])):
-        relax_batched(records, evaluate, job["protocol"], lambda sid, result: write(owner[sid].out, {"id": sid, **result}),
+        relax_batched(records, evaluate, job["protocol"],
+                      lambda sid, result: write(owner[sid].out, {"id": sid, **result}),
                       batch_atoms=batch_atoms, timeout_s=job.get("structure_timeout_s"), on_batch=mark)
 
 

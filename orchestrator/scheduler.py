@@ -3,7 +3,7 @@ with the batched engine one container per (model, slot) relaxes that slot's shar
 shards as one queue, so its batch stays full from the first shard to the last.
 
 A slot is one worker: a GPU (or the CPU) and a bounded number of CPU threads.
-Each container sees only its own GPU, its shard read-only, its results folder
+Each container sees only its own GPU, its shards read-only, its shards' result files
 and the weights cache. Progress comes from tailing the JSON-line outputs.
 
 Containers carry two labels: the run folder's key (a hash of its absolute path, so
@@ -209,8 +209,8 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
     kwargs = {
         "image": job.image,
         "command": ["python", "-m", "adapters.relax", "--job", json.dumps(spec),
-                    *[arg for shard in job.shards
-                      for arg in ("--shard", f"{SHARDS_MOUNT}/{shard.name}", "--out", f"{OUT_MOUNT}/{job.out(shard).name}")]],
+                    *[arg for shard in job.shards for arg in
+                      ("--shard", f"{SHARDS_MOUNT}/{shard.name}", "--out", f"{OUT_MOUNT}/{job.out(shard).name}")]],
         "name": container_name(run_key, job),
         "labels": {f"{LABEL}.run": run_key, f"{LABEL}.owner": owner, f"{LABEL}.model": job.model,
                    f"{LABEL}.slot": slot.name},

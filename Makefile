@@ -8,7 +8,7 @@
 # make test                                    unit tests and Docker integration tests
 # make test-zoo                                every model image from a clean cache: build, contract, one relaxation
 # make perf                                    pipeline overhead vs a plain ASE loop (CHGNet, 50 structures)
-# make perf-engine MODEL=sevennet-0 N=100      batched engine vs sequential ASE: agreement and speed
+# make perf-engine MODEL=sevennet-0 N=100      batched engine vs sequential ASE: agreement and speed (DEVICE=cuda: a GPU)
 
 PYTHON ?= python3
 VENV := .venv
@@ -60,7 +60,7 @@ perf: $(VENV)/.installed
 	$(PY) tests/perf/pipeline_overhead.py $(if $(N),--structures $(N))
 
 perf-engine: $(VENV)/.installed
-	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N))
+	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,9 +4,13 @@ per step). A benchmark script, not a test.
 
     python tests/perf/engine_speed.py --model sevennet-0 --structures 100   # in the model's image
     python tests/perf/engine_speed.py --model emt --structures 20
+    python tests/perf/engine_speed.py --model mace-mpa-0 --device cuda     # its weights fetched first
+    python tests/perf/engine_speed.py --model sevennet-0 --here --device cuda
 
 On the host it runs itself inside the model's image (built if needed) with the
-container's network off; `--inside` is that second half.
+container's network off and the model's weights folder mounted as the bench mounts it;
+`--inside` is that second half. `--here` runs both engines in this Python instead, for a
+GPU node without a container engine where the model's package is installed.
 """
 
 from __future__ import annotations
@@ -110,13 +114,15 @@ def sample_records(count: int) -> list[dict]:
     return [structure_record(atoms) for atoms in dataset.structures[:count]]
 
 
-def run_in_image(image: str, job: dict, records: list[dict], threads: int, batch_atoms: int) -> dict:
+def run_in_image(image: str, job: dict, records: list[dict], threads: int, batch_atoms: int,
+                 mounts: dict[str, str]) -> dict:
     """compare() inside the model's image, its network off; the outcome, parsed."""
     with tempfile.TemporaryDirectory() as work:
         Path(work, "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        volumes = [arg for host, inside in {work: "/work", **mounts}.items() for arg in ("-v", f"{host}:{inside}:ro")]
         command = ["docker", "run", "--rm", "--network", "none", "-e", f"ENGINE_SPEED_JOB={json.dumps(job)}",
                    "-e", "PYTHONPATH=/opt/umlip-0123d", "-e", f"OMP_NUM_THREADS={threads}",
-                   "-e", "OPENBLAS_NUM_THREADS=1", "-v", f"{work}:/work:ro",
+                   "-e", "OPENBLAS_NUM_THREADS=1", *volumes, *(["--gpus", "1"] if job["device"] == "cuda" else []),
                    "-v", f"{Path(__file__).resolve()}:/perf.py:ro", image,
                    "python", "/perf.py", "--inside", "/work/records.jsonl", "--batch-atoms", str(batch_atoms)]
         done = subprocess.run(command, capture_output=True, text=True)
@@ -133,29 +139,55 @@ def main() -> None:
                         help="the shared Alexandria 3D sample, or structures of every dimensionality EMT knows")
     parser.add_argument("--batch-atoms", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the first GPU (--gpus 1 for the container)")
+    parser.add_argument("--here", action="store_true",
+                        help="both engines in this Python (the model's package installed here), no container")
     parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)  # records file, in the container
     args = parser.parse_args()
     if args.inside:
         job = json.loads(os.environ["ENGINE_SPEED_JOB"])
         records = [json.loads(line) for line in args.inside.read_text().splitlines()]
-        outcome = compare(records, job["calculator"], job["options"], "cpu", args.batch_atoms)
+        outcome = compare(records, job["calculator"], job["options"], job["device"], args.batch_atoms)
         print(json.dumps(outcome))
         return
 
-    sys.path.insert(0, str(REPO))
-    import docker
-
-    from orchestrator.images import ImageBuilder, discover_models
+    if args.here:  # before numpy and torch are imported: BLAS single-threaded, the model's threads as asked
+        os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS=str(args.threads))
+    sys.path.insert(0, str(REPO))  # the orchestrator, and for --here the adapters as the image has them
+    from orchestrator.errors import BenchError
+    from orchestrator.images import discover_models
     from orchestrator.manifest import load
+    from orchestrator.scheduler import CACHE_MOUNT
+    from orchestrator.weights import checkpoint_option, ensure_weights, weights_folder
 
+    manifest = load(REPO / "benchmark.yaml")
     model = discover_models()[args.model]
-    image = ImageBuilder.from_manifest(docker.from_env(), load(REPO / "benchmark.yaml")).model(model)
-    outcome = run_in_image(image, {"calculator": model.calculator, "options": model.options},
-                           (emt_records if args.data == "emt" else sample_records)(args.structures),
-                           args.threads, args.batch_atoms)
+    records = (emt_records if args.data == "emt" else sample_records)(args.structures)
+    weights = weights_folder(manifest.path_setting("cache_dir") / "weights", model)
+    try:
+        ensure_weights(model, weights.parent)  # as `make weights`: fetched, or an error saying where to put it
+    except BenchError as err:
+        sys.exit(f"engine_speed: {err}")
+    options = {**model.options, **checkpoint_option(model)}
+    if args.here:
+        if model.weights:
+            options["checkpoint"] = str(weights / model.weights[0]["file"])
+        outcome = compare(records, model.calculator, options, args.device, args.batch_atoms)
+        where = f"this Python ({sys.version.split()[0]})"
+    else:
+        import docker
+
+        from orchestrator.images import ImageBuilder
+
+        image = ImageBuilder.from_manifest(docker.from_env(), manifest).model(model)
+        job = {"calculator": model.calculator, "options": options, "device": args.device}
+        outcome = run_in_image(image, job, records, args.threads, args.batch_atoms,
+                               {str(weights): f"{CACHE_MOUNT}/{model.name}"} if model.weights else {})
+        where = f"image {image}"
     data = SAMPLE.name if args.data == "sample" else "EMT metals (0D-3D)"
-    print(f"{args.model}, {args.structures} structures of {data}, {args.threads} thread(s), "
-          f"batch_atoms {args.batch_atoms}, image {image}")
+    print(f"{args.model}, {args.structures} structures of {data}, {args.device}, {args.threads} thread(s), "
+          f"batch_atoms {args.batch_atoms}, {where}")
     print(summarize(outcome))
 
 

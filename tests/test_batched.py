@@ -237,7 +237,7 @@ def test_sevennet_relaxes_the_sample_alike_with_both_engines(model_image):
     within 1 meV/atom 99 %)."""
     from perf.engine_speed import run_in_image, sample_records
 
-    outcome = run_in_image(model_image("sevennet-0"), {"calculator": "sevennet", "options": {}},
+    outcome = run_in_image(model_image("sevennet-0"), {"calculator": "sevennet", "options": {}, "device": "cpu"},
                            sample_records(100), threads=os.cpu_count(), batch_atoms=2000)
     pairs = outcome["pairs"]
     assert len(pairs) == 100

@@ -115,11 +115,13 @@ def sample_records(count: int) -> list[dict]:
 
 
 def run_in_image(image: str, job: dict, records: list[dict], threads: int, batch_atoms: int,
-                 mounts: dict[str, str]) -> dict:
-    """compare() inside the model's image, its network off; the outcome, parsed."""
+                 mounts: dict[str, str] | None = None) -> dict:
+    """compare() inside the model's image, its network off, `mounts` (host: container) read-only;
+    job: calculator, options, device. The outcome, parsed."""
     with tempfile.TemporaryDirectory() as work:
         Path(work, "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        volumes = [arg for host, inside in {work: "/work", **mounts}.items() for arg in ("-v", f"{host}:{inside}:ro")]
+        volumes = [arg for host, inside in {work: "/work", **(mounts or {})}.items()
+                   for arg in ("-v", f"{host}:{inside}:ro")]
         command = ["docker", "run", "--rm", "--network", "none", "-e", f"ENGINE_SPEED_JOB={json.dumps(job)}",
                    "-e", "PYTHONPATH=/opt/umlip-0123d", "-e", f"OMP_NUM_THREADS={threads}",
                    "-e", "OPENBLAS_NUM_THREADS=1", *volumes, *(["--gpus", "1"] if job["device"] == "cuda" else []),

@@ -158,40 +158,47 @@ def main() -> None:
         os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS=str(args.threads))
     sys.path.insert(0, str(REPO))  # the orchestrator, and for --here the adapters as the image has them
     from orchestrator.errors import BenchError
+
+    try:
+        outcome, where = measure(args)
+    except BenchError as err:  # an unknown model, weights that cannot be had, an image that does not build
+        sys.exit(f"engine_speed: {err}")
+    data = SAMPLE.name if args.data == "sample" else "EMT metals (0D-3D)"
+    print(f"{args.model}, {args.structures} structures of {data}, {args.device}, {args.threads} thread(s), "
+          f"batch_atoms {args.batch_atoms}, {where}")
+    print(summarize(outcome))
+
+
+def measure(args) -> tuple[dict, str]:
+    """compare() for the model named on the command line, in its image or (--here) in this Python."""
+    from orchestrator.errors import BenchError
     from orchestrator.images import discover_models
     from orchestrator.manifest import load
     from orchestrator.scheduler import CACHE_MOUNT
     from orchestrator.weights import checkpoint_option, ensure_weights, weights_folder
 
     manifest = load(REPO / "benchmark.yaml")
-    model = discover_models()[args.model]
+    models = discover_models()
+    if args.model not in models:
+        raise BenchError(f"unknown model {args.model!r}; choose one of {sorted(models)}")
+    model = models[args.model]
     records = (emt_records if args.data == "emt" else sample_records)(args.structures)
     weights = weights_folder(manifest.path_setting("cache_dir") / "weights", model)
-    try:
-        ensure_weights(model, weights.parent)  # as `make weights`: fetched, or an error saying where to put it
-    except BenchError as err:
-        sys.exit(f"engine_speed: {err}")
+    ensure_weights(model, weights.parent)  # as `make weights`: fetched, or an error saying where to put it
     options = {**model.options, **checkpoint_option(model)}
     if args.here:
         if model.weights:
             options["checkpoint"] = str(weights / model.weights[0]["file"])
-        outcome = compare(records, model.calculator, options, args.device, args.batch_atoms)
-        where = f"this Python ({sys.version.split()[0]})"
-    else:
-        import docker
+        return compare(records, model.calculator, options, args.device, args.batch_atoms), \
+            f"this Python ({sys.version.split()[0]})"
+    import docker
 
-        from orchestrator.images import ImageBuilder
+    from orchestrator.images import ImageBuilder
 
-        image = ImageBuilder.from_manifest(docker.from_env(), manifest).model(model)
-        job = {"calculator": model.calculator, "options": options, "device": args.device}
-        outcome = run_in_image(image, job, records, args.threads, args.batch_atoms,
-                               {str(weights): f"{CACHE_MOUNT}/{model.name}"} if model.weights else {})
-        where = f"image {image}"
-    data = SAMPLE.name if args.data == "sample" else "EMT metals (0D-3D)"
-    print(f"{args.model}, {args.structures} structures of {data}, {args.device}, {args.threads} thread(s), "
-          f"batch_atoms {args.batch_atoms}, {where}")
-    print(summarize(outcome))
-
+    image = ImageBuilder.from_manifest(docker.from_env(), manifest).model(model)
+    job = {"calculator": model.calculator, "options": options, "device": args.device}
+    return run_in_image(image, job, records, args.threads, args.batch_atoms,
+                        {str(weights): f"{CACHE_MOUNT}/{model.name}"} if model.weights else {}), f"image {image}"
 
 if __name__ == "__main__":
     main()

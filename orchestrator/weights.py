@@ -43,11 +43,15 @@ def weights_folder(weights_dir: Path, model: Model) -> Path:
     return Path(weights_dir) / model.name
 
 
-def checkpoint_option(model: Model) -> dict:
-    """The factory option naming the model's checkpoint inside the container, if it has one."""
-    if not model.weights:
-        return {}
-    return {"checkpoint": f"{CACHE_MOUNT}/{model.name}/{model.weights[0]['file']}"}
+def checkpoint_path(model: Model, root: str | Path = CACHE_MOUNT) -> str:
+    """The model's checkpoint (its first weights file) in the weights folder at `root`: where a
+    worker sees it, or the host's folder for a run without a container."""
+    return f"{root}/{model.name}/{model.weights[0]['file']}"
+
+
+def checkpoint_option(model: Model, root: str | Path = CACHE_MOUNT) -> dict:
+    """The factory option naming the model's checkpoint (inside the container), if it has one."""
+    return {"checkpoint": checkpoint_path(model, root)} if model.weights else {}
 
 
 def missing_weights(model: Model, weights_dir: Path) -> list[str]:

@@ -29,9 +29,8 @@ from orchestrator import provenance
 from orchestrator.engine import console, docker_client
 from orchestrator.images import LABEL, REPO, ImageBuilder, Model
 from orchestrator.manifest import Manifest
-from orchestrator.scheduler import (CACHE_MOUNT, Job, container_kwargs, device_slots, prepare_worker_files,
-                                    worker_user)
-from orchestrator.weights import missing_weights, weights_folder
+from orchestrator.scheduler import Job, container_kwargs, device_slots, prepare_worker_files, worker_user
+from orchestrator.weights import checkpoint_path, missing_weights, weights_folder
 
 #: A model folder with this file cannot be built here; its first line says why.
 CANNOT_BUILD = "CANNOT_BUILD.md"
@@ -67,11 +66,6 @@ def run_in_worker(client, image: str, model: Model, weights: Path, command: list
     if writable:
         kwargs["volumes"][str(weights)]["mode"] = "rw"
     return client.containers.run(remove=True, **kwargs).decode()
-
-
-def checkpoint_path(model: Model) -> str:
-    """Where a worker sees the model's checkpoint (its first weights file)."""
-    return f"{CACHE_MOUNT}/{model.name}/{model.weights[0]['file']}"
 
 
 def make_stand_in(client, image: str, model: Model, weights: Path, work: Path) -> dict:

@@ -11,7 +11,8 @@ from ase.build import bulk
 from orchestrator.images import discover_models
 from orchestrator.scheduler import Job, container_kwargs, device_slots, prepare_worker_files
 from orchestrator.shards import structure_record
-from orchestrator.zoo import checkpoint_path, make_stand_in, run_contract
+from orchestrator.weights import checkpoint_path
+from orchestrator.zoo import make_stand_in, run_contract
 
 pytestmark = pytest.mark.docker
 

@@ -90,6 +90,7 @@ def test_download_verify_record_and_reuse(host, tmp_path):
     assert RECORD in {p.name for p in (tmp_path / "w" / "mace-mpa-0").iterdir()}
     assert missing_weights(m, tmp_path / "w") == []
     assert checkpoint_option(m) == {"checkpoint": "/cache/mace-mpa-0/model.ckpt"}
+    assert checkpoint_option(m, tmp_path / "w") == {"checkpoint": f"{tmp_path}/w/mace-mpa-0/model.ckpt"}  # no container
     asked = len(host.requests)
     ensure_weights(m, tmp_path / "w", environ={})
     assert len(host.requests) == asked  # in the cache: never downloaded again

@@ -8,7 +8,7 @@ per step). A benchmark script, not a test.
     python tests/perf/engine_speed.py --model sevennet-0 --here --device cuda
 
 On the host it runs itself inside the model's image (built if needed) with the
-container's network off and the model's weights folder mounted as the bench mounts it;
+container's network off and the weights folder mounted as the bench mounts it;
 `--inside` is that second half. `--here` runs both engines in this Python instead, for a
 GPU node without a container engine where the model's package is installed.
 """
@@ -175,7 +175,7 @@ def measure(args) -> tuple[dict, str]:
     from orchestrator.images import discover_models
     from orchestrator.manifest import load
     from orchestrator.scheduler import CACHE_MOUNT
-    from orchestrator.weights import checkpoint_option, ensure_weights, weights_folder
+    from orchestrator.weights import checkpoint_option, ensure_weights
 
     manifest = load(REPO / "benchmark.yaml")
     models = discover_models()
@@ -183,12 +183,10 @@ def measure(args) -> tuple[dict, str]:
         raise BenchError(f"unknown model {args.model!r}; choose one of {sorted(models)}")
     model = models[args.model]
     records = (emt_records if args.data == "emt" else sample_records)(args.structures)
-    weights = weights_folder(manifest.path_setting("cache_dir") / "weights", model)
-    ensure_weights(model, weights.parent)  # as `make weights`: fetched, or an error saying where to put it
-    options = {**model.options, **checkpoint_option(model)}
+    weights = manifest.path_setting("cache_dir") / "weights"
+    ensure_weights(model, weights)  # as `make weights`: fetched, or an error saying where to put it
+    options = {**model.options, **checkpoint_option(model, weights if args.here else CACHE_MOUNT)}
     if args.here:
-        if model.weights:
-            options["checkpoint"] = str(weights / model.weights[0]["file"])
         return compare(records, model.calculator, options, args.device, args.batch_atoms), \
             f"this Python ({sys.version.split()[0]})"
     import docker
@@ -197,8 +195,9 @@ def measure(args) -> tuple[dict, str]:
 
     image = ImageBuilder.from_manifest(docker.from_env(), manifest).model(model)
     job = {"calculator": model.calculator, "options": options, "device": args.device}
-    return run_in_image(image, job, records, args.threads, args.batch_atoms,
-                        {str(weights): f"{CACHE_MOUNT}/{model.name}"} if model.weights else {}), f"image {image}"
+    return run_in_image(image, job, records, args.threads, args.batch_atoms, {str(weights): CACHE_MOUNT}), \
+        f"image {image}"
+
 
 if __name__ == "__main__":
     main()

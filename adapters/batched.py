@@ -18,7 +18,7 @@ Exactly ASE's (ase 3.29, ase.optimize.FIRE, ase.filters.FrechetCellFilter):
   with the masked virial pulled back through the exponential's Fréchet derivative,
   the cell set from the original cell and the masked F;
 - convergence on the max row norm of those forces (cell rows included) at every step
-  from step 0, the step cap, and the divergence check on the raw forces.
+  from step 0, the step cap, and the divergence check on each atom's raw |F|.
 Two rewritings that change only rounding: the cell's Fréchet force is one adjoint
 derivative L(A^T, G) (the nine directional derivatives of ASE summed at once) computed
 by the exponential of a 6x6 block matrix; logm(F) is read from the state (n * logm(n F)
@@ -36,7 +36,7 @@ from ase import Atoms
 from ase.stress import voigt_6_to_full_3x3_stress
 from scipy.linalg import expm
 
-from adapters.relax import alignment_and_mask, structure_from_record
+from adapters.relax import alignment_and_mask, structure_from_record, timed_out
 
 #: ase.optimize.FIRE's defaults (ase 3.29), as the sequential engine runs it.
 FIRE = {"dt": 0.1, "maxstep": 0.2, "dtmax": 1.0, "Nmin": 5, "finc": 1.1, "fdec": 0.5, "astart": 0.1, "fa": 0.99}
@@ -196,13 +196,14 @@ class Batch:
 
 
 def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, batch_atoms: int = 2000,
-                  timeout_s: float | None = None, on_batch=lambda ids: None) -> None:
+                  timeout_s: float | None = None, on_batch=lambda ids: None, on_step=lambda: None) -> None:
     """Relax `records` with the paper's protocol, at most `batch_atoms` atoms per model call
     (always at least one structure), calling on_result(id, result) as each finishes.
 
     evaluate(list of ase.Atoms) -> list of (energy, forces (n, 3), stress (6,) or None),
     one per structure, or an exception instance for a structure the model failed on.
-    on_batch(ids) is told which structures are in flight after every change.
+    on_batch(ids) is told which structures are in flight after every change; on_step()
+    is called after every step of the batch.
     """
     fmax, max_steps, limit = protocol["fmax_ev_per_a"], protocol["max_steps"], protocol["divergence_limit_ev_per_a"]
     queue = deque(records)
@@ -259,7 +260,7 @@ def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, batc
                 stress[k] = s
         f_atoms, f_cell = batch.filter_forces(forces, stress, cells, deform)
         gmax = batch.max_force(f_atoms, f_cell)
-        raw = np.abs(forces).max(axis=(1, 2))
+        raw = np.linalg.norm(forces, axis=2).max(axis=1)  # each atom's |F|, as check_forces
         active = np.zeros(len(batch.members), bool)
         now = time.perf_counter()
         for k, member in enumerate(batch.members):
@@ -272,11 +273,11 @@ def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, batc
                 finish(k, outcome(batch, k, positions, cells, forces, energy, gmax, converged,
                                   None if converged else "not_converged"))
             elif timeout_s and now - member.started > timeout_s:
-                finish(k, {"converged": False, "failure_reason": "timeout", "steps": 0,
-                           "error": f"still relaxing after the limit of {timeout_s:g} s"})
+                finish(k, timed_out(timeout_s, f"still relaxing after the limit of {timeout_s:g} s"))
             else:
                 active[k] = True
         batch.fire_step(active, f_atoms, f_cell)
+        on_step()
         refill()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from ase import Atoms
 from ase.filters import FrechetCellFilter, UnitCellFilter
 from ase.optimize import BFGS, FIRE, LBFGS
 
+from adapters import results
 from adapters.calculators import make_calculator
 
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}
@@ -92,11 +94,14 @@ class Diverged(Exception):
 
 
 def check_forces(forces: np.ndarray, limit: float) -> None:
-    """Stop a relaxation whose model returns NaN or a force beyond the divergence limit."""
+    """Stop a relaxation whose model returns NaN or a force whose magnitude exceeds the
+    divergence limit: the paper's "the force exceeded 10,000 eV/Å", and the authors'
+    observe_forces, which compares each row's |F| (not each component) with it."""
     if not np.all(np.isfinite(forces)):
         raise FloatingPointError("model returned non-finite forces")
-    if np.abs(forces).max() > limit:
-        raise Diverged(f"|F| above {limit} eV/Å")
+    largest = float(np.linalg.norm(forces, axis=1).max())
+    if largest > limit:
+        raise Diverged(f"|F| = {largest:.4g} eV/Å above {limit:g} eV/Å")
 
 
 def max_force(target) -> float:
@@ -120,17 +125,18 @@ def outcome(atoms: Atoms, target, converged: bool, failure: str | None, steps: i
     }
 
 
-def relax(atoms: Atoms, calculator, protocol: dict, periodic_axes: str) -> dict:
-    """Relax atoms in place per the protocol's variant; return the result fields."""
+def relax(atoms: Atoms, calculator, protocol: dict, periodic_axes: str, on_step=lambda: None) -> dict:
+    """Relax atoms in place per the protocol's variant; return the result fields.
+    on_step() is called after every optimizer step (the worker's heartbeat)."""
     variant = lookup(VARIANTS, protocol.get("variant", "paper"), "protocol variant")
     atoms.calc = calculator
-    result = variant(atoms, protocol, periodic_axes)
+    result = variant(atoms, protocol, periodic_axes, on_step)
     result["positions"] = atoms.positions.tolist()
     result["cell"] = atoms.cell[:].tolist()
     return result
 
 
-def relax_paper(atoms: Atoms, protocol: dict, periodic_axes: str) -> dict:
+def relax_paper(atoms: Atoms, protocol: dict, periodic_axes: str, on_step=lambda: None) -> dict:
     """The paper's text: one FIRE run from the PBE geometry, converged at max |F| < fmax
     (cell forces included), not converged after max_steps, diverged past the limit."""
     rotation, mask = alignment_and_mask(atoms.cell[:], periodic_axes)
@@ -144,6 +150,7 @@ def relax_paper(atoms: Atoms, protocol: dict, periodic_axes: str) -> dict:
     try:
         for converged in optimizer.irun(fmax=protocol["fmax_ev_per_a"], steps=protocol["max_steps"]):
             check_forces(atoms.get_forces(), protocol["divergence_limit_ev_per_a"])
+            on_step()
     except Diverged:
         failure, converged = "diverged", False
     if failure is None and not converged:
@@ -163,6 +170,8 @@ AUTHORS_CYCLES, AUTHORS_CYCLE_STEPS, AUTHORS_VACUUM_A = 15, 500, 15.0
 #: Between cycles the extent is checked against this multiple of the limit.
 AUTHORS_CYCLE_LIMIT_FACTOR = 1.5
 FRAGMENTED = {2: "fragmented_thickness", 1: "fragmented_width"}
+#: The lattice vectors their vacuum reset replaces, in their frame (authors_frame).
+AUTHORS_VACUUM_VECTORS = {2: [2], 1: [0, 1]}
 
 
 class Fragmented(Exception):
@@ -228,33 +237,54 @@ def reset_vacuum(atoms: Atoms, dims: int, limit: float | None) -> None:
         atoms.set_positions(pos)
 
 
-def relax_authors(atoms: Atoms, protocol: dict, periodic_axes: str) -> dict:
+def relax_authors(atoms: Atoms, protocol: dict, periodic_axes: str, on_step=lambda: None) -> dict:
     """The authors' code: up to 15 cycles, each resetting the vacuum (extent checked at
     1.5 x the limit) and running a fresh FIRE on a fresh cell filter for up to 500 steps
     to fmax/2; stop early once max |F| (cell forces included) < fmax/2; then reset the
     vacuum once more with the limit itself and accept at max |F| < fmax. Steps are the
-    total over the cycles."""
+    total over the cycles.
+
+    The structure is reported as the paper variant reports it: positions followed
+    continuously from the start (the re-centring and the wraps of every vacuum reset
+    undone) in the PBE cell's vacuum vectors (a reset changes only the size of the empty
+    box), with the relaxed periodic vectors. `wire_split_by_reset` says whether a reset
+    of a wire left it wider than it was (their adjust_vacuum_1D wraps a wire that is not
+    centred in their hexagonal cell across its boundary; kept as they wrote it)."""
     dims = len(periodic_axes)
     order, rotation = authors_frame(atoms.cell[:], periodic_axes)
     atoms.set_cell(atoms.cell[:][order] @ rotation.T, scale_atoms=False)
     atoms.positions = atoms.positions @ rotation.T
+    start_cell = atoms.cell[:].copy()
     limit = protocol["fragmentation_limits_a"].get(f"{dims}D") if dims in FRAGMENTED else None
     fmax, steps, cycles, failure, converged = protocol["fmax_ev_per_a"], 0, 0, None, False
     make_filter = lookup(CELL_FILTERS, protocol["cell_filter"], "cell filter")
     mask = AUTHORS_MASKS.get(dims)
     target = atoms
+    moved = np.zeros_like(atoms.positions)  # what the resets did to each atom
+    split = False
+
+    def reset(cycle_limit):
+        nonlocal moved, split
+        before, width = atoms.positions.copy(), authors_width(atoms, dims)
+        try:
+            reset_vacuum(atoms, dims, cycle_limit)
+        finally:
+            moved = moved + atoms.positions - before
+            split |= dims == 1 and authors_width(atoms, dims) > width + 1e-6
+
     try:
         for _ in range(AUTHORS_CYCLES):
-            reset_vacuum(atoms, dims, limit and AUTHORS_CYCLE_LIMIT_FACTOR * limit)
+            reset(limit and AUTHORS_CYCLE_LIMIT_FACTOR * limit)
             target = make_filter(atoms, mask=mask) if mask else atoms
             optimizer = lookup(OPTIMIZERS, protocol["optimizer"], "optimizer")(target, logfile=None)
             for _ in optimizer.irun(fmax=fmax / 2, steps=AUTHORS_CYCLE_STEPS):
                 check_forces(target.get_forces(), protocol["divergence_limit_ev_per_a"])
+                on_step()
             steps += optimizer.nsteps
             cycles += 1
             if max_force(target) < fmax / 2:
                 break
-        reset_vacuum(atoms, dims, limit)
+        reset(limit)
         target = make_filter(atoms, mask=mask) if mask else atoms
         converged = max_force(target) < fmax
         failure = None if converged else "not_converged"
@@ -263,9 +293,25 @@ def relax_authors(atoms: Atoms, protocol: dict, periodic_axes: str) -> dict:
     except Fragmented:
         failure = FRAGMENTED[dims]
     result = {**outcome(atoms, target, converged, failure, steps), "cycles": cycles}
+    if dims == 1:
+        result["wire_split_by_reset"] = bool(split)
+    cell = atoms.cell[:].copy()
+    vacuum = AUTHORS_VACUUM_VECTORS.get(dims, [])
+    cell[vacuum] = start_cell[vacuum]
+    atoms.calc = None  # the result is read; what follows moves no atom relative to another
+    atoms.set_cell(cell, scale_atoms=False)
+    atoms.positions = atoms.positions - moved
     atoms.positions = atoms.positions @ rotation
     atoms.set_cell((atoms.cell[:] @ rotation)[np.argsort(order)], scale_atoms=False)
     return result
+
+
+def authors_width(atoms: Atoms, dims: int) -> float:
+    """The wire's width as their adjust_vacuum_1D measures it (spans of the wrapped
+    positions across the axis); 0 for anything else."""
+    if dims != 1:
+        return 0.0
+    return float(np.ptp(atoms.get_positions(wrap=True)[:, :2], axis=0).max())
 
 
 VARIANTS = {"paper": relax_paper, "authors": relax_authors}
@@ -275,15 +321,16 @@ def structure_from_record(record: dict) -> Atoms:
     return Atoms(numbers=record["numbers"], positions=record["positions"], cell=record["cell"], pbc=record["pbc"])
 
 
-def finished_ids(out: Path) -> set[str]:
-    """Ids already in the output; drop a torn last line left by a killed worker."""
+def finished_ids(out: Path, ids: set[str], timeout_s: float | None = None) -> set[str]:
+    """Ids of the shard's structures `ids` with a result in `out` that holds (adapters.results);
+    drop a torn last line left by a killed worker."""
     if not out.exists():
         return set()
     data = out.read_bytes()
     keep = data[: data.rfind(b"\n") + 1]
     if len(keep) != len(data):
         out.write_bytes(keep)
-    return {json.loads(line)["id"] for line in keep.splitlines() if line.strip()}
+    return set(results.read(out, ids, timeout_s).kept)
 
 
 #: A structure is recorded as model_error once this many workers died relaxing it.
@@ -303,24 +350,65 @@ def crash_list_path(out: Path) -> Path:
     return out.with_suffix(".crashed")
 
 
+def id_lines(ids: list[str]) -> str:
+    """Structure ids one a line, each as a JSON string: an id may hold any character
+    (spaces, newlines, tabs) and still reads back as itself (read_id_lines)."""
+    return "".join(json.dumps(sid) + "\n" for sid in ids)
+
+
+def read_id_lines(text: str) -> list[str]:
+    """The ids of id_lines text (a line that is no JSON string is taken as it is)."""
+    ids = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            sid = json.loads(line)
+        except ValueError:
+            sid = None
+        ids.append(sid if isinstance(sid, str) else line)
+    return ids
+
+
 def crash_counts(out: Path) -> dict[str, int]:
     """How many workers died relaxing each structure, from the orchestrator's crash list."""
     path = crash_list_path(out)
     counts: dict[str, int] = {}
-    for sid in path.read_text().split() if path.exists() else []:
+    for sid in read_id_lines(path.read_text()) if path.exists() else []:
         counts[sid] = counts.get(sid, 0) + 1
     return counts
+
+
+#: Seconds between two heartbeats of a worker that is relaxing (see Heartbeat).
+HEARTBEAT_S = 10.0
+
+
+class Heartbeat:
+    """Touches the in-flight markers while a worker makes progress (at most every
+    HEARTBEAT_S, after an optimizer step), so that the orchestrator's stall watchdog
+    tells a slow structure, which may relax for hours, from a hung worker."""
+
+    def __init__(self, markers: list[Path]):
+        self.markers = markers
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= HEARTBEAT_S:
+            self.last = now
+            for marker in self.markers:
+                os.utime(marker)
 
 
 class ShardFiles:
     """One shard's files in a worker: its structures still to relax, its output and its
     in-flight marker."""
 
-    def __init__(self, shard: Path, out: Path):
+    def __init__(self, shard: Path, out: Path, timeout_s: float | None = None):
         self.in_flight = in_flight_path(out)  # may be a mounted file: emptied, never removed
         self.in_flight.write_text("")
         records = [json.loads(line) for line in shard.read_text().splitlines() if line.strip()]
-        done = finished_ids(out)
+        done = finished_ids(out, {r["id"] for r in records}, timeout_s)
         self.todo = [r for r in records if r["id"] not in done]
         self.crashes = crash_counts(out)
         self.out = out.open("a")
@@ -333,7 +421,7 @@ class ShardFiles:
 
     def mark(self, ids: list[str]) -> None:
         """Name the structures of this shard in flight (rewritten only when they change)."""
-        text = "\n".join(ids)
+        text = id_lines(ids)
         if text != self.marked:
             self.in_flight.write_text(text)
             self.marked = text
@@ -351,15 +439,17 @@ def main(argv: list[str] | None = None) -> int:
     shards: list[ShardFiles] = []
     try:
         for shard, out in zip(args.shard, args.out):
-            shards.append(ShardFiles(shard, out))
+            shards.append(ShardFiles(shard, out, job.get("structure_timeout_s")))
+        heartbeat = Heartbeat([s.in_flight for s in shards])
         if any(s.todo for s in shards) and job["protocol"].get("engine", "ase") == "batched":
-            relax_shards_batched(job, shards)
+            relax_shards_batched(job, shards, heartbeat)
         elif any(s.todo for s in shards):
             calculator = make_calculator(job["calculator"], job["device"], job.get("options", {}))
             for shard in shards:
                 for record in shard.todo:
                     shard.mark([record["id"]])
-                    write(shard.out, relax_record(record, calculator, job["protocol"], job.get("structure_timeout_s")))
+                    write(shard.out, relax_record(record, calculator, job["protocol"], job.get("structure_timeout_s"),
+                                                  on_step=heartbeat))
                 shard.mark([])
     except OSError as exc:
         print(f"cannot write the results of {', '.join(s.name for s in args.shard)}: {exc}", file=sys.stderr)
@@ -370,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def relax_shards_batched(job: dict, shards: list[ShardFiles]) -> None:
+def relax_shards_batched(job: dict, shards: list[ShardFiles], heartbeat=lambda: None) -> None:
     """The batched engine over the shards' structures as one queue. Every structure in
     flight is named in its shard's marker (one a line), so a worker that dies lists them
     all as crashed once; those then relax one at a time, first, and only the one that
@@ -390,7 +480,8 @@ def relax_shards_batched(job: dict, shards: list[ShardFiles]) -> None:
     for records, batch_atoms in ((suspects, 0), (rest, job["batch_atoms"])):
         relax_batched(records, evaluate, job["protocol"],
                       lambda sid, result: write(owner[sid].out, {"id": sid, **result}),
-                      batch_atoms=batch_atoms, timeout_s=job.get("structure_timeout_s"), on_batch=mark)
+                      batch_atoms=batch_atoms, timeout_s=job.get("structure_timeout_s"), on_batch=mark,
+                      on_step=heartbeat)
 
 
 class StructureTimeout(Exception):
@@ -416,22 +507,29 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-def relax_record(record: dict, calculator, protocol: dict, timeout_s: float | None = None) -> dict:
-    """One structure's result line; a structure over `timeout_s` of wall time is a `timeout`
-    record (the tool's limit, not one of the paper's failures); any exception becomes a
-    model_error record."""
+def relax_record(record: dict, calculator, protocol: dict, timeout_s: float | None = None,
+                 on_step=lambda: None) -> dict:
+    """One structure's result line; a structure over `timeout_s` of wall time (only when
+    the user sets a limit) is a `timeout` record, with the limit it ran under (the tool's
+    limit, not one of the paper's failures); any exception becomes a model_error record."""
     start = time.perf_counter()
     try:
         with time_limit(timeout_s):
-            result = relax(structure_from_record(record), calculator, protocol, record["periodic_axes"])
+            result = relax(structure_from_record(record), calculator, protocol, record["periodic_axes"], on_step)
     except StructureTimeout as exc:
-        result = {"converged": False, "failure_reason": "timeout", "steps": 0, "error": str(exc)}
+        result = timed_out(timeout_s, str(exc))
     except Exception as exc:  # one bad structure must never stop the shard
         result = {"converged": False, "failure_reason": "model_error", "steps": 0,
                   "error": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(limit=5)}
     result["wall_s"] = time.perf_counter() - start
     return {"id": record["id"], **result}
+
+
+def timed_out(timeout_s: float, why: str) -> dict:
+    """The result of a structure stopped by the user's time limit; the limit is kept so a
+    rerun under another limit relaxes it again (see finished_ids)."""
+    return {"converged": False, "failure_reason": "timeout", "steps": 0, "error": why, "timeout_s": timeout_s}
 
 
 def write(out, result: dict) -> None:

@@ -27,9 +27,11 @@ def structure_table(structures) -> pd.DataFrame:
 
 
 def element_counts(table: pd.DataFrame) -> pd.DataFrame:
-    """Structures containing each element, per dimensionality: columns dimension, element, structures."""
+    """Structures containing each element, per dimensionality: columns dimension, element,
+    structures, and fraction (of that dimensionality's structures, as the paper's Fig. 2)."""
     long = table.assign(element=table["elements"].str.split()).explode("element")
     counts = long.groupby(["dimension", "element"]).size().rename("structures").reset_index()
+    counts["fraction"] = counts["structures"] / counts["dimension"].map(table["dimension"].value_counts())
     return counts
 
 

@@ -92,16 +92,10 @@ def _scaled(positions, cell):
     return np.einsum("bnj,bjk->bnk", positions, np.linalg.inv(safe)) * ok[:, None, None], ok
 
 
-def unwrap_vacuum(positions, cell, axes: str) -> np.ndarray:
-    """Cartesian positions made contiguous along every non-periodic lattice vector.
-
-    Along each lattice vector not in `axes`, atoms are moved by whole lattice vectors
-    so that the widest empty slab (the vacuum, as in vacuum_gaps) lies across the cell
-    boundary and the atoms sit together on one side of it: an atom that a code wrapped
-    to the far side of the vacuum comes back next to its neighbours. Atoms already on
-    the right side do not move. Periodic directions are left alone. A structure with a
-    singular cell is returned as it is.
-    """
+def contiguity_shifts(positions, cell, axes: str) -> np.ndarray:
+    """(B, N, 3) (or (N, 3)) whole numbers of lattice vectors that make the atoms
+    contiguous along every non-periodic lattice vector (see unwrap_vacuum); zero along
+    the periodic ones and for a singular cell."""
     positions, cell, single = _batched(positions, cell)
     frac, ok = _scaled(positions, cell)
     n_atoms = positions.shape[1]
@@ -114,7 +108,21 @@ def unwrap_vacuum(positions, cell, axes: str) -> np.ndarray:
         start = np.take_along_axis(s, ((gaps.argmax(axis=1) + 1) % n_atoms)[:, None], axis=1)
         shift[..., k] = np.round(np.mod(f - start, 1.0) + start - frac[..., k])
     shift *= ok[:, None, None]
-    out = positions + np.einsum("bnj,bjk->bnk", shift, cell)
+    return shift[0] if single else shift
+
+
+def unwrap_vacuum(positions, cell, axes: str) -> np.ndarray:
+    """Cartesian positions made contiguous along every non-periodic lattice vector.
+
+    Along each lattice vector not in `axes`, atoms are moved by whole lattice vectors
+    so that the widest empty slab (the vacuum, as in vacuum_gaps) lies across the cell
+    boundary and the atoms sit together on one side of it: an atom that a code wrapped
+    to the far side of the vacuum comes back next to its neighbours. Atoms already on
+    the right side do not move. Periodic directions are left alone. A structure with a
+    singular cell is returned as it is.
+    """
+    positions, cell, single = _batched(positions, cell)
+    out = positions + np.einsum("bnj,bjk->bnk", contiguity_shifts(positions, cell, axes), cell)
     return out[0] if single else out
 
 
@@ -145,8 +153,28 @@ def _max_pairwise_distance(points) -> np.ndarray:
     return result
 
 
+def _span(pos, cell, axes: str) -> np.ndarray:
+    """(B,) size across the non-periodic directions of (B, N, 3) positions taken as they
+    are (no unwrapping): see extent."""
+    periodic = np.flatnonzero(axes_mask(axes))
+    if len(periodic) == 3:
+        return np.full(len(pos), np.nan)
+    if len(periodic) == 2:
+        normal = np.cross(cell[:, periodic[0]], cell[:, periodic[1]])
+        normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+        height = np.einsum("bni,bi->bn", pos, normal)
+        return height.max(axis=1) - height.min(axis=1)
+    if len(periodic) == 1:
+        upright = np.einsum("bij,bnj->bni", rotations_onto_z(cell[:, periodic[0]]), pos)
+        spans = upright[..., :2].max(axis=1) - upright[..., :2].min(axis=1)
+        return spans.max(axis=1)
+    return _max_pairwise_distance(pos)
+
+
 def extent(positions, cell, axes: str):
-    """Size of a low-dimensional structure across its non-periodic directions (Å).
+    """Size of a low-dimensional structure across its non-periodic directions (Å), from
+    its own geometry alone (the PBE structure's; a relaxed one is measured by
+    followed_extent).
 
     The positions are first made contiguous along the non-periodic lattice vectors
     (unwrap_vacuum), so a structure straddling the cell boundary is measured whole.
@@ -163,20 +191,66 @@ def extent(positions, cell, axes: str):
     unwrapping.
     """
     positions, cell, single = _batched(positions, cell)
-    periodic = np.flatnonzero(axes_mask(axes))
-    if len(periodic) == 3:
+    if axes_mask(axes).all():
         return _out(np.full(len(positions), np.nan), single)
-    pos = unwrap_vacuum(positions, cell, axes)
-    if len(periodic) == 2:
-        normal = np.cross(cell[:, periodic[0]], cell[:, periodic[1]])
-        normal /= np.linalg.norm(normal, axis=1, keepdims=True)
-        height = np.einsum("bni,bi->bn", pos, normal)
-        return _out(height.max(axis=1) - height.min(axis=1), single)
-    if len(periodic) == 1:
-        upright = np.einsum("bij,bnj->bni", rotations_onto_z(cell[:, periodic[0]]), pos)
-        spans = upright[..., :2].max(axis=1) - upright[..., :2].min(axis=1)
-        return _out(spans.max(axis=1), single)
-    return _out(_max_pairwise_distance(pos), single)
+    return _out(_span(unwrap_vacuum(positions, cell, axes), cell, axes), single)
+
+
+#: A relaxed atom displaced from its PBE twin, about the structure's mean displacement, by
+#: more than this fraction of a non-periodic lattice vector has gone past half the cell:
+#: nearer a periodic image of its partners than to where it started, which of them it
+#: belongs with is ambiguous.
+AMBIGUOUS_DISPLACEMENT = 0.5
+
+
+def follow(positions, cell, ref_positions, ref_cell, axes: str):
+    """Relaxed positions followed continuously from the PBE structure, atom by atom.
+
+    The workers never wrap positions (the authors' variant undoes its own re-centring),
+    so a relaxed atom is where it went. The reference is made contiguous across the
+    vacuum (unwrap_vacuum: Alexandria stores molecules and slabs cut by the cell
+    boundary) and each relaxed atom is moved by the same whole lattice vectors as its
+    twin, in its own cell; along the periodic lattice vectors, where a slide or a wrap is
+    a lattice equivalence, each atom is brought to the image nearest its twin about the
+    mean displacement (unwrap_to_reference). Nothing is wrapped across the vacuum: a
+    layer that drifted away from its partner is measured where it went, not next to a
+    periodic image of it.
+
+    Returns (followed positions, contiguous reference positions, ambiguous), the last a
+    (B,) bool (or a bool): some atom moved, about the mean, by more than
+    AMBIGUOUS_DISPLACEMENT of a non-periodic lattice vector.
+    """
+    positions, cell, single = _batched(positions, cell)
+    ref_positions = np.asarray(ref_positions, dtype=float).reshape(positions.shape)
+    ref_cell = np.asarray(ref_cell, dtype=float).reshape(cell.shape)
+    shifts = contiguity_shifts(ref_positions, ref_cell, axes)
+    ref_positions = ref_positions + np.einsum("bnj,bjk->bnk", shifts, ref_cell)
+    followed = positions + np.einsum("bnj,bjk->bnk", shifts, cell)
+    followed = unwrap_to_reference(followed, cell, ref_positions, ref_cell, axes)
+    vacuum = ~axes_mask(axes)
+    ambiguous = np.zeros(len(positions), bool)
+    if vacuum.any():
+        frac, _ = _scaled(followed, cell)
+        ref_frac, _ = _scaled(ref_positions, ref_cell)
+        moved = (frac - ref_frac)[..., vacuum]
+        moved -= moved.mean(axis=1, keepdims=True)
+        ambiguous = (np.abs(moved) > AMBIGUOUS_DISPLACEMENT).any(axis=(1, 2))
+    if single:
+        return followed[0], ref_positions[0], bool(ambiguous[0])
+    return followed, ref_positions, ambiguous
+
+
+def followed_extent(positions, cell, ref_positions, ref_cell, axes: str):
+    """(extent, ambiguous) of a relaxed structure: the measure of `extent` taken on the
+    positions followed from the PBE structure (see follow), never modulo the cell."""
+    followed, _, ambiguous = follow(positions, cell, ref_positions, ref_cell, axes)
+    return followed_extent_of(followed, cell, axes), ambiguous
+
+
+def followed_extent_of(followed, cell, axes: str):
+    """The measure of `extent` on positions already followed (see follow), as they are."""
+    followed, cell, single = _batched(followed, cell)
+    return _out(_span(followed, cell, axes), single)
 
 
 def _image_offsets(cell, axes: str, reach: float) -> np.ndarray:
@@ -320,23 +394,26 @@ def kabsch_align(positions, ref_positions) -> np.ndarray:
 def position_errors(positions, cell, ref_positions, ref_cell, axes: str):
     """(MAE, RMSD) in Å of a relaxed structure against its PBE reference.
 
-    Atom i of the model is compared with atom i of the reference (no permutations).
-    The reference is first made contiguous across the vacuum (unwrap_vacuum: Alexandria
-    stores molecules and slabs cut by the cell boundary); then each model atom is
-    brought to the image, in the model's own cell, nearest its twin about the mean
-    displacement, along every lattice vector (unwrap_to_reference over "abc": a wrap
-    across the vacuum, or the re-centring of the authors' protocol, is undone like a
-    periodic wrap; a structure wider than half its cell is a failure anyway); the model
-    is superposed on the reference by Kabsch (rotation + translation), and
-    MAE = mean over the 3N Cartesian components of |x_model - x_ref| and
-    RMSD = sqrt(mean over the N atoms of |r_model - r_ref|^2).
+    Atom i of the model is compared with atom i of the reference (no permutations). The
+    model's positions are followed from the reference (see follow: the reference made
+    contiguous across the vacuum and each model atom moved as its twin, wraps along the
+    periodic lattice vectors undone about the mean displacement); the model is
+    superposed on the reference by Kabsch
+    (rotation + translation), and MAE = mean over the 3N Cartesian components of
+    |x_model - x_ref| and RMSD = sqrt(mean over the N atoms of |r_model - r_ref|^2).
     """
-    positions, cell, single = _batched(positions, cell)
-    ref_positions = np.asarray(ref_positions, dtype=float).reshape(positions.shape)
-    ref_cell = np.asarray(ref_cell, dtype=float).reshape(cell.shape)
-    ref_positions = unwrap_vacuum(ref_positions, ref_cell, axes)
-    aligned = kabsch_align(unwrap_to_reference(positions, cell, ref_positions, ref_cell, AXES), ref_positions)
-    diff = aligned - ref_positions
+    followed, ref_positions, _ = follow(positions, cell, ref_positions, ref_cell, axes)
+    return aligned_errors(followed, ref_positions)
+
+
+def aligned_errors(followed, ref_positions):
+    """(MAE, RMSD) of positions already followed from the reference (follow), after a
+    Kabsch superposition."""
+    followed, ref_positions = np.asarray(followed, dtype=float), np.asarray(ref_positions, dtype=float)
+    single = followed.ndim == 2
+    if single:
+        followed, ref_positions = followed[None], ref_positions[None]
+    diff = kabsch_align(followed, ref_positions) - ref_positions
     mae = np.abs(diff).mean(axis=(1, 2))
     rmsd = np.sqrt((diff**2).sum(axis=2).mean(axis=1))
     if single:

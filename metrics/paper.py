@@ -41,8 +41,10 @@ def paper_tag(model: str) -> str | None:
 def beside_paper(failures: pd.DataFrame) -> pd.DataFrame:
     """This run's failures (metrics.summary.failures) next to Table II, for the models
     of the run that the paper has: model, tag, dimension, structures, failed, failed_pct,
-    paper_failed, paper_failed_pct (over PAPER_STRUCTURES)."""
-    columns = ["model", "tag", "dimension", "structures", "failed", "failed_pct", "paper_failed", "paper_failed_pct"]
+    paper_failed, paper_failed_pct (over PAPER_STRUCTURES), complete (every structure has a
+    result: no `timeout`, no `missing`; only then are the two comparable)."""
+    columns = ["model", "tag", "dimension", "structures", "failed", "failed_pct", "paper_failed", "paper_failed_pct",
+               "complete"]
     paper = table_ii().set_index(["tag", "dimension"])["failed"]
     rows = []
     for row in failures.itertuples(index=False):
@@ -52,5 +54,6 @@ def beside_paper(failures: pd.DataFrame) -> pd.DataFrame:
         paper_failed = int(paper.loc[(tag, row.dimension)])
         rows.append({"model": row.model, "tag": tag, "dimension": row.dimension, "structures": row.structures,
                      "failed": row.failed, "failed_pct": row.failed_pct, "paper_failed": paper_failed,
-                     "paper_failed_pct": 100.0 * paper_failed / PAPER_STRUCTURES})
+                     "paper_failed_pct": 100.0 * paper_failed / PAPER_STRUCTURES,
+                     "complete": bool(getattr(row, "complete", True))})
     return pd.DataFrame(rows, columns=columns)

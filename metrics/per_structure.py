@@ -13,8 +13,13 @@ score() adds to the merged results table, one row per (model, structure):
   periodic wrapping undone, Kabsch superposition).
 - `cell_change_rel`: geometry.cell_change, (model - PBE) / PBE of the volume (3D), the
   periodic area (2D) or the periodic length (1D); NaN for 0D.
-- `extent_a`, `extent_ref_a`: geometry.extent of the final and of the PBE structure:
-  thickness (2D), width (1D, the authors' spans), diameter (0D); NaN for 3D.
+- `extent_a`, `extent_ref_a`: thickness (2D), width (1D, the authors' spans), diameter (0D)
+  of the final and of the PBE structure; NaN for 3D. The final structure is measured on
+  its positions followed continuously from the PBE structure (geometry.followed_extent),
+  so a fragment that drifted across the vacuum is measured where it went, not next to a
+  periodic image of its partner; the PBE one on its own geometry (geometry.extent).
+- `extent_ambiguous`: some atom moved, about the structure's mean, by more than a third
+  of a vacuum lattice vector, where the nearest-image reading may be wrong (a diagnostic).
 - `reference_over_limit`: the PBE structure itself is wider than its limit (it fails for
   every model; counted per dimensionality in the report).
 - `fragments`, `fragments_ref`, `disconnected`: covalently bonded pieces
@@ -55,7 +60,7 @@ FRAGMENTED = {"2D": "fragmented_thickness", "1D": "fragmented_width", "0D": "fra
 FAILURE_REASONS = (*CONTAINER_REASONS, "fragmented_thickness", "fragmented_width", "fragmented_diameter")
 SCORE_COLUMNS = ("periodic_axes", "dimension_label", "dimension_mismatch", "energy_error_mev_per_atom",
                  "position_mae_a", "position_rmsd_a", "cell_change_rel", "extent_a", "extent_ref_a",
-                 "reference_over_limit", "fragments", "fragments_ref", "disconnected")
+                 "reference_over_limit", "fragments", "fragments_ref", "disconnected", "extent_ambiguous")
 
 
 def reference_axes(atoms) -> str:
@@ -112,6 +117,7 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
     columns = {name: np.full(n_rows, np.nan) for name in ("position_mae_a", "position_rmsd_a", "cell_change_rel",
                                                           "extent_a")}
     pieces = np.full(n_rows, -1)
+    ambiguous = np.zeros(n_rows, bool)
     groups = defaultdict(list)  # (natoms, axes) -> rows with a usable final structure
     for row, (model, sid) in enumerate(zip(models, ids)):
         if _usable(relaxed.get((model, sid)), reference[sid]):
@@ -123,11 +129,11 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
         cell = np.stack([a.cell.array for a in finals])
         ref_pos = np.stack([reference[ids[r]].positions for r in rows])
         ref_cell = np.stack([reference[ids[r]].cell.array for r in rows])
-        mae, rmsd = geometry.position_errors(pos, cell, ref_pos, ref_cell, axes)
-        columns["position_mae_a"][rows] = mae
-        columns["position_rmsd_a"][rows] = rmsd
+        followed, ref_contiguous, ambiguous[rows] = geometry.follow(pos, cell, ref_pos, ref_cell, axes)
+        columns["position_mae_a"][rows], columns["position_rmsd_a"][rows] = geometry.aligned_errors(
+            followed, ref_contiguous)
         columns["cell_change_rel"][rows] = geometry.cell_change(cell, ref_cell, axes)
-        columns["extent_a"][rows] = geometry.extent(pos, cell, axes)
+        columns["extent_a"][rows] = geometry.followed_extent_of(followed, cell, axes)
         pieces[rows] = _pieces(finals, axes)
 
     ref_ids = defaultdict(list)  # (natoms, axes) -> PBE structures of the run
@@ -149,6 +155,7 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
     table["fragments"] = pd.array(np.where(pieces >= 0, pieces, None), dtype="Int64")
     table["fragments_ref"] = pd.array(ref_count, dtype="Int64")
     table["disconnected"] = (pieces >= 0) & (pieces > ref_count)
+    table["extent_ambiguous"] = ambiguous
 
     fragmented = (reason == "") & (columns["extent_a"] > limit)
     reason[fragmented] = [FRAGMENTED[d] for d in dims[fragmented]]

@@ -176,18 +176,19 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
 
 
 def dataset_elements(counts: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """dataset_elements.png/.svg: structures containing each element, one periodic table
-    per dimensionality (metrics.dataset.element_counts), on a common log colour scale."""
+    """dataset_elements.png/.svg: the fraction of structures containing each element, one
+    periodic table per dimensionality (metrics.dataset.element_counts), on a common linear
+    colour scale, as the paper's Fig. 2."""
     from matplotlib import colors as mcolors
 
     dims = ordered_dimensions(counts["dimension"])
     fig, axes = plt.subplots(len(dims), 1, figsize=(7.5, 3.6 * len(dims)), squeeze=False)
-    top = max(int(counts["structures"].max()) if len(counts) else 1, 2)
+    top = float(counts["fraction"].max()) if len(counts) else 1.0
     for ax, dim in zip(axes[:, 0], dims):
         group = counts[counts["dimension"] == dim]
-        periodic_table(ax, dict(zip(group["element"], group["structures"].astype(float))), "structures",
-                       norm=mcolors.LogNorm(1, top))
-        ax.set_title(f"{dim}: structures containing each element", fontsize=10)
+        periodic_table(ax, dict(zip(group["element"], group["fraction"].astype(float))), "fraction of structures",
+                       norm=mcolors.Normalize(0.0, top))
+        ax.set_title(f"{dim}: fraction of structures containing each element", fontsize=10)
     fig.tight_layout()
     return _save(fig, out_dir, "dataset_elements")
 

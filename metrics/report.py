@@ -26,6 +26,8 @@ from orchestrator.errors import BenchError
 REQUIRED_COLUMNS = ("model", "id", "dimension", "converged", "failure_reason", "steps",
                     "energy_error_mev_per_atom", "position_mae_a")
 TABLES = ("summary", "failures", "steps", "energy", "positions", "connectivity", "reference", "energy_by_element")
+#: The report's tables whose numbers a user's time limit changes (see time_limit_note).
+TIME_LIMITED = ("summary", "failures", "paper", "steps", "energy", "positions", "energy_by_element", "connectivity")
 #: Elements per (model, dimensionality) shown in the report's per-element table (all in the CSV).
 WORST_ELEMENTS = 5
 DEFINITIONS = """\
@@ -37,7 +39,11 @@ DEFINITIONS = """\
   that disagrees is kept as `dimension_label` and counted in the reference table.
 - **Disconnected** (a diagnostic, never a failure): more covalently bonded pieces than the PBE
   structure.
-- **Steps**: FIRE steps of the relaxations that converged.
+- **Failed %**: of the finished structures; `timeout` (stopped by a time limit the user set; there is
+  none by default, as in the paper) and `missing` (no result yet) are counted apart and are neither.
+- **Steps**: FIRE steps (ASE's `nsteps`) of the relaxations that converged, including those that
+  then failed the fragmentation check; one already converged at the PBE geometry counts 0 (the
+  paper's "converged after 1 step" counts force evaluations: add one to every figure).
 - **Energy error**: (E_model - E_PBE) / N_atoms in meV/atom, signed, over successful relaxations;
   MAE is the mean of its absolute value; `within_10_mev` the fraction with |error| < 10 meV/atom.
 - **Position MAE**: mean |x_model - x_PBE| over the 3N Cartesian components (Å) after undoing
@@ -311,6 +317,30 @@ def incomplete_warning(provenance: dict) -> str | None:
             "rerun the same command to finish it. Its numbers are not final.")
 
 
+def time_limit_note(scored: pd.DataFrame, provenance: dict) -> str | None:
+    """The sentence every table a user's time limit touched carries, else None."""
+    stopped = int((scored["failure_reason"] == "timeout").sum())
+    if not stopped:
+        return None
+    limit = provenance.get("structure_timeout_s")
+    return (f"TIME LIMIT: {stopped} relaxation(s) were stopped by the limit of "
+            f"{_text(limit)} s per structure (structure_timeout_s) and are in no number below except as "
+            "`timeout`; the paper has no time limit, so these tables are not comparable with its counts. "
+            "Remove the limit and rerun the same command to relax them to the end.")
+
+
+def authors_split_note(scored: pd.DataFrame) -> str | None:
+    """The warning for wires the authors' variant failed because its own vacuum reset
+    split them, else None."""
+    split = scored["failure_reason"].eq("fragmented_width") & summary.flag(scored, "wire_split_by_reset")
+    if not split.any():
+        return None
+    return (f"AUTHORS' VACUUM RESET: {int(split.sum())} wire(s) failed as fragmented_width after the authors' "
+            "adjust_vacuum_1D split them (it wraps a wire that is not centred in its new hexagonal cell across "
+            "the cell's edge); the variant keeps their code as written. Their own relaxed positions show the wire "
+            "whole (extent_a in results.csv).")
+
+
 def paper_comparison(failures: pd.DataFrame, provenance: dict) -> tuple[pd.DataFrame, str] | None:
     """This run's failures beside the paper's Table II, with a caption; None unless the
     run is on the paper's dataset and has models the paper has."""
@@ -324,6 +354,9 @@ def paper_comparison(failures: pd.DataFrame, provenance: dict) -> tuple[pd.DataF
     if dataset.get("subset_key", "all") != "all":
         caption += (f" This run is a subset ({mapping_text(dataset.get('subset'))}); the paper's counts are "
                     f"over {paper.PAPER_STRUCTURES:,} structures per dimensionality: compare the percentages.")
+    if not table["complete"].all():
+        caption += (" INCOMPLETE: rows with complete = False have structures without a result (`timeout` or "
+                    "`missing`) and are not comparable with the paper's counts.")
     return table, caption
 
 
@@ -397,8 +430,13 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
                      for name in figures if name.startswith("energy_by_element_")})
     facts = run_facts(run_dir, provenance)
     warning = incomplete_warning(provenance)
+    limited = time_limit_note(scored, provenance)
+    notes = [note for note in (limited, authors_split_note(scored)) if note]
+    if limited:
+        sections = [(heading, name, f"{caption} {limited}" if name in TIME_LIMITED else caption)
+                    for heading, name, caption in sections]
 
-    md = [f"# {title}\n", *([f"> **{warning}**\n"] if warning else []),
+    md = [f"# {title}\n", *[f"> **{line}**\n" for line in ([warning] if warning else []) + notes],
           *[f"- **{label}**: {value}" for label, value in facts], "",
           "## Models\n", markdown_table(models) if len(models) else "(no model records in provenance.json)\n"]
     for heading, name, caption in sections:
@@ -411,8 +449,8 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
     (out / "report.md").write_text("\n".join(md))
 
     body = [HTML_HEAD.format(title=html.escape(title)), f"<h1>{html.escape(title)}</h1>"]
-    if warning:
-        body.append(f"<p style=\"background:#fde2e1;padding:0.6em;font-weight:bold\">{html.escape(warning)}</p>")
+    for line in ([warning] if warning else []) + notes:
+        body.append(f"<p style=\"background:#fde2e1;padding:0.6em;font-weight:bold\">{html.escape(line)}</p>")
     body.append("<ul class=\"facts\">")
     body += [f"<li><b>{html.escape(label)}</b>: {html.escape(value)}</li>" for label, value in facts]
     body += ["</ul><h2>Models</h2>", html_table(models) if len(models) else "<p>(no model records)</p>"]
@@ -460,6 +498,12 @@ def leaderboard(results_dir: Path) -> pd.DataFrame:
     for run_dir in runs:
         scored = read_results(run_dir / "results.csv")
         provenance = read_provenance(run_dir / "provenance.json")
+        # the table decides, not the status beside it: a model with a structure still
+        # without a result (a run killed between the two files, say) is never ranked
+        unfinished = set(scored.loc[scored["failure_reason"] == "missing", "model"].astype(str))
+        scored = scored[~scored["model"].astype(str).isin(unfinished)]
+        if scored.empty:
+            continue
         line = summary.summary(scored)
         line["run"] = run_dir.name
         records = _get(provenance, "models", default={})
@@ -473,6 +517,9 @@ def leaderboard(results_dir: Path) -> pd.DataFrame:
             {(r.model, r.dimension): r.paper_failed for r in beside[0].itertuples(index=False)}
         line["paper_failed"] = [paper_failed.get(key, np.nan) for key in zip(line["model"], line["dimension"])]
         rows.append(line)
+    if not rows:
+        raise BenchError(f"{results_dir}: no finished run: every model of every run has structures without a "
+                         "result; rerun those runs to finish them")
     table = pd.concat(rows, ignore_index=True)
     order = {d: i for i, d in enumerate(summary.DIMENSIONS)}
     table["_d"] = table["dimension"].map(lambda d: order.get(d, 99))
@@ -506,6 +553,10 @@ def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
             f"paper_failed: the paper's Table II for the same model, of {paper.PAPER_STRUCTURES:,} structures per "
             "dimensionality (runs on its dataset only).")
     left_out = [d.name for d in finished_runs(results_dir, complete=False)]
+    for run_dir in finished_runs(results_dir):
+        scored = read_results(run_dir / "results.csv")
+        left_out += [f"{run_dir.name} ({model})" for model in
+                     sorted(set(scored.loc[scored["failure_reason"] == "missing", "model"].astype(str)))]
     if left_out:
         note += f" Left out, incomplete: {', '.join(left_out)}."
     md = ["# 0123D leaderboard\n", f"{table['run'].nunique()} finished run(s) in `{results_dir}`. {note}\n"]

@@ -2,10 +2,15 @@
 
 Which structures enter which numbers:
 
-- failures: every structure of the run, each counted once under its failure_reason.
+- failures: every structure of the run, each counted once under its failure_reason; the
+  percentage is of the finished structures (those with a result: not `missing`, and not
+  stopped by a user's time limit, `timeout`).
 - steps: structures the optimizer converged (`converged` true), whatever the host checks
   said afterwards: it is the cost of a relaxation, and a converged-then-fragmented one
-  still took those steps.
+  still took those steps (`fragmented` counts them). Steps are ASE's `nsteps`: a
+  structure already converged at the PBE geometry counts 0 (`at_step_0` counts them);
+  the paper's "converged after 1 step" counts force evaluations, which is every figure
+  of the table plus one.
 - energy and position errors: successful relaxations only (failure_reason ""): a
   diverged or fragmented structure has no meaningful error, and it is already counted
   as a failure.
@@ -73,9 +78,11 @@ def _q(p):
 
 
 def failures(scored: pd.DataFrame) -> pd.DataFrame:
-    """The paper's Table II: structures, failed, failed %, one column per reason, and the
-    tool's own outcomes, never counted as failed: `timeout` (over the wall-time limit per
-    structure) and `missing` (no result yet: an incomplete run)."""
+    """The paper's Table II: structures, finished, failed, failed % (of the finished ones),
+    one column per reason, and the tool's own outcomes, which are not results and never
+    count as failed or finished: `timeout` (stopped by a time limit the user set) and
+    `missing` (no result yet: an incomplete run). A group with either is not comparable
+    with the paper's counts (`complete` false)."""
     reasons = scored["failure_reason"].fillna("").astype(str)
     pairs = _groups(scored)
     counts = pd.crosstab([scored["model"].astype(str), scored["dimension"].astype(str)], reasons)
@@ -85,18 +92,26 @@ def failures(scored: pd.DataFrame) -> pd.DataFrame:
         row = counts.loc[(model, dim)] if (model, dim) in counts.index else pd.Series(dtype=int)
         total = int(row.sum())
         tools = {reason: int(row.get(reason, 0)) for reason in NOT_FAILURES}
-        failed = total - int(row.get("", 0)) - sum(tools.values())
-        rows.append({"model": model, "dimension": dim, "structures": total, "failed": failed,
-                     "failed_pct": 100.0 * failed / total if total else np.nan,
-                     **{reason: int(row.get(reason, 0)) for reason in (*FAILURE_REASONS, *other)}, **tools})
+        finished = total - sum(tools.values())
+        failed = finished - int(row.get("", 0))
+        rows.append({"model": model, "dimension": dim, "structures": total, "finished": finished, "failed": failed,
+                     "failed_pct": 100.0 * failed / finished if finished else np.nan,
+                     **{reason: int(row.get(reason, 0)) for reason in (*FAILURE_REASONS, *other)}, **tools,
+                     "complete": finished == total})
     return pd.DataFrame(rows)
 
 
 def steps(scored: pd.DataFrame) -> pd.DataFrame:
-    """Optimizer steps of converged relaxations: n, median, quartiles, mean, max."""
+    """Optimizer steps of converged relaxations: n, median, quartiles, mean, max; how many
+    converged at step 0 (already converged at the PBE geometry) and how many of them
+    then failed the host's fragmentation check."""
     converged = flag(scored, "converged")
-    return _describe(scored, scored.loc[converged, "steps"],
-                     {"median": np.median, "q1": _q(0.25), "q3": _q(0.75), "mean": np.mean, "max": np.max})
+    table = _describe(scored, scored.loc[converged, "steps"],
+                      {"median": np.median, "q1": _q(0.25), "q3": _q(0.75), "mean": np.mean, "max": np.max,
+                       "at_step_0": lambda v: int((v == 0).sum())})
+    fragmented = scored["failure_reason"].fillna("").astype(str).str.startswith("fragmented")
+    table["fragmented"] = _describe(scored, scored.loc[converged & fragmented, "steps"], {})["n"].to_numpy()
+    return table
 
 
 def energy(scored: pd.DataFrame) -> pd.DataFrame:
@@ -172,7 +187,8 @@ def summary(scored: pd.DataFrame) -> pd.DataFrame:
     fail, st, en, pos = failures(scored), steps(scored), energy(scored), positions(scored)
     return pd.DataFrame({
         "model": fail["model"], "dimension": fail["dimension"], "structures": fail["structures"],
-        "failed": fail["failed"], "failed_pct": fail["failed_pct"], "median_steps": st["median"],
+        "finished": fail["finished"], "failed": fail["failed"], "failed_pct": fail["failed_pct"],
+        "median_steps": st["median"],
         "energy_mae_mev": en["mae"], "energy_median_mev": en["median"], "energy_within_10_mev": en["within_10_mev"],
         "position_mae_median_a": pos["median"],
     })

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from adapters import results
 from metrics.per_structure import MISSING
 from orchestrator import merge, provenance
 from orchestrator.engine import console, docker_client
@@ -16,7 +17,7 @@ from orchestrator.datasets import load_dataset, select, subset_key, write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
 from orchestrator.images import ImageBuilder, Model, discover_models, resolve_models
 from orchestrator.manifest import Manifest
-from orchestrator.scheduler import Job, RunLock, Scheduler, device_slots, one_job_per_slot
+from orchestrator.scheduler import Job, RunLock, Scheduler, device_slots, one_job_per_slot, worker_threading
 from orchestrator.shards import complete_lines, read_ids, write_shards
 from orchestrator.weights import checkpoint_option, ensure_weights
 
@@ -116,8 +117,10 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
     builder = ImageBuilder.from_manifest(client, manifest, echo=console.print)
     record = provenance.read(run_dir / "provenance.json")
     model_records = record.get("models", {})
-    jobs, totals = [], {}
+    jobs, totals, set_aside = [], {}, []
     shard_ids = {shard: set(read_ids(shard)) for shard in shards}
+    timeout_s = manifest["structure_timeout_s"]
+    scheduler.stop_leftovers([model.name for model in models])  # nothing writes while the files are tidied
     for model in models:
         image = builder.model(model)
         image_id = client.images.get(image).id
@@ -131,11 +134,17 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
                                          **provenance.image_versions(client, image, model.packages)}
         totals[model.name] = len(structures)
         job = {"calculator": model.calculator, "options": {**model.options, **checkpoint_option(model)},
-               "protocol": protocol,
-               "structure_timeout_s": manifest["structure_timeout_s"], "batch_atoms": manifest["batch_atoms"]}
+               "protocol": protocol, "structure_timeout_s": timeout_s, "batch_atoms": manifest["batch_atoms"]}
         for shard, ids in shard_ids.items():
-            if not ids <= set(read_ids(out_dir / f"{shard.stem}.jsonl")):
+            out = out_dir / f"{shard.stem}.jsonl"
+            try:
+                set_aside += results.set_aside(out, ids, timeout_s)
+            except OSError as exc:
+                raise BenchError(str(exc)) from None
+            if not results.complete(out, ids, timeout_s):
                 jobs.append(Job(model=model.name, image=image, shards=(shard,), out_dir=out_dir, job=job))
+    for message in set_aside:
+        console.print(f"[yellow]set aside[/yellow]: {message}")
     if manifest["engine"] == "batched" and manifest["backend"] == "docker":
         jobs = one_job_per_slot(jobs, len(slots))  # a batch refilled across shards keeps its device busy
 
@@ -156,14 +165,17 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
         **record, "run_id": run_dir.name,
         "status": "incomplete" if missing else "complete", "missing": missing,
         "worker_failures": scheduler.failures,
+        "set_aside": record.get("set_aside", []) + set_aside,
         "started": record.get("started", started), "finished": provenance.now(),
         "command": sys.argv, "host": provenance.host_info(client),
         "dataset": {"name": dataset.name, "files": {p.name: dataset.sha256[p.name] for p in dataset.files},
                     "identity": dataset.identity, "subset": subset, "subset_key": key,
                     "structures": len(structures), "skipped": dataset.skipped},
         "protocol": manifest["protocol"], "engine": manifest["engine"], "batch_atoms": manifest["batch_atoms"],
+        "structure_timeout_s": timeout_s, "stall_timeout_s": manifest.stall_timeout_s(),
         "fragmentation_limits_a": manifest["fragmentation_limits_a"],
-        **scheduler.provenance(), "devices": [s.__dict__ for s in slots], "settings_sources": manifest.sources,
+        **scheduler.provenance(), "devices": [s.__dict__ for s in slots],
+        "worker_threading": worker_threading(slots[0].threads), "settings_sources": manifest.sources,
         "models": model_records,
     })
     from metrics.report import write_run_report
@@ -219,8 +231,10 @@ def score_run(run_dir: Path, manifest: Manifest, structures: list):
     """Merge every model's results in the run folder, score them, write the table and structures."""
     from metrics.per_structure import score
 
-    results = {d.name: merge.read_results(d) for d in sorted((run_dir / "raw").iterdir()) if d.is_dir()}
-    table, relaxed = merge.merge(structures, results)
+    shards = {shard.stem: set(read_ids(shard)) for shard in sorted((run_dir / "shards").glob("shard-*.jsonl"))}
+    found = {d.name: merge.read_results(d, shards, manifest["structure_timeout_s"])
+             for d in sorted((run_dir / "raw").iterdir()) if d.is_dir()}
+    table, relaxed = merge.merge(structures, found)
     reference = {a.info["id"]: a for a in structures}
     table = score(table, reference, relaxed, manifest["fragmentation_limits_a"])
     merge.write_table(run_dir, table)

@@ -13,8 +13,9 @@ import yaml
 from orchestrator.errors import BenchError
 
 DIMENSIONS = ("0D", "1D", "2D", "3D")
-#: Seconds a worker may take to load its model before its first result.
-MODEL_LOAD_S = 900
+#: Seconds a worker may go without a step or a result before it counts as hung: loading a
+#: large model on a CPU takes minutes, and one step of a large cell on a CPU can take one.
+STALL_S = 1800
 #: paper: the text of Benedini et al.; authors: their code (adapters.relax.relax_authors).
 PROTOCOL_VARIANTS = ("paper", "authors")
 OPTIONAL_STR = (str, type(None))
@@ -53,7 +54,7 @@ SCHEMA = {
     "max_worker_retries": (int, 2),
     "worker_memory_gb": ((int, float, type(None)), None),
     "worker_pids": (int, 4096),
-    "structure_timeout_s": ((int, float, type(None)), 3600),
+    "structure_timeout_s": ((int, float, type(None)), None),
     "stall_timeout_s": ((int, float, type(None)), None),
     "results_dir": (str, "results"),
     "cache_dir": (str, "~/.cache/umlip-0123d"),
@@ -110,11 +111,9 @@ class Manifest:
         return path if path.is_absolute() else (self.path.parent / path).resolve()
 
     def stall_timeout_s(self) -> float:
-        """Seconds without a new result line after which a worker counts as hung: the
-        setting, else the per-structure limit plus time to load a model, else an hour."""
-        if self.values["stall_timeout_s"]:
-            return float(self.values["stall_timeout_s"])
-        return float(self.values["structure_timeout_s"] or 2700) + MODEL_LOAD_S
+        """Seconds without a new result line and without a step (the worker's heartbeat)
+        after which a worker counts as hung: the setting, else STALL_S."""
+        return float(self.values["stall_timeout_s"] or STALL_S)
 
     def relaxation_protocol(self) -> dict:
         """What decides a relaxation, as sent to the containers and hashed into the run's

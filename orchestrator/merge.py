@@ -9,20 +9,22 @@ import pandas as pd
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from adapters import results
 from metrics.per_structure import MISSING
-from orchestrator.shards import read_records
 
 COLUMNS = ["model", "id", "dimension", "natoms", "elements", "converged", "failure_reason", "steps", "energy_ev",
-           "energy_ref_ev", "max_force_ev_per_a", "max_atom_force_ev_per_a", "wall_s", "error"]
+           "energy_ref_ev", "max_force_ev_per_a", "max_atom_force_ev_per_a", "wall_s", "error", "cycles",
+           "wire_split_by_reset"]
 
 
-def read_results(out_dir: Path) -> dict[str, dict]:
-    """Complete result lines of a model's folder, keyed by id (a repeated id keeps its first line)."""
-    results: dict[str, dict] = {}
-    for path in sorted(out_dir.glob("shard-*.jsonl")):
-        for record in read_records(path):
-            results.setdefault(record["id"], record)
-    return results
+def read_results(out_dir: Path, shards: dict[str, set[str]], timeout_s: float | None = None) -> dict[str, dict]:
+    """The result lines of a model's folder that hold (adapters.results.read), keyed by id:
+    shards maps each shard's name (shard-0000) to its structures' ids; a line of a file
+    for another shard's structure, or of a file of no shard, is never read."""
+    found: dict[str, dict] = {}
+    for name, ids in shards.items():
+        found.update(results.read(out_dir / f"{name}.jsonl", ids, timeout_s).kept)
+    return found
 
 
 def merge(reference: list[Atoms], results: dict[str, dict[str, dict]]):
@@ -46,6 +48,8 @@ def merge(reference: list[Atoms], results: dict[str, dict[str, dict]]):
                 "max_force_ev_per_a": record.get("max_force_ev_per_a", np.nan),
                 "max_atom_force_ev_per_a": record.get("max_atom_force_ev_per_a", np.nan),
                 "wall_s": record.get("wall_s", np.nan), "error": record.get("error", ""),
+                # the authors' variant only: its FIRE cycles, and a wire its own vacuum reset split
+                "cycles": record.get("cycles", np.nan), "wire_split_by_reset": bool(record.get("wire_split_by_reset")),
             })
             if "positions" in record:
                 relaxed[(model, sid)] = Atoms(numbers=ref.numbers, positions=record["positions"],

@@ -34,7 +34,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.relax import CANNOT_WRITE, crash_list_path, in_flight_path
+from adapters.relax import CANNOT_WRITE, crash_list_path, id_lines, in_flight_path, read_id_lines
 from orchestrator.errors import BenchError
 from orchestrator.images import LABEL
 
@@ -180,14 +180,28 @@ def worker_user() -> tuple[int, int]:
 
 
 def prepare_worker_files(job: Job) -> None:
-    """Create the files a worker mounts (a missing one would be mounted as a folder) and
-    hand the writable ones to the worker's user."""
+    """Create the files a worker mounts (a missing one would be mounted as a folder), hand
+    the writable ones to the worker's user, and empty the in-flight markers: a worker that
+    dies before it names a structure (while starting, say, for too little memory) must
+    not blame the one an interrupted run left named there. Never follows a symbolic link
+    (the orchestrator may be root): one planted in the run folder is refused."""
     job.out_dir.mkdir(parents=True, exist_ok=True)
     uid, gid = worker_user()
+    markers = {in_flight_path(out) for out in job.outs}
     for path, mode in worker_files(job).values():
-        path.touch(exist_ok=True)
-        if mode == "rw" and os.getuid() == 0:
-            os.chown(path, uid, gid)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if path in markers else os.O_APPEND)
+        try:
+            handle = os.open(path, flags, 0o644)
+        except OSError as exc:
+            if path.is_symlink():
+                raise BenchError(f"{path}: a symbolic link in the run folder; remove it "
+                                 "(the orchestrator never follows links there)") from None
+            raise exc
+        try:
+            if mode == "rw" and os.getuid() == 0:
+                os.fchown(handle, uid, gid)
+        finally:
+            os.close(handle)
 
 
 def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner: str = "") -> dict:
@@ -221,12 +235,11 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
         "security_opt": ["no-new-privileges"],
         "read_only": True,
         "tmpfs": {SCRATCH_MOUNT: "rw,nosuid,nodev,size=4g,mode=1777"},
+        # the engine mounts /dev/shm nosuid,nodev,noexec; its size is bounded here, not left to defaults
+        "shm_size": SHM_BYTES,
         "pids_limit": slot.pids,
-        # numpy's BLAS single-threaded: ASE's cell filter does tiny matrix functions every
-        # step, many times slower threaded; the model's own threads (OpenMP, MKL) get the slot's
         "environment": {"HOME": SCRATCH_MOUNT, "XDG_CACHE_HOME": f"{SCRATCH_MOUNT}/cache",
-                        "MPLCONFIGDIR": f"{SCRATCH_MOUNT}/matplotlib", "OMP_NUM_THREADS": threads,
-                        "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": "1"},
+                        "MPLCONFIGDIR": f"{SCRATCH_MOUNT}/matplotlib", **worker_threading(slot.threads)},
         # the engine refuses a limit above the host's cores
         "nano_cpus": min(slot.threads, os.cpu_count() or 1) * 10**9,
         "working_dir": "/opt/umlip-0123d",
@@ -236,6 +249,22 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
     if slot.gpu is not None:
         kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=[slot.gpu], capabilities=[["gpu"]])]
     return kwargs
+
+
+#: /dev/shm of a worker: what a single-process worker may need for semaphores and buffers.
+SHM_BYTES = 64 * 1024**2
+
+
+def worker_threading(threads: int) -> dict[str, str]:
+    """The threading environment of a worker with `threads` CPU threads. numpy's BLAS is
+    single-threaded: ASE's cell filter does tiny matrix functions every step, many times
+    slower threaded. The model's own threads (OpenMP in torch, MKL; GRACE sets
+    TensorFlow's from OMP_NUM_THREADS) get the slot's, and none of them spins while it waits: a spinning thread whose sibling
+    is starved (a busy machine, a shared node) turns every parallel region into a wait
+    (4-9x slower measured with one other busy process on two cores)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1",
+            "OMP_WAIT_POLICY": "PASSIVE",  # GNU and LLVM OpenMP (torch's CPU wheels): sleep, do not spin
+            "KMP_BLOCKTIME": "0"}          # Intel OpenMP (MKL builds): sleep at once after a region
 
 
 def remove_containers(client, label: str, value: str) -> None:
@@ -276,15 +305,23 @@ def record_crash(job: Job) -> None:
     markers: one, or a batch of them, one a line) to their shards' crash lists."""
     for out in job.outs:
         in_flight = in_flight_path(out)
-        ids = in_flight.read_text().strip() if in_flight.exists() else ""
+        ids = read_id_lines(in_flight.read_text()) if in_flight.exists() and not in_flight.is_symlink() else []
         if ids:
-            with crash_list_path(out).open("a") as handle:
-                handle.write(ids + "\n")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+            with os.fdopen(os.open(crash_list_path(out), flags, 0o644), "a") as handle:
+                handle.write(id_lines(ids))
 
 
 def results_size(job: Job) -> int:
     """Bytes in the job's result files: grows with every structure finished."""
     return sum(out.stat().st_size for out in job.outs if out.exists())
+
+
+def heartbeat(job: Job) -> int:
+    """The newest touch of the job's in-flight markers (ns): a worker touches them while
+    its relaxations make steps (adapters.relax.Heartbeat)."""
+    return max((in_flight_path(out).stat().st_mtime_ns for out in job.outs if in_flight_path(out).exists()),
+               default=0)
 
 
 class Scheduler:
@@ -293,7 +330,7 @@ class Scheduler:
     slot goes on with the next job."""
 
     def __init__(self, client, slots: list[Slot], run_dir: Path, cache_dir: Path, max_retries: int,
-                 stall_timeout_s: float = 3600.0):
+                 stall_timeout_s: float = 1800.0):
         self.client = client
         self.stall_timeout_s = stall_timeout_s
         self.slots = slots
@@ -305,6 +342,11 @@ class Scheduler:
 
     def provenance(self) -> dict:
         return {"backend": "docker"}
+
+    def stop_leftovers(self, models: list[str]) -> None:
+        """Remove the containers that a killed orchestrator of this run folder left, before
+        the host reads and tidies their result files."""
+        remove_containers(self.client, "run", self.run_key)
 
     def run(self, jobs: list[Job], on_tick=lambda: None, tick_s: float = 0.5) -> None:
         """Run every job; the caller holds the run folder's RunLock."""
@@ -352,8 +394,8 @@ class Scheduler:
             if code == 0 or stop.is_set():
                 return
             if stalled:
-                self.failures.append(f"{job.model} {job.name}: no new result for {self.stall_timeout_s:g} s: "
-                                     "the worker was stopped and its shard resumed")
+                self.failures.append(f"{job.model} {job.name}: no step and no new result for "
+                                     f"{self.stall_timeout_s:g} s: the worker was stopped and its shard resumed")
             if code == CANNOT_WRITE:
                 self.failures.append(f"{job.model} {job.name}: the worker cannot write its results "
                                      f"(disk full or folder read-only); see {job.log}")
@@ -367,8 +409,9 @@ class Scheduler:
     def _run_container(self, job: Job, slot: Slot) -> tuple[int, bool, bool]:
         """(exit code, killed for memory, stopped as hung) of one container run of the job.
         Its output is streamed into the job's .log as it comes, so a killed run keeps
-        its log; a watchdog stops it when its output file has not grown for
-        stall_timeout_s (a paused or deadlocked worker)."""
+        its log; a watchdog stops it when for stall_timeout_s its output has not grown
+        and its heartbeat has not moved (a paused or deadlocked worker; a structure that
+        is slow but stepping is never stopped)."""
         import docker.errors
 
         prepare_worker_files(job)
@@ -377,11 +420,11 @@ class Scheduler:
         done, stalled = threading.Event(), threading.Event()
 
         def watch() -> None:
-            size, since = -1, time.monotonic()
+            progress, since = None, time.monotonic()
             while not done.wait(min(5.0, self.stall_timeout_s / 4)):
-                written = results_size(job)
-                if written != size:
-                    size, since = written, time.monotonic()
+                now = (results_size(job), heartbeat(job))
+                if now != progress:
+                    progress, since = now, time.monotonic()
                 elif time.monotonic() - since > self.stall_timeout_s:
                     stalled.set()
                     try:

@@ -26,6 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from adapters import results
 from adapters.relax import CANNOT_WRITE, crash_list_path, in_flight_path
 from orchestrator.datasets import sha256_of
 from orchestrator.engine import console
@@ -277,6 +278,11 @@ class SlurmScheduler:
         return {"backend": "slurm", "slurm": {**self.settings, "jobs": self.submitted,
                                               "images": self.images, "task_starts": attempts}}
 
+    def stop_leftovers(self, models: list[str]) -> None:
+        """Cancel the tasks of these models that an earlier orchestrator of this run folder
+        left queued or running, before the host reads and tidies their result files."""
+        self._cancel([job_name(model, self.run_key) for model in models])
+
     def run(self, jobs: list[Job], on_tick=lambda: None, tick_s: float | None = None) -> None:
         """Submit one array job per model for the shards in `jobs`, wait for them all; the
         caller holds the run folder's RunLock. Ctrl-C cancels exactly these jobs; so does
@@ -330,7 +336,7 @@ class SlurmScheduler:
     def _report_incomplete(self, jobs: list[Job]) -> None:
         for job in jobs:
             (shard,), (out,) = job.shards, job.outs  # a task relaxes one shard
-            if not set(read_ids(shard)) <= set(read_ids(out)):
+            if not results.complete(out, set(read_ids(shard)), job.job.get("structure_timeout_s")):
                 number = shard_number(job)
                 self.failures.append(
                     f"{job.model} {shard.name}: incomplete when SLURM task {self.submitted.get(job.model)}_{number} "

@@ -9,7 +9,7 @@ from ase.build import bulk, fcc111, molecule
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
-from adapters.relax import alignment_and_mask, finished_ids, main, relax, relax_record
+from adapters.relax import alignment_and_mask, finished_ids, main, relax, relax_record, reset_vacuum
 from orchestrator.shards import structure_record
 
 PROTOCOL = {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "fmax_ev_per_a": 0.04,
@@ -63,6 +63,9 @@ def test_not_converged_when_steps_run_out():
     assert (result["converged"], result["failure_reason"], result["steps"]) == (False, "not_converged", 2)
 
 
+AUTHORS = {**PROTOCOL, "variant": "authors", "fragmentation_limits_a": {"2D": 7.5, "1D": 12.5, "0D": 20.0}}
+
+
 class Exploding(Calculator):
     """Forces that grow without bound, like a diverging model."""
     implemented_properties = ["energy", "forces", "stress"]
@@ -80,6 +83,18 @@ class Exploding(Calculator):
 def test_diverging_model_is_stopped_and_named():
     result = relax(bulk("Cu", cubic=True), Exploding(), PROTOCOL, "abc")
     assert result["failure_reason"] == "diverged" and not result["converged"]
+
+
+@pytest.mark.parametrize("protocol", [PROTOCOL, AUTHORS], ids=["paper", "authors"])
+@pytest.mark.parametrize("axes", ["abc", ""])
+def test_divergence_is_the_force_magnitude_not_a_component(protocol, axes):
+    # (7000, 7000, 7000) eV/Å: every component below 10,000, the magnitude 12,124 above it,
+    # where the paper ("the force exceeded 10,000 eV/Å") and the authors' code stop at step 0
+    atoms = bulk("Cu", cubic=True) if axes else molecule("CO", vacuum=8.0, pbc=True)
+    result = relax(atoms, Exploding(7000.0), protocol, axes)
+    assert (result["failure_reason"], result["steps"]) == ("diverged", 0)
+    below = relax(atoms.copy(), Exploding(5000.0), {**protocol, "max_steps": 3}, axes)  # |F| = 8,660
+    assert below["failure_reason"] != "diverged"
 
 
 def test_nan_and_exceptions_become_model_error_records():
@@ -112,7 +127,7 @@ def test_shard_with_a_bad_structure_finishes_and_resumes_without_repeats(tmp_pat
     # a torn last line (worker killed mid-write) is dropped and that structure redone
     text = (tmp_path / "out.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "out.jsonl").write_text("".join(text[:3]) + text[3][:20])
-    assert finished_ids(tmp_path / "out.jsonl") == {"Cu", "Si", "Al"}
+    assert finished_ids(tmp_path / "out.jsonl", {"Cu", "Si", "Al", "Ni"}) == {"Cu", "Si", "Al"}
     run(tmp_path)
     ids = [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(ids) == ["Al", "Cu", "Ni", "Si"]
@@ -165,7 +180,6 @@ def test_unknown_calculator_family_lists_the_choices():
 
 # ---- the authors' protocol ----------------------------------------------------------
 
-AUTHORS = {**PROTOCOL, "variant": "authors", "fragmentation_limits_a": {"2D": 7.5, "1D": 12.5, "0D": 20.0}}
 
 
 def emt_structures():
@@ -208,15 +222,48 @@ def test_authors_cycles_stop_at_fifteen_and_accept_at_fmax(monkeypatch):
 
 def test_authors_reset_the_vacuum_of_layers_and_wires():
     structures = emt_structures()
-    layer = relax(structures["ab"].copy(), EMT(), AUTHORS, "ab")
-    z = np.array(layer["positions"])[:, 2]
-    assert np.allclose(layer["cell"][2], [0, 0, np.ptp(z) + 15.0])  # c orthogonal, thickness + 15 Å
-    assert z.mean() == pytest.approx(layer["cell"][2][2] / 2)  # centred
-    wire = relax(structures["c"].copy(), EMT(), AUTHORS, "c")
-    cell, pos = np.array(wire["cell"]), np.array(wire["positions"])
+    layer = structures["ab"].copy()
+    reset_vacuum(layer, 2, None)
+    z = layer.positions[:, 2]
+    assert np.allclose(layer.cell[2], [0, 0, np.ptp(z) + 15.0])  # c orthogonal, thickness + 15 Å
+    assert z.mean() == pytest.approx(layer.cell[2][2] / 2)  # centred
+    wire = structures["c"].copy()
+    reset_vacuum(wire, 1, None)
+    cell, pos = wire.cell.array, wire.positions
     side = 15.0 + np.linalg.norm(pos[:, :2] - pos[:, :2].mean(axis=0), axis=1).max()
     assert np.allclose(cell[:2], [[side, 0, 0], [-side / 2, side * np.sqrt(3) / 2, 0]])  # hexagonal
     assert cell[2][:2] == pytest.approx([0, 0])
+
+
+def test_authors_report_the_structure_followed_from_the_start_in_the_pbe_vacuum():
+    slab = emt_structures()["ab"]
+    slab.positions[:, 2] -= slab.positions[:, 2].mean() - 1.0  # stored across the boundary, as Alexandria may
+    slab.wrap()
+    result = relax(slab.copy(), EMT(), AUTHORS, "ab")
+    assert result["converged"] and result["cycles"] >= 1
+    assert np.allclose(result["cell"][2], slab.cell[2])  # the PBE vacuum vector, not the reset box
+    moved = np.linalg.norm(np.array(result["positions"]) - slab.positions, axis=1)
+    assert moved.max() < 0.5  # neither re-centred (a rigid ~8 Å) nor wrapped by the resets
+    wire = emt_structures()["c"]
+    result = relax(wire.copy(), EMT(), AUTHORS, "c")
+    assert np.allclose(np.array(result["cell"])[:2], wire.cell[:2])  # not the hexagonal box
+    across = np.array(result["positions"])[:, :2] - wire.positions[:, :2]  # the vacuum directions
+    assert np.abs(across).max() < 0.3
+    assert result["wire_split_by_reset"] is False
+
+
+def test_authors_fail_a_wire_their_hexagonal_reset_splits():
+    # a 3.6 Å Cu wire centred in a 22.2 Å square cell: their adjust_vacuum_1D centres it at
+    # the square's middle, which lies on the edge of their hexagonal cell, and wraps it in two
+    positions = [[i * 1.805, j * 1.805, k * 1.805] for i in range(3) for j in range(3) for k in range(2)
+                 if (i + j + k) % 2 == 0]
+    wire = Atoms("Cu9", positions=positions, cell=[22.2, 22.2, 3.61], pbc=True)
+    wire.positions[:, :2] += 11.1 - wire.positions[:, :2].mean(axis=0)
+    result = relax(wire.copy(), EMT(), AUTHORS, "c")
+    assert (result["failure_reason"], result["cycles"], result["wire_split_by_reset"]) == ("fragmented_width", 1, True)
+    spans = np.ptp(np.array(result["positions"])[:, :2], axis=0)
+    assert spans.max() < 5.0  # the wire itself stayed whole
+    assert relax(wire.copy(), EMT(), PROTOCOL, "c")["converged"]  # the paper's text relaxes it
 
 
 def test_authors_frame_for_a_wire_along_a_relaxes_like_along_c():

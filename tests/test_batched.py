@@ -107,6 +107,21 @@ def test_the_step_cap_and_divergence_limit_are_the_sequential_engines(reference)
     assert "diverged" in {r["failure_reason"] for r in got.values()}
 
 
+def test_divergence_is_the_force_magnitude_as_in_the_sequential_engine(reference):
+    records, _ = reference
+
+    def pushing(value):  # one model whose every force is (value, value, value) eV/Å
+        def evaluate(frames):
+            return [(-1.0, np.full((len(a), 3), value), np.zeros(6) if a.info["needs_stress"] else None)
+                    for a in frames]
+        return evaluate
+
+    got = batched(records, evaluate=pushing(7000.0))  # |F| = 12,124 > 10,000 > every component
+    assert {(r["failure_reason"], r["steps"]) for r in got.values()} == {("diverged", 0)}
+    got = batched(records, {**PROTOCOL, "max_steps": 2}, evaluate=pushing(5000.0))  # |F| = 8,660
+    assert {r["failure_reason"] for r in got.values()} == {"not_converged"}
+
+
 def test_a_failing_structure_leaves_its_batch_unharmed(reference):
     records, expected = reference
     silicon = record("si-3d", bulk("Si"))  # EMT has no silicon
@@ -164,7 +179,8 @@ def test_one_worker_refills_its_batch_across_shards_and_writes_each_result_to_it
     parts = {"shard-0000": records[:3], "shard-0001": records[3:5], "shard-0002": records[5:]}
     for name, part in parts.items():
         write_shard(tmp_path / f"{name}.jsonl", part)
-    (tmp_path / "shard-0001.out.jsonl").write_text(json.dumps({"id": records[3]["id"], "steps": -1}) + "\n")  # done
+    done = {"id": records[3]["id"], "converged": True, "failure_reason": None, "steps": 99999}
+    (tmp_path / "shard-0001.out.jsonl").write_text(json.dumps(done) + "\n")  # finished before
     in_flight = []  # (shard, ids) as the worker names them
     mark = adapters.relax.ShardFiles.mark
     monkeypatch.setattr(adapters.relax.ShardFiles, "mark",
@@ -179,7 +195,7 @@ def test_one_worker_refills_its_batch_across_shards_and_writes_each_result_to_it
         lines = [json.loads(line) for line in (tmp_path / f"{name}.out.jsonl").read_text().splitlines()]
         assert sorted(r["id"] for r in lines) == sorted(r["id"] for r in part)  # each exactly once, in its shard
         for line in lines:
-            if line["steps"] != -1:
+            if line["steps"] != 99999:
                 assert line["steps"] == expected[line["id"]]["steps"], line["id"]
         assert (tmp_path / f"{name}.out.inflight").read_text() == ""
     busy = {}

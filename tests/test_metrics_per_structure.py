@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from ase import Atoms
-from ase.build import bulk, graphene_nanoribbon, molecule, mx2, nanotube
+from ase.build import bulk, graphene, graphene_nanoribbon, molecule, mx2, nanotube
 from scipy.spatial.transform import Rotation
 
+from metrics.geometry import extent
 from metrics.per_structure import FAILURE_REASONS, score
 
 LIMITS = {"2D": 7.5, "1D": 12.5, "0D": 20.0}
@@ -260,3 +261,83 @@ def test_an_unknown_id_is_an_error(run):
     broken.loc[0, "id"] = "nowhere"
     with pytest.raises(ValueError, match="nowhere"):
         score(broken, reference, relaxed, LIMITS)
+
+
+# ---- fragments that drift across the vacuum: measured where they went ------------------
+
+def bilayer(c: float = 18.3, gap: float = 3.35) -> Atoms:
+    """Two graphene sheets `gap` apart, centred in a cell `c` high."""
+    sheet = graphene(vacuum=0.0)
+    lower, upper = sheet.copy(), sheet.copy()
+    upper.positions[:, 2] += gap
+    atoms = lower + upper
+    atoms.set_cell([atoms.cell[0], atoms.cell[1], [0.0, 0.0, c]])
+    atoms.positions[:, 2] += c / 2 - gap / 2
+    return atoms
+
+
+def pulled_apart(atoms: Atoms, to: float, axis: int = 2) -> Atoms:
+    """The two halves of `atoms` (split at the mean along `axis`) moved apart, each by the
+    same amount, until the structure spans `to` Å along `axis` (never wrapped, as the
+    workers write positions)."""
+    moved = atoms.copy()
+    pos = moved.positions[:, axis]
+    upper = pos > pos.mean()
+    grow = (to - np.ptp(pos)) / 2
+    moved.positions[upper, axis] += grow
+    moved.positions[~upper, axis] -= grow
+    return moved
+
+
+@pytest.mark.parametrize("to, modulo", [(11.3, 7.0), (13.0, 5.3)])
+def test_a_bilayer_pulled_apart_across_the_vacuum_is_fragmented(to, modulo):
+    reference = bilayer()
+    final = pulled_apart(reference, to)
+    # measured on the final structure alone (modulo the cell), the widest gap (between the
+    # layers) looks like the vacuum
+    assert extent(final.positions, final.cell.array, "ab") == pytest.approx(modulo, abs=1e-6)
+    row = _one(reference, final)
+    assert row["dimension"] == "2D"
+    assert row["extent_a"] == pytest.approx(to, abs=1e-6)
+    assert row["failure_reason"] == "fragmented_thickness"
+    assert not row["extent_ambiguous"]
+
+
+def test_a_molecule_pulled_apart_across_its_box_is_fragmented():
+    n2 = Atoms("N2", positions=[[15.0, 15.0, 14.45], [15.0, 15.0, 15.55]], cell=[30.0, 30.0, 30.0], pbc=True)
+    final = pulled_apart(n2, 20.1)
+    assert extent(final.positions, final.cell.array, "") == pytest.approx(9.9, abs=1e-6)
+    row = _one(n2, final)
+    assert (row["dimension"], row["failure_reason"]) == ("0D", "fragmented_diameter")
+    assert row["extent_a"] == pytest.approx(20.1, abs=1e-6)
+
+
+def test_a_double_chain_pulled_apart_across_the_vacuum_is_fragmented():
+    pair = Atoms("Cu4", positions=[[9.75, 11.0, 0.0], [9.75, 11.0, 1.25], [12.25, 11.0, 0.0], [12.25, 11.0, 1.25]],
+                 cell=[22.0, 22.0, 2.5], pbc=True)
+    final = pulled_apart(pair, 15.0, axis=0)
+    assert extent(final.positions, final.cell.array, "c") == pytest.approx(7.0, abs=1e-6)
+    row = _one(pair, final)
+    assert (row["dimension"], row["failure_reason"]) == ("1D", "fragmented_width")
+    assert row["extent_a"] == pytest.approx(15.0, abs=1e-6)
+
+
+def test_a_bilayer_moved_rigidly_and_slid_and_wrapped_in_plane_keeps_its_extent():
+    reference = bilayer()
+    final = reference.copy()
+    final.positions[:, 2] += 12.0  # a drift of the whole bilayer, past half the cell
+    final.positions[:, :2] += [0.7, -0.3]
+    frac = final.get_scaled_positions(wrap=False)
+    frac[:, :2] %= 1.0  # wrapped along the periodic directions only
+    final.set_scaled_positions(frac)
+    row = _one(reference, final)
+    assert row["extent_a"] == pytest.approx(3.35, abs=1e-6)
+    assert (row["failure_reason"], row["extent_ambiguous"]) == ("", False)
+    assert row["position_mae_a"] < 1e-9
+
+
+def test_a_layer_that_went_past_half_the_cell_is_flagged_ambiguous():
+    reference = bilayer()
+    assert not _one(reference, pulled_apart(reference, 3.35 + 2 * 0.45 * 18.3))["extent_ambiguous"]
+    row = _one(reference, pulled_apart(reference, 3.35 + 2 * 0.55 * 18.3))  # past its partner's image
+    assert row["extent_ambiguous"] and row["failure_reason"] == "fragmented_thickness"

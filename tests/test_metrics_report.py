@@ -73,7 +73,7 @@ def test_run_report_writes_tables_plots_and_a_self_contained_html(tmp_path):
                  "2025-01-01T10:00:00+00:00", "fragmented_thickness", "0123d"):
         assert text in page, text
     md = md_path.read_text()
-    assert "| model | dimension | structures | failed |" in md
+    assert "| model | dimension | structures | finished | failed |" in md
     assert "![Energy error](energy_error.png)" in md
     assert "goodpkg=1.2.3" in md
 
@@ -154,8 +154,16 @@ def test_dataset_figures_from_the_run_s_reference_structures(tmp_path):
     for name in ("dataset_elements", "dataset_distributions"):
         assert (out / f"{name}.png").stat().st_size > 10000
     svg = (out / "dataset_elements.svg").read_text()
-    assert "Mo" in svg and "structures containing each element" in svg
+    assert "Mo" in svg and "fraction of structures containing each element" in svg
     assert "Dataset: elements per dimensionality" in (out / "report.html").read_text()
+
+
+def test_element_fractions_are_per_dimensionality_as_the_paper_s_fig_2():
+    from metrics.dataset import element_counts
+
+    table = pd.DataFrame({"dimension": ["3D", "3D", "3D", "3D", "0D"], "elements": ["Cu", "Cu O", "Si O", "Si", "C H"]})
+    counts = element_counts(table).set_index(["dimension", "element"])["fraction"]
+    assert counts[("3D", "Cu")] == 0.5 and counts[("3D", "O")] == 0.5 and counts[("0D", "H")] == 1.0
 
 
 @pytest.mark.parametrize("provenance", [{}, {"models": "oops", "dataset": "just a name", "protocol": None}, None])
@@ -268,3 +276,42 @@ def test_a_read_only_results_folder_is_reported_elsewhere(tmp_path, monkeypatch)
     assert (tmp_path / "cache" / "reports" / "run-a" / "report.html").exists()
     assert (tmp_path / "cache" / "reports" / "leaderboard.md").exists()
     assert not (results / "run-a" / "report").exists() and not (results / "leaderboard.md").exists()
+
+
+def test_a_model_with_missing_rows_is_never_ranked_whatever_the_status_says(tmp_path):
+    run = make_run(tmp_path, "run-a")  # provenance says complete
+    table = pd.read_csv(run / "results.csv")
+    table.loc[table["model"] == "poor", ["failure_reason", "converged"]] = ["missing", False]
+    table.to_csv(run / "results.csv", index=False)  # as a kill between the table and the provenance leaves it
+    write_leaderboard(tmp_path)
+    assert set(pd.read_csv(tmp_path / "leaderboard.csv")["model"]) == {"good"}
+    assert "Left out, incomplete: run-a (poor)" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_a_time_limit_is_said_beside_every_table_it_touched(tmp_path):
+    run = make_run(tmp_path, "run-0123d", provenance={**PROVENANCE, "structure_timeout_s": 600,
+                                                      "dataset": {"name": "0123d", "subset_key": "all"}})
+    table = pd.read_csv(run / "results.csv")
+    table["model"] = table["model"].map({"good": "mace-mpa-0", "poor": "ORB-3d"})
+    table.loc[0, ["failure_reason", "converged"]] = ["timeout", False]
+    table.to_csv(run / "results.csv", index=False)
+    md = write_run_report(run).read_text()
+    assert md.count("stopped by the limit of 600 s") >= 7  # the banner and every table it changed
+    assert "INCOMPLETE: rows with complete = False" in md
+    beside = pd.read_csv(run / "report" / "paper.csv")
+    assert beside["complete"].tolist().count(False) == 1
+    failures = pd.read_csv(run / "report" / "failures.csv").set_index(["model", "dimension"])
+    assert failures.loc[("mace-mpa-0", "0D"), ["structures", "finished", "timeout"]].tolist() == [4, 3, 1]
+    table.loc[0, ["failure_reason", "converged"]] = ["", True]
+    table.to_csv(run / "results.csv", index=False)
+    assert "limit of" not in write_run_report(run).read_text()
+
+
+def test_wires_the_authors_reset_split_are_named_in_the_report(tmp_path):
+    run = make_run(tmp_path, "run-a")
+    table = pd.read_csv(run / "results.csv")
+    table["wire_split_by_reset"] = False
+    table.loc[0, ["failure_reason", "wire_split_by_reset"]] = ["fragmented_width", True]
+    table.to_csv(run / "results.csv", index=False)
+    assert "1 wire(s) failed as fragmented_width after the authors' adjust_vacuum_1D split them" in \
+        write_run_report(run).read_text()

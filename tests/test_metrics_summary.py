@@ -107,5 +107,29 @@ def test_missing_and_timed_out_structures_are_neither_failed_nor_successful():
     table.loc[1, ["failure_reason", "converged"]] = ["missing", False]  # no result yet: an incomplete run
     table.loc[2, ["failure_reason", "converged"]] = ["timeout", False]  # over the tool's time limit
     bulk = row(summary.failures(table), "m1", "3D")
-    assert (bulk["structures"], bulk["failed"], bulk["missing"], bulk["timeout"]) == (4, 1, 1, 1)
+    assert (bulk["structures"], bulk["finished"], bulk["failed"], bulk["missing"], bulk["timeout"]) == (4, 2, 1, 1, 1)
+    assert bulk["failed_pct"] == pytest.approx(50.0) and not bulk["complete"]
+    assert row(summary.failures(scored_table()), "m1", "3D")["complete"]
     assert row(summary.energy(table), "m1", "3D")["n"] == 1
+
+
+def test_the_failed_percentage_is_of_the_finished_structures():
+    # 2 failures among 8 finished structures and 2 without a result: 25 %, not 20 %
+    reasons = ["not_converged", "diverged"] + [""] * 6 + ["missing", "timeout"]
+    table = pd.DataFrame({"model": "m", "dimension": "2D", "converged": [r == "" for r in reasons],
+                          "failure_reason": reasons, "steps": 10, "energy_error_mev_per_atom": 1.0,
+                          "position_mae_a": 0.01, "id": [f"s{i}" for i in range(10)]})
+    fails = row(summary.failures(table), "m", "2D")
+    assert (fails["structures"], fails["finished"], fails["failed"]) == (10, 8, 2)
+    assert fails["failed_pct"] == pytest.approx(25.0)
+    assert row(summary.summary(table), "m", "2D")["failed_pct"] == pytest.approx(25.0)
+
+
+def test_steps_count_step_0_and_converged_then_fragmented_relaxations():
+    table = scored_table()
+    table.loc[0, "steps"] = 0  # converged at the PBE geometry: no FIRE step
+    st = summary.steps(table)
+    bulk, zero_d = row(st, "m1", "3D"), row(st, "m1", "0D")
+    assert (bulk["n"], bulk["at_step_0"], bulk["fragmented"]) == (3, 1, 0)
+    assert bulk["median"] == 20
+    assert (zero_d["n"], zero_d["at_step_0"], zero_d["fragmented"]) == (2, 0, 1)  # 7 steps, then fragmented

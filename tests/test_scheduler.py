@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from adapters.relax import crash_counts, id_lines, read_id_lines
 from orchestrator.errors import BenchError
 from orchestrator.scheduler import (Job, RunLock, Scheduler, Slot, container_kwargs, container_name, device_slots,
-                                   one_job_per_slot, record_crash, run_key)
+                                   one_job_per_slot, prepare_worker_files, record_crash, run_key)
 
 JOB = Job(model="emt", image="img:tag", shards=(Path("/runs/r/shards/shard-0003.jsonl"),),
           out_dir=Path("/runs/r/raw/emt"), job={"calculator": "emt", "options": {}, "protocol": {}})
@@ -71,6 +72,7 @@ def test_container_spec_mounts_and_bounds():
     assert (kwargs["network_mode"], kwargs["cap_drop"], kwargs["read_only"]) == ("none", ["ALL"], True)
     assert kwargs["user"] != "0:0" and not kwargs["user"].startswith("0:")
     assert kwargs["environment"]["OMP_NUM_THREADS"] == "6"
+    assert kwargs["environment"]["OMP_WAIT_POLICY"] == "PASSIVE" and kwargs["environment"]["KMP_BLOCKTIME"] == "0"
     assert kwargs["nano_cpus"] == min(6, os.cpu_count()) * 10**9
     request = kwargs["device_requests"][0]
     assert request["DeviceIDs"] == ["3"] and request["Capabilities"] == [["gpu"]]
@@ -110,14 +112,33 @@ def test_a_job_of_several_shards_mounts_and_names_each_shards_files_only():
 def test_a_dead_worker_of_several_shards_lists_each_structure_in_flight_in_its_own_shards_crash_list(tmp_path):
     (job,) = one_job_per_slot(shard_jobs("emt", [0, 1, 2], out_dir=tmp_path), slots=1)
     (tmp_path / "emt").mkdir()
-    (tmp_path / "emt" / "shard-0000.inflight").write_text("a\nb")
+    (tmp_path / "emt" / "shard-0000.inflight").write_text(id_lines(["a", "b with space"]))
     (tmp_path / "emt" / "shard-0001.inflight").write_text("")
-    (tmp_path / "emt" / "shard-0002.inflight").write_text("c")
+    (tmp_path / "emt" / "shard-0002.inflight").write_text(id_lines(["new\nline\tand tab"]))
     record_crash(job)
     record_crash(job)
-    assert (tmp_path / "emt" / "shard-0000.crashed").read_text() == "a\nb\na\nb\n"
+    assert crash_counts(tmp_path / "emt" / "shard-0000.jsonl") == {"a": 2, "b with space": 2}
     assert not (tmp_path / "emt" / "shard-0001.crashed").exists()
-    assert (tmp_path / "emt" / "shard-0002.crashed").read_text() == "c\nc\n"
+    assert crash_counts(tmp_path / "emt" / "shard-0002.jsonl") == {"new\nline\tand tab": 2}
+
+
+def test_worker_files_are_never_followed_through_a_link_and_stale_markers_blame_no_one(tmp_path):
+    (job,) = shard_jobs("emt", [0], out_dir=tmp_path)
+    (tmp_path / "emt").mkdir()
+    (tmp_path / "emt" / "shard-0000.inflight").write_text(id_lines(["healthy"]))  # left by an interrupted run
+    prepare_worker_files(job)
+    assert (tmp_path / "emt" / "shard-0000.inflight").read_text() == ""  # a worker dying at start blames no one
+    record_crash(job)
+    assert crash_counts(tmp_path / "emt" / "shard-0000.jsonl") == {}
+    victim = tmp_path / "host-file"
+    victim.write_text("precious")
+    before = victim.stat()
+    (tmp_path / "emt" / "shard-0000.inflight").unlink()
+    (tmp_path / "emt" / "shard-0000.inflight").symlink_to(victim)  # planted in the run folder
+    with pytest.raises(BenchError, match="shard-0000.inflight: a symbolic link in the run folder"):
+        prepare_worker_files(job)
+    assert victim.read_text() == "precious" and (victim.stat().st_uid, victim.stat().st_gid) == (before.st_uid,
+                                                                                             before.st_gid)
 
 
 class ScriptedWorkers(Scheduler):
@@ -153,7 +174,7 @@ def test_a_job_is_given_up_only_after_its_retries_in_a_row_without_a_new_result(
         assert workers.failures == [f"emt shard-0000 to shard-0001 (2 shards): container exited with code 139 "
                                     f"3 times in a row without a new result; see {job.log}"]
     # a death from outside (137) names no crash; the others name what was in flight
-    crashed = (tmp_path / "emt" / "shard-0001.crashed").read_text().split()
+    crashed = read_id_lines((tmp_path / "emt" / "shard-0001.crashed").read_text())
     assert crashed == [name for _, code, name in script[:runs] if code not in (0, 137) and name]
 
 @pytest.mark.docker
@@ -197,6 +218,7 @@ print(json.dumps({
     "write_crashed": attempt(lambda: open("/data/out/shard-0000.crashed", "a").write("x")),
     "new_file_in_out": attempt(lambda: pathlib.Path("/data/out/other.jsonl").write_text("x")),
     "write_scratch": attempt(lambda: pathlib.Path("/tmp/x").write_text("x")),
+    "shm": next((line.split()[3] for line in open("/proc/mounts") if line.split()[1] == "/dev/shm"), ""),
     "docker_socket": os.path.exists("/var/run/docker.sock"),
 }))
 """
@@ -204,8 +226,6 @@ print(json.dumps({
 
 @pytest.mark.docker
 def test_a_running_worker_has_least_privilege(docker_client, model_image, tmp_path):
-    from orchestrator.scheduler import prepare_worker_files
-
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "shard-0000.jsonl").write_text("{}\n")
     (tmp_path / "cache").mkdir()
@@ -222,9 +242,10 @@ def test_a_running_worker_has_least_privilege(docker_client, model_image, tmp_pa
     for target in ("write_root", "write_cache", "write_shard", "write_crashed", "new_file_in_out"):
         assert seen[target] != "ok", target
     assert seen["write_out"] == "ok" and seen["write_scratch"] == "ok" and not seen["docker_socket"]
+    assert {"nosuid", "nodev", "noexec", "size=65536k"} <= set(seen["shm"].split(","))
     container = docker_client.containers.create(**kwargs)
     try:
         host = container.attrs["HostConfig"]
-        assert host["Memory"] == 2 * 1024**3 and host["PidsLimit"] == 256
+        assert host["Memory"] == 2 * 1024**3 and host["PidsLimit"] == 256 and host["ShmSize"] == 64 * 1024**2
     finally:
         container.remove(force=True)

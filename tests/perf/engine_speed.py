@@ -122,9 +122,12 @@ def run_in_image(image: str, job: dict, records: list[dict], threads: int, batch
         Path(work, "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         volumes = [arg for host, inside in {work: "/work", **(mounts or {})}.items()
                    for arg in ("-v", f"{host}:{inside}:ro")]
+        from orchestrator.scheduler import worker_threading
+
+        thread_env = [arg for name, value in worker_threading(threads).items() for arg in ("-e", f"{name}={value}")]
         command = ["docker", "run", "--rm", "--network", "none", "-e", f"ENGINE_SPEED_JOB={json.dumps(job)}",
-                   "-e", "PYTHONPATH=/opt/umlip-0123d", "-e", f"OMP_NUM_THREADS={threads}",
-                   "-e", "OPENBLAS_NUM_THREADS=1", *volumes, *(["--gpus", "1"] if job["device"] == "cuda" else []),
+                   "-e", "PYTHONPATH=/opt/umlip-0123d", *thread_env, *volumes,
+                   *(["--gpus", "1"] if job["device"] == "cuda" else []),
                    "-v", f"{Path(__file__).resolve()}:/perf.py:ro", image,
                    "python", "/perf.py", "--inside", "/work/records.jsonl", "--batch-atoms", str(batch_atoms)]
         done = subprocess.run(command, capture_output=True, text=True)
@@ -154,9 +157,11 @@ def main() -> None:
         print(json.dumps(outcome))
         return
 
-    if args.here:  # before numpy and torch are imported: BLAS single-threaded, the model's threads as asked
-        os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS=str(args.threads))
     sys.path.insert(0, str(REPO))  # the orchestrator, and for --here the adapters as the image has them
+    if args.here:  # before numpy and torch are imported: the workers' threading, the model's threads as asked
+        from orchestrator.scheduler import worker_threading
+
+        os.environ.update(worker_threading(args.threads))
     from orchestrator.errors import BenchError
 
     try:

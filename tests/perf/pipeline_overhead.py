@@ -20,13 +20,16 @@ sys.path.insert(0, str(REPO))
 SAMPLE = REPO.parent / "shared" / "data" / "alexandria-pbe-3d-sample200.json.bz2"
 
 
+from orchestrator.scheduler import worker_threading  # noqa: E402
+
+
 def run_plain_loop(client, image: str, calculator: str, options: dict, shard: Path, threads: int) -> list[dict]:
     """plain_ase_loop.py in the model's image on one shard; its JSON lines, parsed."""
     out = client.containers.run(
         image, ["python", "/perf/plain_ase_loop.py", calculator, json.dumps(options), f"/shards/{shard.name}"],
         volumes={str(Path(__file__).parent): {"bind": "/perf", "mode": "ro"},
                  str(shard.parent): {"bind": "/shards", "mode": "ro"}},
-        environment={"OMP_NUM_THREADS": str(threads), "PYTHONPATH": "/opt/umlip-0123d"},
+        environment={**worker_threading(threads), "PYTHONPATH": "/opt/umlip-0123d"},
         remove=True, stderr=False)
     return [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
 

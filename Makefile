@@ -5,6 +5,7 @@
 # make lock MODEL=mace                         re-resolve a model's packages: images/<model>/requirements.lock
 #                                              (PYTHON=3.13: that runtime's; neither: every runtime's and model's)
 # make report                                  reports of every finished run + leaderboard
+# make models [FORMAT=csv|json]                the models: tag, image, weights, what you supply
 # make test                                    unit tests and Docker integration tests
 # make test-zoo                                every model image from a clean cache: build, contract, one relaxation
 # make perf                                    pipeline overhead vs a plain ASE loop (CHGNet, 50 structures)
@@ -45,7 +46,7 @@ doctor: $(VENV)/.installed
 	$(PY) -m orchestrator doctor $(BENCH_ARGS)
 
 models: $(VENV)/.installed
-	$(PY) -m orchestrator models
+	$(PY) -m orchestrator models $(if $(FORMAT),--format $(FORMAT))
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

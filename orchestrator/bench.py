@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adapters import results
 from metrics.per_structure import MISSING
 from orchestrator import merge, provenance
-from orchestrator.engine import console, docker_client
+from orchestrator.engine import console, docker_client, show_table
 from orchestrator.datasets import load_dataset, select, subset_key, write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
 from orchestrator.images import ImageBuilder, Model, discover_models, resolve_models
@@ -243,16 +243,12 @@ def score_run(run_dir: Path, manifest: Manifest, structures: list):
 
 
 def print_summary(table) -> None:
-    from rich.table import Table
-
     from metrics.summary import summary
 
-    view = Table(title="0123D summary (failures by the paper's criteria; errors over successful relaxations)")
     columns = {"model": "model", "dimension": "dim", "structures": "n", "failed": "failed",
                "median_steps": "steps (median)", "energy_mae_mev": "ΔE MAE meV/at",
                "energy_median_mev": "ΔE median meV/at", "position_mae_median_a": "Δr MAE median Å"}
-    for title in columns.values():
-        view.add_column(title, justify="left" if title in ("model", "dim") else "right")
+    rows = []
     for row in summary(table).itertuples(index=False):
         cells = []
         for key in columns:
@@ -260,5 +256,6 @@ def print_summary(table) -> None:
             cells.append(value if isinstance(value, str) else "-" if value != value else
                          f"{value:.4f}" if key == "position_mae_median_a" else f"{value:.1f}" if isinstance(value, float)
                          else str(value))
-        view.add_row(*cells)
-    console.print(view)
+        rows.append(cells)
+    show_table("0123D summary (failures by the paper's criteria; errors over successful relaxations)",
+               list(columns.values()), rows, right=tuple(list(columns.values())[2:]))

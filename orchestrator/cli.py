@@ -127,30 +127,40 @@ def cmd_weights(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from rich.table import Table
+    import csv
+    import json
+    import sys
 
     from adapters.calculators import has_batched_forward
-    from orchestrator.engine import console
+    from orchestrator.engine import show_table
     from orchestrator.images import discover_models
     from orchestrator.weights import missing_weights
 
     manifest = load(args.manifest, parse_set(args.set))
     weights_dir = manifest.path_setting("cache_dir") / "weights"
     built = _built_models()
-    table = Table(title="models (folders of images/); MODEL= takes the folder, the paper tag or an alias; "
-                        "every model runs both engines, those with a batched forward one model call per batch")
-    for column in ("model", "paper tag", "aliases", "forces", "batched forward", "image", "weights", "you supply"):
-        table.add_column(column)
+    rows = []
     for name, model in discover_models().items():
         missing = missing_weights(model, weights_dir)
         needs = sorted({{"token": "HF_TOKEN", "manual": "the file"}.get(w.get("access", "public"), "")
                         for w in model.weights if w["file"] in missing} - {""})
-        table.add_row(name, model.paper_tag or "-", ", ".join(model.aliases) or "-", model.forces or "-",
-                      "yes" if has_batched_forward(model.calculator) else "no (one by one)",
-                      "built" if (model.image or name) in built else "not built",
-                      "none needed" if not model.weights else "missing" if missing else "present",
-                      ", ".join(needs) or "-")
-    console.print(table)
+        rows.append({"model": name, "paper tag": model.paper_tag or "-", "aliases": ", ".join(model.aliases) or "-",
+                     "forces": model.forces or "-",
+                     "batched forward": "yes" if has_batched_forward(model.calculator) else "no (one by one)",
+                     "image": "built" if (model.image or name) in built else "not built",
+                     "weights": "none needed" if not model.weights else "missing" if missing else "present",
+                     "you supply": ", ".join(needs) or "-"})
+    columns = list(rows[0]) if rows else ["model"]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        show_table("models (folders of images/); MODEL= takes the folder, the paper tag or an alias; every model "
+                   "runs both engines, those with a batched forward one model call per batch",
+                   columns, [[row[c] for c in columns] for row in rows], file=sys.stdout)
 
 
 def _built_models() -> set[str]:
@@ -221,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("models", help="the models: paper tag, image built, weights present, what you supply")
     common(p, selection=False)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table (for people; plain text when not a terminal), csv or json (FORMAT=)")
     p.set_defaults(func=cmd_models)
     return parser
 

@@ -215,7 +215,6 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
     import docker.types
 
     spec = {**job.job, "device": slot.device}
-    threads = str(slot.threads)
     uid, gid = worker_user()
     volumes = {str(job.shards[0].parent): {"bind": SHARDS_MOUNT, "mode": "ro"},
                str(cache_dir): {"bind": CACHE_MOUNT, "mode": "ro"}}

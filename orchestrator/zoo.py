@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from orchestrator import provenance
-from orchestrator.engine import console, docker_client
+from orchestrator.engine import console, docker_client, show_table
 from orchestrator.images import LABEL, REPO, ImageBuilder, Model
 from orchestrator.manifest import Manifest
 from orchestrator.scheduler import Job, container_kwargs, device_slots, prepare_worker_files, worker_user
@@ -196,11 +196,5 @@ def zoo(manifest: Manifest, models: list[Model], keep: bool = False) -> Path:
 
 
 def print_table(rows: list[dict]) -> None:
-    from rich.table import Table
-
-    table = Table(title="model zoo: each image from a clean build cache")
-    for column in COLUMNS:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(str(row.get(k, "")) for k in COLUMNS))
-    console.print(table)
+    show_table("model zoo: each image from a clean build cache", list(COLUMNS),
+               [[str(row.get(k, "")) for k in COLUMNS] for row in rows])

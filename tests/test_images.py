@@ -1,9 +1,14 @@
 import io
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
+from conftest import REPO
 from orchestrator.errors import BenchError
 from orchestrator.images import (LABEL, LOCK, ImageBuilder, content_hash, discover_models, freeze, model_context,
                                  runtime_lock, wheels_for, write_lock)
@@ -204,29 +209,35 @@ def test_paper_means_every_model_of_the_paper(tmp_path):
         resolve_models(["paper"], models, ["MACE", "DPA3", "eqV2"])
 
 
-def test_make_models_says_what_is_present_and_what_the_user_supplies(tmp_path, monkeypatch):
-    from rich.console import Console
-
-    import orchestrator.engine
+def test_make_models_says_what_is_present_and_what_the_user_supplies(tmp_path, capsys):
     from orchestrator.cli import main
 
     manifest = tmp_path / "benchmark.yaml"
     manifest.write_text(f"cache_dir: {tmp_path / 'cache'}\n")
-    out = io.StringIO()
-    monkeypatch.setattr(orchestrator.engine, "console", Console(file=out, width=200))
-    assert main(["models", "--manifest", str(manifest)]) == 0
-    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
-            for line in out.getvalue().splitlines() if line.startswith("│")}
-    weights, batched = 5, 3  # columns after the model's
-    assert rows["mace-mpa-0"][0] == "MACE" and rows["mace-mpa-0"][weights] == "missing"
-    assert rows["sevennet-mf-ompa"][0] == "SevenNet" and rows["chgnet"][weights] == "none needed"
-    assert rows["orb-v2"][batched] == "yes" and rows["m3gnet"][batched] == "no (one by one)"
+    assert main(["models", "--manifest", str(manifest), "--format", "json"]) == 0
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["mace-mpa-0"]["paper tag"] == "MACE" and rows["mace-mpa-0"]["weights"] == "missing"
+    assert rows["sevennet-mf-ompa"]["paper tag"] == "SevenNet" and rows["chgnet"]["weights"] == "none needed"
+    assert rows["orb-v2"]["batched forward"] == "yes" and rows["m3gnet"]["batched forward"] == "no (one by one)"
     (tmp_path / "cache" / "weights" / "mace-mpa-0").mkdir(parents=True)
     (tmp_path / "cache" / "weights" / "mace-mpa-0" / "mace-mpa-0-medium.model").write_bytes(b"x")
-    out.seek(0)
-    out.truncate()
-    main(["models", "--manifest", str(manifest)])
-    assert "present" in next(line for line in out.getvalue().splitlines() if "mace-mpa-0" in line)
+    main(["models", "--manifest", str(manifest), "--format", "csv"])
+    assert "present" in next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mace-mpa-0,"))
+
+
+def test_make_models_piped_keeps_every_name_whole(tmp_path):
+    from orchestrator.images import discover_models
+
+    manifest = tmp_path / "benchmark.yaml"
+    manifest.write_text(f"cache_dir: {tmp_path / 'cache'}\n")
+    piped = subprocess.run([sys.executable, "-m", "orchestrator", "models", "--manifest", str(manifest)],
+                           cwd=REPO, capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "80"})
+    lines = piped.stdout.splitlines()
+    for name, model in discover_models().items():  # what `make models | grep NAME` must find
+        line = next((line for line in lines if line.split()[:1] == [name]), None)
+        assert line is not None, name
+        assert model.paper_tag is None or model.paper_tag in line.split()
+    assert "…" not in piped.stdout
 
 
 def test_doctor_names_missing_weights_and_the_command_that_fetches_them(tmp_path, monkeypatch):

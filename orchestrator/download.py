@@ -42,7 +42,7 @@ import urllib.request
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import quote, unquote, urljoin, urlparse
+from urllib.parse import quote, unquote, urljoin, urlparse, urlsplit
 
 from orchestrator.datasets import identity_of, is_data_name, sha256_of
 from orchestrator.errors import BenchError
@@ -324,10 +324,40 @@ def _transfer(url: str, part: Path, progress, task: dict, extra_headers: dict) -
         raise _Retry("transfer", f"connection lost after {have} of {expected} bytes")
 
 
+#: Request headers that identify the user (a token): sent to the host they are meant for
+#: only, never across a redirect to another host or to plain http.
+SECRET_HEADERS = ("Authorization",)
+
+
+class _SecretsStayHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, carrying a secret header on only when the new
+    address is the same host and port over https (a weights host sends a gated file to a
+    CDN with a signed URL that needs no token: the token never goes there)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        old, nxt = urlsplit(req.full_url), urlsplit(newurl)
+        if new is not None and nxt.scheme == "https" and (nxt.hostname, nxt.port) == (old.hostname, old.port):
+            for name, value in req.unredirected_hdrs.items():
+                new.add_unredirected_header(name, value)
+        return new
+
+
+_OPENER = urllib.request.build_opener(_SecretsStayHome)
+
+
 def _open(url: str, headers: dict | None = None):
-    """urllib honours http_proxy, https_proxy and no_proxy from the environment."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
-    return urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    """urllib honours http_proxy, https_proxy and no_proxy from the environment. Secret
+    headers are never sent over plain http, nor after a redirect to another host."""
+    headers = dict(headers or {})
+    secrets = {name: headers.pop(name) for name in SECRET_HEADERS if name in headers}
+    if secrets and urlsplit(url).scheme != "https":
+        raise NetworkError(f"refusing to send a token over plain http ({urlsplit(url).hostname}): "
+                           "gated files are fetched over https only")
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
+    for name, value in secrets.items():
+        request.add_unredirected_header(name, value)
+    return _OPENER.open(request, timeout=TIMEOUT_S)
 
 
 def _open_classified(url: str, headers: dict, part: Path | None):

@@ -4,6 +4,8 @@
 import hashlib
 import logging
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +25,7 @@ class Host:
     def __init__(self):
         self.files = {"/releases/model.ckpt": CHECKPOINT, "/gated/model.pt": CHECKPOINT[::-1]}
         self.gated = {"/gated/model.pt"}
+        self.redirects = {}  # path -> the address it answers 302 with
         self.requests = []
         self.drop_after = None  # bytes to send before breaking off, once
 
@@ -35,6 +38,11 @@ class Host:
 
             def do_GET(self):
                 host.requests.append((self.path, dict(self.headers)))
+                if self.path in host.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", host.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    return self.end_headers()
                 if self.path not in host.files:
                     return self.reply(404, b"not found")
                 if self.path in host.gated and self.headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -64,13 +72,44 @@ class Host:
         return Handler
 
 
+def serve(site: Host, address: str = "127.0.0.1", tls: ssl.SSLContext | None = None):
+    server = ThreadingHTTPServer((address, 0), site.handler())
+    if tls:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    site.url = f"{'https' if tls else 'http'}://{address}:{server.server_address[1]}"
+    return server
+
+
 @pytest.fixture
 def host(monkeypatch):
     monkeypatch.setattr(download, "BACKOFF_S", 0.01)
     site = Host()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), site.handler())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    site.url = f"http://127.0.0.1:{server.server_address[1]}"
+    server = serve(site)
+    yield site
+    server.shutdown()
+
+
+@pytest.fixture
+def tls(tmp_path_factory, monkeypatch):
+    """A certificate for 127.0.0.1 that this process trusts (SSL_CERT_FILE), as a real
+    weights host's is: the server's TLS context."""
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(folder / "key.pem"),
+                    "-out", str(folder / "cert.pem")], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(folder / "cert.pem"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context
+
+
+@pytest.fixture
+def gated_host(tls, monkeypatch):
+    """The weights host over https, as the gated files' hosts are."""
+    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
+    site = Host()
+    server = serve(site, tls=tls)
     yield site
     server.shutdown()
 
@@ -111,7 +150,8 @@ def test_a_checksum_mismatch_is_an_error_and_leaves_no_file(host, tmp_path):
     assert not list((tmp_path / "w" / "mace-mpa-0").glob("model.ckpt*"))
 
 
-def test_a_gated_file_needs_the_token_and_the_token_is_written_nowhere(host, tmp_path, caplog):
+def test_a_gated_file_needs_the_token_and_the_token_is_written_nowhere(gated_host, tmp_path, caplog):
+    host = gated_host
     m = model(tmp_path, [{"file": "model.pt", "url": host.url + "/gated/model.pt", "access": "token"}])
     with pytest.raises(BenchError, match="is gated: accept its licence on its page, then set HF_TOKEN"):
         ensure_weights(m, tmp_path / "w", environ={})
@@ -125,6 +165,33 @@ def test_a_gated_file_needs_the_token_and_the_token_is_written_nowhere(host, tmp
     written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
     assert not any(TOKEN.encode() in data for data in written)
     assert TOKEN not in caplog.text
+
+
+def test_the_token_goes_to_its_host_only_never_across_a_redirect_or_over_http(gated_host, tmp_path):
+    cdn = Host()  # a second server, on another address, as a weights host's CDN
+    cdn.files["/signed/model.pt"] = CHECKPOINT[::-1]
+    server = serve(cdn, "127.0.0.2")
+    try:
+        gated_host.redirects["/gated/model.pt"] = cdn.url + "/signed/model.pt"
+        m = model(tmp_path, [{"file": "model.pt", "url": gated_host.url + "/gated/model.pt", "access": "token"}])
+        ensure_weights(m, tmp_path / "w", environ={"HF_TOKEN": TOKEN})
+        assert (tmp_path / "w" / "mace-mpa-0" / "model.pt").read_bytes() == CHECKPOINT[::-1]
+        assert gated_host.requests[-1][1]["Authorization"] == f"Bearer {TOKEN}"  # asked with the token
+        assert cdn.requests and all("Authorization" not in headers for _, headers in cdn.requests)
+        # a redirect on the same host keeps it (the file is still gated there)
+        gated_host.redirects["/gated/latest.pt"] = gated_host.url + "/gated/model.pt"
+        moved = model(tmp_path, [{"file": "model.pt", "url": gated_host.url + "/gated/latest.pt", "access": "token"}])
+        ensure_weights(moved, tmp_path / "same-host", environ={"HF_TOKEN": TOKEN})
+        assert gated_host.requests[-1] == ("/gated/model.pt", gated_host.requests[-1][1])
+        assert gated_host.requests[-1][1]["Authorization"] == f"Bearer {TOKEN}"
+        # plain http never carries it
+        plain = model(tmp_path, [{"file": "model.pt", "url": cdn.url + "/signed/model.pt", "access": "token"}])
+        asked = len(cdn.requests)
+        with pytest.raises(BenchError, match="refusing to send a token over plain http"):
+            ensure_weights(plain, tmp_path / "plain", environ={"HF_TOKEN": TOKEN})
+        assert len(cdn.requests) == asked
+    finally:
+        server.shutdown()
 
 
 def test_a_manual_file_names_the_exact_place_to_put_it(tmp_path):

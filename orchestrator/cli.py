@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rich.logging import RichHandler
 
-    from orchestrator.engine import console
+    from orchestrator.engine import console, engine_lost
 
     # what the dataset loader found (formats, counts per dimensionality, warnings) is shown
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
@@ -265,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a full disk, a read-only folder, a file in the way: the user's to fix
         if args.verbose:
             raise
+        if engine_lost(exc):
+            print(f"error: lost the connection to the Docker engine ({exc}); start it again (`dockerd &` or "
+                  "`systemctl start docker`) and rerun the same command: finished structures are kept",
+                  file=sys.stderr)
+            return 2
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; check that folder's free space and permissions "
               "(finished structures are kept: rerun the same command afterwards)", file=sys.stderr)

@@ -22,6 +22,14 @@ def docker_client():
     return client
 
 
+def engine_lost(exc: BaseException) -> bool:
+    """An error of the connection to the Docker engine (the SDK's requests errors are
+    OSErrors too, and must not read as a full disk)."""
+    import requests
+
+    return isinstance(exc, requests.exceptions.RequestException)
+
+
 def show_table(title: str, columns: list[str], rows: list[list[str]], file=None, right: tuple[str, ...] = ()) -> None:
     """A table for people: drawn by rich on a terminal; elsewhere (a pipe, a file, CI's log)
     plain aligned text with every cell whole, so `| grep NAME` finds each name. `file`:

@@ -208,16 +208,17 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
     """Everything docker needs to run a job's shards on one slot (also used to inspect in tests).
 
     Least privilege: no network, not root, no capabilities, no privilege escalation, a
-    read-only root filesystem with a tmpfs for scratch, the shards and the weights cache
-    read-only, only the job's own output files writable, bounded memory and pids, and
-    never the Docker socket. Downloads happen on the host, before.
+    read-only root filesystem with a tmpfs for scratch, the shards and the model's own
+    weights folder (never another model's) read-only, only the job's own output files
+    writable, bounded memory and pids, and never the Docker socket. Downloads happen on
+    the host, before.
     """
     import docker.types
 
     spec = {**job.job, "device": slot.device}
     uid, gid = worker_user()
     volumes = {str(job.shards[0].parent): {"bind": SHARDS_MOUNT, "mode": "ro"},
-               str(cache_dir): {"bind": CACHE_MOUNT, "mode": "ro"}}
+               str(cache_dir / job.model): {"bind": f"{CACHE_MOUNT}/{job.model}", "mode": "ro"}}  # its own weights only
     volumes.update({str(path): {"bind": inside, "mode": mode} for inside, (path, mode) in worker_files(job).items()})
     kwargs = {
         "image": job.image,
@@ -311,6 +312,19 @@ def record_crash(job: Job) -> None:
                 handle.write(id_lines(ids))
 
 
+#: What one container run may write to its log on the host; the rest is dropped, with a note.
+LOG_CAP_BYTES = 64 * 1024**2
+
+
+def output_cap(job: Job) -> int:
+    """Bytes the job's result files may hold: a result line is about the size of its
+    structure's shard line (positions and cell) plus a few numbers, an error and a short
+    traceback, so twice the shards plus 16 kB a structure is room enough for honest
+    results and a bound on a worker that writes without end."""
+    return sum(2 * shard.stat().st_size + 16384 * shard.read_bytes().count(b"\n")
+               for shard in job.shards if shard.exists())
+
+
 def results_size(job: Job) -> int:
     """Bytes in the job's result files: grows with every structure finished."""
     return sum(out.stat().st_size for out in job.outs if out.exists())
@@ -399,6 +413,11 @@ class Scheduler:
                 self.failures.append(f"{job.model} {job.name}: the worker cannot write its results "
                                      f"(disk full or folder read-only); see {job.log}")
                 return
+            if results_size(job) > output_cap(job):
+                self.failures.append(f"{job.model} {job.name}: the worker wrote {results_size(job)} bytes of results, "
+                                     f"more than the {output_cap(job)} its shards can need; it was stopped and "
+                                     f"not rerun; see {job.log}")
+                return
             if out_of_memory or code not in KILLED_FROM_OUTSIDE:
                 record_crash(job)
             fruitless = 0 if results_size(job) > written else fruitless + 1
@@ -408,40 +427,53 @@ class Scheduler:
     def _run_container(self, job: Job, slot: Slot) -> tuple[int, bool, bool]:
         """(exit code, killed for memory, stopped as hung) of one container run of the job.
         Its output is streamed into the job's .log as it comes, so a killed run keeps
-        its log; a watchdog stops it when for stall_timeout_s its output has not grown
-        and its heartbeat has not moved (a paused or deadlocked worker; a structure that
-        is slow but stepping is never stopped)."""
+        its log (up to LOG_CAP_BYTES); a watchdog stops it when for stall_timeout_s its
+        output has not grown and its heartbeat has not moved (a paused or deadlocked
+        worker; a structure that is slow but stepping is never stopped), and when its
+        result files outgrow output_cap."""
         import docker.errors
 
         prepare_worker_files(job)
+        (self.cache_dir / job.model).mkdir(parents=True, exist_ok=True)  # mounted even when it holds nothing
         container = self.client.containers.run(
             detach=True, **container_kwargs(job, slot, self.run_key, self.cache_dir, self.owner))
         done, stalled = threading.Event(), threading.Event()
+        cap = output_cap(job)
+
+        def stop() -> None:
+            try:
+                container.reload()
+                if container.status == "paused":  # the engine kills no paused container
+                    container.unpause()
+                container.kill()
+            except docker.errors.APIError:
+                pass  # it ended meanwhile
 
         def watch() -> None:
             progress, since = None, time.monotonic()
             while not done.wait(min(5.0, self.stall_timeout_s / 4)):
                 now = (results_size(job), heartbeat(job))
+                if now[0] > cap:
+                    return stop()
                 if now != progress:
                     progress, since = now, time.monotonic()
                 elif time.monotonic() - since > self.stall_timeout_s:
                     stalled.set()
-                    try:
-                        container.reload()
-                        if container.status == "paused":  # the engine kills no paused container
-                            container.unpause()
-                        container.kill()
-                    except docker.errors.APIError:
-                        pass  # it ended meanwhile
-                    return
+                    return stop()
 
         watchdog = threading.Thread(target=watch, daemon=True)
         watchdog.start()
         try:
             with job.log.open("ab") as log:
-                for chunk in container.logs(stream=True, follow=True):
-                    log.write(chunk)
-                    log.flush()
+                room = LOG_CAP_BYTES
+                for chunk in container.logs(stream=True, follow=True):  # read to the end, keep the cap
+                    if room > 0:
+                        log.write(chunk[:room])
+                        room -= len(chunk)
+                        if room <= 0:
+                            log.write(f"\n[the rest of this run's output is dropped: over {LOG_CAP_BYTES} bytes]\n"
+                                      .encode())
+                        log.flush()
             code = container.wait()["StatusCode"]
             container.reload()
             return code, bool(container.attrs["State"].get("OOMKilled")), stalled.is_set()

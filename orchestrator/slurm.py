@@ -303,6 +303,7 @@ class SlurmScheduler:
                                                    self.image_dir)
                 for job in model_jobs:
                     prepare_worker_files(job)
+                (self.cache_dir / model).mkdir(parents=True, exist_ok=True)  # its weights folder, mounted
                 numbers = sorted(shard_number(job) for job in model_jobs)
                 script = log_dir / f"{model}.sbatch"
                 script.write_text(task_script(first, numbers, self.settings, self.images[model], self.run_key,

@@ -64,7 +64,8 @@ def test_container_spec_mounts_and_bounds():
     kwargs = container_kwargs(JOB, Slot("gpu3-0", "3", 6), "run1", Path("/cache"), owner="me")
     assert kwargs["labels"]["org.umlip-0123d.run"] == "run1" and kwargs["labels"]["org.umlip-0123d.owner"] == "me"
     assert kwargs["volumes"]["/runs/r/shards"] == {"bind": "/data/shards", "mode": "ro"}
-    assert kwargs["volumes"]["/cache"] == {"bind": "/cache", "mode": "ro"}
+    assert kwargs["volumes"]["/cache/emt"] == {"bind": "/cache/emt", "mode": "ro"}  # its own weights, not others'
+    assert "/cache" not in kwargs["volumes"]
     # only the job's own files are writable, not its model's folder
     assert "/runs/r/raw/emt" not in kwargs["volumes"]
     assert kwargs["volumes"]["/runs/r/raw/emt/shard-0003.jsonl"] == {"bind": "/data/out/shard-0003.jsonl", "mode": "rw"}
@@ -249,3 +250,43 @@ def test_a_running_worker_has_least_privilege(docker_client, model_image, tmp_pa
         assert host["Memory"] == 2 * 1024**3 and host["PidsLimit"] == 256 and host["ShmSize"] == 64 * 1024**2
     finally:
         container.remove(force=True)
+
+
+def test_losing_the_docker_engine_names_the_engine_not_the_disk(monkeypatch, capsys):
+    import requests
+
+    import orchestrator.cli as cli
+
+    def lost(args):
+        raise requests.exceptions.ConnectionError("('Connection aborted.', FileNotFoundError(2, 'No such file'))")
+
+    monkeypatch.setattr(cli, "cmd_models", lost)
+    assert cli.main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert "lost the connection to the Docker engine" in err and "free space" not in err
+
+
+@pytest.mark.docker
+def test_a_worker_that_writes_without_end_is_stopped_and_not_rerun(docker_client, model_image, tmp_path, monkeypatch):
+    import orchestrator.scheduler as scheduler
+
+    (tmp_path / "shards").mkdir()
+    shard = tmp_path / "shards" / "shard-0000.jsonl"
+    shard.write_text('{"id": "a"}\n')
+    job = Job(model="emt", image=model_image("emt"), shards=(shard,), out_dir=tmp_path / "raw",
+              job={"calculator": "emt", "options": {}, "protocol": {}})
+    flood = ("import time\nwith open('/data/out/shard-0000.jsonl', 'a') as out:\n"
+             "    while True:\n        out.write('x' * 2**20)\n        out.flush()\n        time.sleep(0.2)\n")
+    real = scheduler.container_kwargs
+    monkeypatch.setattr(scheduler, "container_kwargs",
+                        lambda *args, **kw: {**real(*args, **kw), "command": ["python", "-c", flood]})
+    runs = []
+    run = Scheduler._run_container
+    monkeypatch.setattr(Scheduler, "_run_container", lambda self, *a: runs.append(1) or run(self, *a))
+    workers = Scheduler(docker_client, device_slots("cpu", 1, 1, memory_gb=1), tmp_path / "run", tmp_path / "cache",
+                        max_retries=2, stall_timeout_s=600)
+    workers._run_job(job, workers.slots[0], threading.Event())
+    assert len(runs) == 1
+    [failure] = workers.failures
+    assert "more than the" in failure and "it was stopped and not rerun" in failure
+    assert (tmp_path / "raw" / "shard-0000.jsonl").stat().st_size < 64 * 2**20

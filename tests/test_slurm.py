@@ -73,7 +73,7 @@ def test_the_task_retries_a_dying_worker_and_lists_its_structure_as_crashed(tmp_
     assert "--net" in call and call[call.index("--network") + 1] == "none"
     run_dir = tmp_path / "run"
     assert f"--bind={run_dir / 'shards'}:/data/shards:ro" in call
-    assert f"--bind={tmp_path / 'weights'}:/cache:ro" in call
+    assert f"--bind={tmp_path / 'weights' / 'emt'}:/cache/emt:ro" in call  # its own weights only
     assert f"--bind={out_dir / 'shard-0003.jsonl'}:/data/out/shard-0003.jsonl:rw" in call
     assert f"--bind={out_dir / 'shard-0003.crashed'}:/data/out/shard-0003.crashed:ro" in call
     assert "--env=OPENBLAS_NUM_THREADS=1" in call and "--nv" not in call

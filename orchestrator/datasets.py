@@ -51,6 +51,7 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 from ase import Atoms
@@ -530,18 +531,41 @@ _ID_PATTERN = re.compile(r'(?:^|\s)(' + "|".join(ID_KEYS) + r')=("(?:[^"\\]|\\.)
 
 
 def _extxyz_ids(handle) -> list[dict[str, str]]:
-    """The id keys of every frame's comment line as written, as text: ASE's parser turns
-    "0042" into 42 and "T" into True."""
+    """The id keys of every frame's comment line as written, as text (ASE's parser turns
+    "0042" into 42 and "T" into True), decoded where this tool encoded them (extxyz_id)."""
     ids = []
     while True:
         count = handle.readline()
         if not count.strip():
             return ids
         comment = handle.readline()
-        ids.append({key: value[1:-1] if value.startswith('"') else value
+        ids.append({key: id_from_extxyz(re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith('"') else value)
                     for key, value in _ID_PATTERN.findall(comment)})
         for _ in range(int(count)):
             handle.readline()
+
+
+#: Marks an id written percent-encoded into an extxyz file (see extxyz_id).
+ENCODED_ID = "id:"
+
+
+def extxyz_id(sid: str) -> str:
+    """An id as an extxyz file can hold it. ASE's extxyz reader turns "0042" into 42, "T"
+    into True, drops tabs and backslashes, and a newline breaks the file: an id it would
+    not read back as itself is written percent-encoded behind ENCODED_ID (id_from_extxyz
+    decodes it; `urllib.parse.unquote` does too)."""
+    from ase.io.extxyz import key_val_dict_to_str, key_val_str_to_dict
+
+    if not sid.startswith(ENCODED_ID) and "\n" not in sid:
+        if key_val_str_to_dict(key_val_dict_to_str({"id": sid})).get("id") == sid:
+            return sid
+    return ENCODED_ID + quote(sid, safe="")
+
+
+def id_from_extxyz(value) -> str:
+    """The id an extxyz file holds (see extxyz_id)."""
+    text = str(value)
+    return unquote(text[len(ENCODED_ID):]) if text.startswith(ENCODED_ID) else text
 
 
 def write_extxyz(path: Path, structures) -> None:
@@ -557,6 +581,7 @@ def write_extxyz(path: Path, structures) -> None:
     for atoms in structures:
         copy = atoms.copy()
         copy.info = {k: v for k, v in atoms.info.items() if k not in ("periodic_axes", "dimension", "dimension_label")}
+        copy.info["id"] = extxyz_id(atoms.info["id"])
         if "dimension_label" in atoms.info:
             copy.info["id_dimension"] = atoms.info["dimension_label"]
         records.append(copy)
@@ -584,8 +609,10 @@ def _unique_ids(structures: list[Atoms]) -> list[Atoms]:
     """One record per id. The same mat_id twice (files in name order, then file order):
     an identical structure (same atoms, positions and cell within 1e-4 Å, energy within
     1e-4 eV/atom) is kept once, e.g. when a folder holds the same data as a database and as
-    JSON; a different one keeps its mat_id with "~2", "~3", ... appended, with a warning."""
+    JSON; a different one keeps its mat_id with "~2", "~3", ... appended, with a warning,
+    never taking an id that another structure of the data has (a real "x~2" stays x~2)."""
     seen: dict[str, list[Atoms]] = {}
+    taken = {atoms.info["id"] for atoms in structures}
     out, dropped, renamed = [], [], []
     for atoms in structures:
         sid = atoms.info["id"]
@@ -596,8 +623,9 @@ def _unique_ids(structures: list[Atoms]) -> list[Atoms]:
         twins.append(atoms)
         if len(twins) > 1:
             new = f"{sid}~{len(twins)}"
-            while new in seen:
+            while new in taken:
                 new += "~"
+            taken.add(new)
             atoms.info["id"] = new
             renamed.append(f"{sid} -> {new} ({atoms.info['source']})")
         out.append(atoms)

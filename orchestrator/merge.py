@@ -11,6 +11,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from adapters import results
 from metrics.per_structure import MISSING
+from orchestrator.datasets import extxyz_id
 
 COLUMNS = ["model", "id", "dimension", "natoms", "elements", "converged", "failure_reason", "steps", "energy_ev",
            "energy_ref_ev", "max_force_ev_per_a", "max_atom_force_ev_per_a", "wall_s", "error", "cycles",
@@ -67,7 +68,7 @@ def write_relaxed(path: Path, table: pd.DataFrame, relaxed: dict) -> None:
         if atoms is None:
             continue
         atoms = atoms.copy()
-        atoms.info.update(model=row.model, id=row.id, dimension=row.dimension, converged=bool(row.converged),
+        atoms.info.update(model=row.model, id=extxyz_id(row.id), dimension=row.dimension, converged=bool(row.converged),
                           failure_reason=row.failure_reason or "none", steps=int(row.steps))
         atoms.calc = SinglePointCalculator(atoms, energy=float(row.energy_ev))
         frames.append(atoms)

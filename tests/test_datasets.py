@@ -165,6 +165,26 @@ def test_write_extxyz_round_trips_every_dimensionality(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+ODD_IDS = ["0042", "T", "1e5", "with space", "tab\there", "new\nline", "back\\slash", 'quo"te', "id:x", "x~2"]
+
+
+def test_ids_survive_every_extxyz_the_tool_writes_whatever_they_hold(tmp_path):
+    from ase.io import read
+
+    from orchestrator.datasets import id_from_extxyz
+
+    made = (structures() + structures("u"))[:len(ODD_IDS)]
+    for atoms, sid in zip(made, ODD_IDS, strict=True):
+        atoms.info["mat_id"] = sid
+    original = load_dataset(str(write_entries(tmp_path / "x.json.bz2", made)), {}, tmp_path / "c").structures
+    assert sorted(a.info["id"] for a in original) == sorted(ODD_IDS)
+    write_extxyz(tmp_path / "ref.extxyz", original)
+    again = load_dataset(str(tmp_path / "ref.extxyz"), {}, tmp_path / "c").structures
+    assert [a.info["id"] for a in again] == [a.info["id"] for a in original]  # "0042" is no 42, "T" no True
+    plain = read(tmp_path / "ref.extxyz", index=":")  # as a user reads it with ASE
+    assert [id_from_extxyz(a.info["id"]) for a in plain] == [a.info["id"] for a in original]
+
+
 def test_unrecognised_file_in_a_folder_is_skipped_with_a_warning(tmp_path, caplog):
     folder = tmp_path / "data"
     folder.mkdir()
@@ -240,6 +260,24 @@ def test_colliding_mat_ids(tmp_path, caplog):
     assert "8 structure(s) appear more than once" in caplog.text
     assert "t0D0 -> t0D0~2 (c.json.bz2)" in caplog.text
     assert sorted(dataset.sha256) == ["a.db", "b.json.bz2", "c.json.bz2"]
+
+
+def test_a_renamed_duplicate_never_takes_the_id_of_a_real_structure(tmp_path):
+    made = structures()
+    twin = made[0].copy()
+    twin.positions += 0.1
+    real = made[1].copy()
+    real.info["mat_id"] = f"{made[0].info['mat_id']}~2"  # a structure whose own id is what the rename would make
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_entries(folder / "a.json.bz2", made)
+    write_entries(folder / "b.json.bz2", [twin, real])
+    dataset = load_dataset(str(folder), {}, tmp_path / "c")
+    ids = [a.info["id"] for a in dataset.structures]
+    assert len(ids) == len(set(ids)) == len(made) + 2
+    kept = next(a for a in dataset.structures if a.info["id"] == "t0D0~2")
+    assert kept.info["source"] == "b.json.bz2" and np.allclose(kept.positions, real.positions)
+    assert "t0D0~2~" in ids
 
 
 def test_unknown_name_lists_the_registry(tmp_path):

@@ -54,6 +54,9 @@ BOND_MULTIPLIER = 1.25
 
 #: Numbers (float64) held by one vectorised chunk: ~64 MB.
 _CHUNK_ELEMENTS = 8_000_000
+#: Atoms above which a structure's pair measures use a neighbour list or a convex hull
+#: instead of every pair at once (memory linear in the atoms, not quadratic).
+LARGE_STRUCTURE = 500
 
 
 def axes_mask(axes: str) -> np.ndarray:
@@ -142,7 +145,17 @@ def rotations_onto_z(directions) -> np.ndarray:
 
 
 def _max_pairwise_distance(points) -> np.ndarray:
-    """(B,) largest distance between any two of the (B, N, 3) points."""
+    """(B,) largest distance between any two of the (B, N, 3) points. A large structure
+    is measured on its convex hull (the farthest pair are hull vertices), so memory stays
+    linear in its atoms."""
+    n = points.shape[1]
+    if n > LARGE_STRUCTURE:
+        return np.array([_all_pairs_max(_hull(p)[None])[0] for p in points])
+    return _all_pairs_max(points)
+
+
+def _all_pairs_max(points) -> np.ndarray:
+    """_max_pairwise_distance over every pair at once, in chunks of structures."""
     n = points.shape[1]
     result = np.empty(points.shape[0])
     for part in _chunks(points.shape[0], n * n):
@@ -151,6 +164,23 @@ def _max_pairwise_distance(points) -> np.ndarray:
         d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * np.einsum("bni,bmi->bnm", p, p)
         result[part] = np.sqrt(np.clip(d2.reshape(len(p), -1).max(axis=1), 0.0, None))
     return result
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    """The vertices of the convex hull of (N, 3) points; of their plane's hull when they
+    are flat (a planar molecule), and the two ends when they lie on a line."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        return points[ConvexHull(points).vertices]
+    except QhullError:
+        centred = points - points.mean(axis=0)
+        axes = np.linalg.svd(centred, full_matrices=False)[2]
+        try:
+            return points[ConvexHull(centred @ axes[:2].T).vertices]
+        except QhullError:
+            along = centred @ axes[0]
+            return points[[along.argmin(), along.argmax()]]
 
 
 def _span(pos, cell, axes: str) -> np.ndarray:
@@ -338,8 +368,48 @@ def count_components(adjacency) -> np.ndarray | int:
 
 
 def fragments(numbers, positions, cell, axes: str, multiplier: float = BOND_MULTIPLIER):
-    """Number of covalently bonded pieces (see bonded), per structure."""
-    return count_components(bonded(numbers, positions, cell, axes, multiplier))
+    """Number of covalently bonded pieces (see bonded), per structure. Structures of more
+    than LARGE_STRUCTURE atoms are bonded through a neighbour list, one at a time (the
+    same bonds; memory linear in the atoms)."""
+    positions, cell, single = _batched(positions, cell)
+    numbers = np.broadcast_to(np.asarray(numbers), positions.shape[:2])
+    if positions.shape[1] <= LARGE_STRUCTURE:
+        counts = count_components(bonded(numbers, positions, cell, axes, multiplier))
+    else:
+        counts = np.array([_pieces_by_neighbour_list(z, p, c, axes, multiplier)
+                           for z, p, c in zip(numbers, positions, cell)])
+    return int(counts[0]) if single else counts
+
+
+def _pieces_by_neighbour_list(numbers, positions, cell, axes: str, multiplier: float) -> int:
+    """bonded + count_components for one large structure: the same bonds (an image of j
+    along the periodic axes within multiplier x (r_cov(i) + r_cov(j)) of i), found with a
+    k-d tree over the atoms and their images near the cell."""
+    from ase.data import covalent_radii
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    pos = unwrap_vacuum(positions, cell, axes)
+    cutoff = multiplier * covalent_radii[numbers]
+    reach = 2.0 * float(cutoff.max())
+    periodic = axes_mask(axes) if abs(np.linalg.det(cell)) > 1e-6 else np.zeros(3, bool)  # collapsed: no images
+    if periodic.any():  # into the cell along the periodic axes, then every image that can come within reach
+        frac = np.linalg.solve(cell.T, pos.T).T
+        frac[:, periodic] %= 1.0
+        pos = frac @ cell
+        spacing = abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        ranges = [np.arange(-r, r + 1) if on else np.zeros(1, int)
+                  for r, on in zip(np.ceil(reach / spacing).astype(int) + 1, periodic)]
+        shifts = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3) @ cell
+    else:
+        shifts = np.zeros((1, 3))
+    images = (pos[None] + shifts[:, None]).reshape(-1, 3)
+    near = cKDTree(pos).sparse_distance_matrix(cKDTree(images), reach, output_type="coo_matrix")
+    first, second = near.row, near.col % len(pos)
+    bond = (near.data <= cutoff[first] + cutoff[second]) & (first != second)
+    graph = coo_matrix((np.ones(int(bond.sum()), bool), (first[bond], second[bond])), shape=(len(pos),) * 2)
+    return int(connected_components(graph, directed=False)[0])
 
 
 def unwrap_to_reference(positions, cell, ref_positions, ref_cell, axes: str) -> np.ndarray:

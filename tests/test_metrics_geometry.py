@@ -289,3 +289,41 @@ def test_a_collapsed_cell_does_not_stop_the_batch():
     cells[1, 2] = 0.0  # the periodic vector collapsed
     counts = fragments(np.stack([t.numbers for t in tubes]), np.stack([t.positions for t in tubes]), cells, "c")
     assert counts[0] == 1 and counts[1] >= 1
+
+
+def test_large_structures_are_measured_with_linear_memory_and_the_same_results(monkeypatch):
+    tubes = [tube(), tube("a")]
+    tubes[1].positions[:12, 1] += 9.0  # half the tube moved sideways: two pieces
+    flake = graphene_nanoribbon(4, 3, type="armchair", saturated=True, vacuum=7.5)
+    flake.pbc = True
+    benzenes = [benzene(), benzene()]
+    benzenes[1].positions[:3] += [6.0, 0.0, 0.0]
+    rng = np.random.default_rng(3)
+    sparse = [Atoms(numbers=rng.choice([1, 6, 8, 29], 60), positions=rng.uniform(-3, 12, (60, 3)),
+                    cell=[[9, 0, 0], [3, 8, 0], [1, 2, 10]], pbc=True) for _ in range(4)]  # tilted, unwrapped
+    cases = [(tubes[0], "c"), (tubes[1], "a"), (bulk("Si", "diamond", 5.43) * 2, "abc"), (benzenes[0], ""),
+             (benzenes[1], ""), (flake, ""), *zip(sparse, ["abc", "ab", "b", ""])]
+    small = [(fragments(a.numbers, a.positions, a.cell.array, axes), extent(a.positions, a.cell.array, axes))
+             for a, axes in cases]
+    monkeypatch.setattr(geometry, "LARGE_STRUCTURE", 1)  # every structure takes the large path
+    large = [(fragments(a.numbers, a.positions, a.cell.array, axes), extent(a.positions, a.cell.array, axes))
+             for a, axes in cases]
+    assert [f for f, _ in large] == [f for f, _ in small]
+    assert small[0][0] == 1 and small[1][0] > 1 and small[4][0] > 1  # whole, and pulled apart
+    assert np.allclose([e for _, e in large], [e for _, e in small], equal_nan=True)
+    line = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [3.0, 3.0, 0.0]])  # collinear: no hull at all
+    assert geometry._max_pairwise_distance(line[None])[0] == pytest.approx(np.sqrt(18))
+
+
+def test_scoring_memory_of_a_large_molecule_stays_linear():
+    import tracemalloc
+
+    cloud = np.random.default_rng(0).uniform(0, 60, size=(4000, 3))
+    numbers = np.full(4000, 6)
+    cell = np.eye(3) * 80.0
+    tracemalloc.start()
+    fragments(numbers, cloud, cell, "")
+    extent(cloud, cell, "")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200 * 2**20  # all pairs at once would hold 4000^2 x 8 bytes several times over

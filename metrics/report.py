@@ -362,7 +362,9 @@ def paper_comparison(failures: pd.DataFrame, provenance: dict) -> tuple[pd.DataF
 
 def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
     """The dataset's own figures from run_dir/reference.extxyz: elements per dimensionality
-    on periodic tables; atoms per cell, distances below 7 Å and PBE energies per atom."""
+    on periodic tables; atoms per cell, distances below 7 Å and PBE energies per atom.
+    They depend on the reference structures alone: drawn once per reference.extxyz (its
+    size and time in dataset.key), reused by every later report of the run."""
     from ase.io import read
 
     from metrics import dataset
@@ -371,13 +373,21 @@ def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
     path = run_dir / "reference.extxyz"
     if not path.is_file():
         return {}
+    names = ("dataset_elements", "dataset_distributions")
+    figures = {name: [out / f"{name}.png", out / f"{name}.svg"] for name in names}
+    key = f"{path.stat().st_size} {path.stat().st_mtime_ns}\n"
+    done = out / "dataset.key"
+    if done.is_file() and done.read_text() == key and all(p.is_file() for paths in figures.values() for p in paths):
+        return figures
     structures = read(path, index=":")
     for atoms in structures:
         atoms.info["periodic_axes"] = periodic_axes(atoms)
     table = dataset.structure_table(structures)
     table.to_csv(out / "dataset.csv", index=False)
-    return {"dataset_elements": plots.dataset_elements(dataset.element_counts(table), out),
-            "dataset_distributions": plots.dataset_distributions(table, dataset.pair_distances(structures), out)}
+    figures = {"dataset_elements": plots.dataset_elements(dataset.element_counts(table), out),
+               "dataset_distributions": plots.dataset_distributions(table, dataset.pair_distances(structures), out)}
+    done.write_text(key)
+    return figures
 
 
 # ---- run report -------------------------------------------------------------------

@@ -315,3 +315,26 @@ def test_wires_the_authors_reset_split_are_named_in_the_report(tmp_path):
     table.to_csv(run / "results.csv", index=False)
     assert "1 wire(s) failed as fragmented_width after the authors' adjust_vacuum_1D split them" in \
         write_run_report(run).read_text()
+
+
+def test_the_dataset_figures_are_drawn_once_per_reference_file(tmp_path, monkeypatch):
+    from ase.build import bulk
+    from ase.io import write
+
+    import metrics.report
+
+    run = make_run(tmp_path, "run-a")
+    frames = [bulk("Si"), bulk("Cu")]
+    for k, atoms in enumerate(frames):
+        atoms.info.update(id=f"s{k}", energy_ref_ev=-3.0)
+    write(run / "reference.extxyz", frames, format="extxyz")
+    write_run_report(run)
+    drawn = []
+    real = metrics.report.plots.dataset_distributions
+    monkeypatch.setattr(metrics.report.plots, "dataset_distributions", lambda *a: drawn.append(1) or real(*a))
+    write_run_report(run)
+    assert drawn == [] and (run / "report" / "dataset_distributions.png").is_file()
+    assert "Dataset: atoms per cell" in (run / "report" / "report.html").read_text()
+    write(run / "reference.extxyz", frames[:1], format="extxyz")  # other structures: drawn again
+    write_run_report(run)
+    assert drawn == [1]

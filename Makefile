@@ -8,7 +8,7 @@
 # make models [FORMAT=csv|json]                the models: tag, image, weights, what you supply
 # make test                                    unit tests and Docker integration tests
 # make test-zoo                                every model image from a clean cache: build, contract, one relaxation
-# make perf                                    pipeline overhead vs a plain ASE loop (CHGNet, 50 structures)
+# make perf [LOAD=1]                           pipeline overhead vs a plain ASE loop (CHGNet, 50 structures); LOAD: busy processes beside it
 # make perf-engine MODEL=sevennet-0 N=100      batched engine vs sequential ASE: agreement and speed (DEVICE=cuda: a GPU)
 
 PYTHON ?= python3
@@ -58,10 +58,10 @@ test-unit: $(VENV)/.installed
 	$(PY) -m pytest -m "not docker and not slurm" $(PYTEST_ARGS)
 
 perf: $(VENV)/.installed
-	$(PY) tests/perf/pipeline_overhead.py $(if $(N),--structures $(N))
+	$(PY) tests/perf/pipeline_overhead.py $(if $(N),--structures $(N)) $(if $(LOAD),--load $(LOAD))
 
 perf-engine: $(VENV)/.installed
-	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE))
+	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE)) $(if $(LOAD),--load $(LOAD))
 
 clean-venv:
 	rm -rf $(VENV)

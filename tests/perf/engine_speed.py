@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: the first GPU (--gpus 1 for the container)")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="measure again with N busy processes beside it and print the loaded/quiet ratio")
     parser.add_argument("--here", action="store_true",
                         help="both engines in this Python (the model's package installed here), no container")
     parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)  # records file, in the container
@@ -164,14 +166,22 @@ def main() -> None:
         os.environ.update(worker_threading(args.threads))
     from orchestrator.errors import BenchError
 
+    from load import quiet_and_loaded
+
     try:
-        outcome, where = measure(args)
+        (outcome, where), loaded = quiet_and_loaded(lambda: measure(args), args.load)
     except BenchError as err:  # an unknown model, weights that cannot be had, an image that does not build
         sys.exit(f"engine_speed: {err}")
     data = SAMPLE.name if args.data == "sample" else "EMT metals (0D-3D)"
     print(f"{args.model}, {args.structures} structures of {data}, {args.device}, {args.threads} thread(s), "
           f"batch_atoms {args.batch_atoms}, {where}")
     print(summarize(outcome))
+    if loaded:
+        print(f"\nwith {args.load} busy process(es) beside it:")
+        print(summarize(loaded[0]))
+        print("\n| engine | quiet s | loaded s | loaded / quiet |\n| --- | --- | --- | --- |")
+        for key, name in (("sequential_s", "sequential (ASE)"), ("batched_s", "batched")):
+            print(f"| {name} | {outcome[key]:.1f} | {loaded[0][key]:.1f} | {loaded[0][key] / outcome[key]:.2f} |")
 
 
 def measure(args) -> tuple[dict, str]:
@@ -200,8 +210,8 @@ def measure(args) -> tuple[dict, str]:
 
     image = ImageBuilder.from_manifest(docker.from_env(), manifest).model(model)
     job = {"calculator": model.calculator, "options": options, "device": args.device}
-    return run_in_image(image, job, records, args.threads, args.batch_atoms, {str(weights): CACHE_MOUNT}), \
-        f"image {image}"
+    mounts = {str(weights / model.name): f"{CACHE_MOUNT}/{model.name}"}  # its own weights, as the scheduler mounts them
+    return run_in_image(image, job, records, args.threads, args.batch_atoms, mounts), f"image {image}"
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ from rich.console import Console
 
 from orchestrator.errors import BenchError
 
-# stderr: stdout carries only results (the run folder, paths) for scripts
-console = Console(stderr=True)
+# stderr: stdout carries only results (the run folder, paths) for scripts. Messages are never
+# broken at the console's width: a path or an id stays whole in a log, a pipe or a terminal.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def docker_client():

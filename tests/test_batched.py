@@ -2,6 +2,7 @@
 whatever shares a structure's batch; faults stay with their structure."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -248,20 +249,23 @@ def test_the_engine_is_part_of_the_run_identity_and_batched_runs_the_paper_proto
 @pytest.mark.docker
 @pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/data")
 def test_sevennet_relaxes_the_sample_alike_with_both_engines(model_image):
-    """SevenNet-0 in float32 on 100 structures of the shared 3D sample, in its image: the
+    """SevenNet-0 in float32 on 40 structures of the shared 3D sample, in its image: the
     engines agree as the issue asks (flags 99 %, steps within max(2, 2 %) 95 %, energies
-    within 1 meV/atom 99 %)."""
+    within 1 meV/atom 99 %). `make perf-engine` checks the same on 100 and prints figures."""
     from perf.engine_speed import run_in_image, sample_records
 
+    n = 40
     outcome = run_in_image(model_image("sevennet-0"), {"calculator": "sevennet", "options": {}, "device": "cpu"},
-                           sample_records(100), threads=os.cpu_count(), batch_atoms=2000)
+                           sample_records(n), threads=os.cpu_count(), batch_atoms=2000)
     pairs = outcome["pairs"]
-    assert len(pairs) == 100
-    assert sum(p["converged_seq"] == p["converged_bat"] for p in pairs) >= 99
-    assert sum(abs(p["steps_seq"] - p["steps_bat"]) <= max(2, 0.02 * p["steps_seq"]) for p in pairs) >= 95
+    assert len(pairs) == n
+    assert sum(p["converged_seq"] == p["converged_bat"] for p in pairs) >= math.ceil(0.99 * n)
+    assert sum(abs(p["steps_seq"] - p["steps_bat"]) <= max(2, 0.02 * p["steps_seq"]) for p in pairs) \
+        >= math.ceil(0.95 * n)
     energies = [p for p in pairs if p["energy_ev_seq"] is not None and p["energy_ev_bat"] is not None]
-    assert len(energies) >= 99
-    assert sum(abs(p["energy_ev_seq"] - p["energy_ev_bat"]) / p["atoms"] * 1000 <= 1.0 for p in energies) >= 99
+    assert len(energies) >= math.ceil(0.99 * n)
+    assert sum(abs(p["energy_ev_seq"] - p["energy_ev_bat"]) / p["atoms"] * 1000 <= 1.0 for p in energies) \
+        >= math.ceil(0.99 * n)
 
 
 @pytest.mark.docker

@@ -20,7 +20,6 @@ sys.path.insert(0, str(REPO))
 SAMPLE = REPO.parent / "shared" / "data" / "alexandria-pbe-3d-sample200.json.bz2"
 
 
-from load import quiet_and_loaded  # noqa: E402
 from orchestrator.scheduler import worker_threading  # noqa: E402
 
 
@@ -43,6 +42,7 @@ def main() -> None:
                         help="measure again with N busy processes beside it and print the loaded/quiet ratio")
     args = parser.parse_args()
 
+    from load import quiet_and_loaded  # beside this script
     from orchestrator.engine import docker_client
     from orchestrator.images import ImageBuilder, discover_models
     from orchestrator.manifest import load

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from orchestrator.images import REPO
-from orchestrator.scheduler import query_gpus
+from orchestrator.scheduler import SCRATCH_MOUNT, least_privilege, query_gpus
 
 
 def now() -> str:
@@ -35,9 +35,11 @@ def host_info(client) -> dict:
 
 
 def image_versions(client, image: str, packages: list[str]) -> dict:
-    """Versions of the model's packages inside its image (one short container run)."""
+    """Versions of the model's packages inside its image: one short container run, with
+    the workers' least privilege (no network, not root, nothing writable but scratch)."""
     out = client.containers.run(image, ["python", "-m", "adapters.versions", *packages], remove=True,
-                                working_dir="/opt/umlip-0123d")
+                                working_dir="/opt/umlip-0123d", environment={"HOME": SCRATCH_MOUNT},
+                                **least_privilege())
     return json.loads(out.decode().strip().splitlines()[-1])
 
 

@@ -216,7 +216,6 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
     import docker.types
 
     spec = {**job.job, "device": slot.device}
-    uid, gid = worker_user()
     volumes = {str(job.shards[0].parent): {"bind": SHARDS_MOUNT, "mode": "ro"},
                str(cache_dir / job.model): {"bind": f"{CACHE_MOUNT}/{job.model}", "mode": "ro"}}  # its own weights only
     volumes.update({str(path): {"bind": inside, "mode": mode} for inside, (path, mode) in worker_files(job).items()})
@@ -229,14 +228,7 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
         "labels": {f"{LABEL}.run": run_key, f"{LABEL}.owner": owner, f"{LABEL}.model": job.model,
                    f"{LABEL}.slot": slot.name},
         "volumes": volumes,
-        "user": f"{uid}:{gid}",
-        "network_mode": "none",
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "read_only": True,
-        "tmpfs": {SCRATCH_MOUNT: "rw,nosuid,nodev,size=4g,mode=1777"},
-        # the engine mounts /dev/shm nosuid,nodev,noexec; its size is bounded here, not left to defaults
-        "shm_size": SHM_BYTES,
+        **least_privilege(),
         "pids_limit": slot.pids,
         "environment": {"HOME": SCRATCH_MOUNT, "XDG_CACHE_HOME": f"{SCRATCH_MOUNT}/cache",
                         "MPLCONFIGDIR": f"{SCRATCH_MOUNT}/matplotlib", **worker_threading(slot.threads)},
@@ -253,6 +245,15 @@ def container_kwargs(job: Job, slot: Slot, run_key: str, cache_dir: Path, owner:
 
 #: /dev/shm of a worker: what a single-process worker may need for semaphores and buffers.
 SHM_BYTES = 64 * 1024**2
+
+
+def least_privilege() -> dict:
+    """The Docker SDK options every container of the tool runs with: not root, no network,
+    no capabilities, no privilege escalation, a read-only root with a bounded scratch
+    tmpfs, and a bounded /dev/shm (the engine mounts it nosuid, nodev, noexec)."""
+    uid, gid = worker_user()
+    return {"user": f"{uid}:{gid}", "network_mode": "none", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
+            "read_only": True, "tmpfs": {SCRATCH_MOUNT: "rw,nosuid,nodev,size=4g,mode=1777"}, "shm_size": SHM_BYTES}
 
 
 def worker_threading(threads: int) -> dict[str, str]:

@@ -70,6 +70,7 @@ def engine_options(kwargs: dict, cpus: int) -> list[str]:
     options += [f"--security-opt={opt}" for opt in kwargs["security_opt"]]
     options += ["--read-only"] if kwargs["read_only"] else []
     options += [f"--tmpfs={path}:{opts}" for path, opts in kwargs["tmpfs"].items()]
+    options += [f"--shm-size={kwargs['shm_size']}b"]
     options += [f"--memory={kwargs['mem_limit']}b"] if "mem_limit" in kwargs else []
     options += [f"--label={key}={value}" for key, value in kwargs["labels"].items()]
     options += [f"--volume={src}:{spec['bind']}:{spec['mode']}" for src, spec in kwargs["volumes"].items()]

@@ -166,6 +166,10 @@ class ScriptedWorkers(Scheduler):
 ])
 def test_a_job_is_given_up_only_after_its_retries_in_a_row_without_a_new_result(tmp_path, script, runs, given_up):
     (job,) = one_job_per_slot(shard_jobs("emt", [0, 1], out_dir=tmp_path), slots=1)
+    job.shards = tuple(tmp_path / "shards" / shard.name for shard in job.shards)
+    (tmp_path / "shards").mkdir()
+    for shard in job.shards:
+        shard.write_text('{"id": "x"}\n' * 10)
     (tmp_path / "emt").mkdir()
     workers = ScriptedWorkers(tmp_path, script)
     workers._run_job(job, Slot("cpu-0", None, 1), stop=threading.Event())
@@ -290,3 +294,20 @@ def test_a_worker_that_writes_without_end_is_stopped_and_not_rerun(docker_client
     [failure] = workers.failures
     assert "more than the" in failure and "it was stopped and not rerun" in failure
     assert (tmp_path / "raw" / "shard-0000.jsonl").stat().st_size < 64 * 2**20
+
+
+def test_package_versions_are_read_with_the_workers_least_privilege():
+    from orchestrator.provenance import image_versions
+
+    seen = {}
+
+    class Engine:
+        class containers:
+            @staticmethod
+            def run(image, command, **options):
+                seen.update(options, image=image, command=command)
+                return b'{"ase": "3.25.0"}\n'
+
+    assert image_versions(Engine(), "img:tag", ["ase"]) == {"ase": "3.25.0"}
+    assert (seen["network_mode"], seen["cap_drop"], seen["read_only"]) == ("none", ["ALL"], True)
+    assert seen["security_opt"] == ["no-new-privileges"] and not seen["user"].startswith("0:")

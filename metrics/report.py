@@ -307,12 +307,16 @@ def run_facts(run_dir: Path, provenance: dict) -> list[tuple[str, str]]:
     return facts
 
 
-def incomplete_warning(provenance: dict) -> str | None:
-    """The line an incomplete run's report opens with, else None."""
-    if provenance.get("status") != "incomplete":
+def incomplete_warning(scored: pd.DataFrame, provenance: dict) -> str | None:
+    """The line an incomplete run's report opens with, else None: from the table's
+    `missing` rows (the table decides, whatever the status beside it says), or the
+    provenance's status when it has no such rows."""
+    missing = scored.loc[scored["failure_reason"] == "missing", "model"].astype(str).value_counts(sort=False).to_dict()
+    if not missing and provenance.get("status") == "incomplete":
+        missing = provenance.get("missing") if isinstance(provenance.get("missing"), dict) else {"-": "?"}
+    if not missing:
         return None
-    missing = provenance.get("missing") or {}
-    counts = ", ".join(f"{model} {n}" for model, n in missing.items()) if isinstance(missing, dict) else "-"
+    counts = ", ".join(f"{model} {n}" for model, n in missing.items())
     return (f"INCOMPLETE RUN: structures without a result ({counts}) are listed as `missing`, not as failures; "
             "rerun the same command to finish it. Its numbers are not final.")
 
@@ -439,7 +443,7 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
     captions.update({name: f"Energy error per element: {name[len('energy_by_element_'):]}"
                      for name in figures if name.startswith("energy_by_element_")})
     facts = run_facts(run_dir, provenance)
-    warning = incomplete_warning(provenance)
+    warning = incomplete_warning(scored, provenance)
     limited = time_limit_note(scored, provenance)
     notes = [note for note in (limited, authors_split_note(scored)) if note]
     if limited:

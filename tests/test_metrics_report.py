@@ -286,6 +286,7 @@ def test_a_model_with_missing_rows_is_never_ranked_whatever_the_status_says(tmp_
     write_leaderboard(tmp_path)
     assert set(pd.read_csv(tmp_path / "leaderboard.csv")["model"]) == {"good"}
     assert "Left out, incomplete: run-a (poor)" in (tmp_path / "leaderboard.md").read_text()
+    assert "INCOMPLETE RUN: structures without a result (poor 12)" in write_run_report(run).read_text()
 
 
 def test_a_time_limit_is_said_beside_every_table_it_touched(tmp_path):

@@ -55,16 +55,17 @@ def remove_model_images(client, name: str | None = None) -> None:
 
 def run_in_worker(client, image: str, model: Model, weights: Path, command: list[str], work: Path,
                   writable: bool = False) -> str:
-    """`command` in a least-privilege worker of the image (no network, the weights folder at
-    /cache, read-only unless `writable`: making a stand-in); its stdout."""
+    """`command` in a least-privilege worker of the image (no network, the model's weights
+    folder at /cache/<model>, read-only unless `writable`: making a stand-in); its stdout."""
     job = Job(model=model.name, image=image, shards=(work / "shards" / "shard-0000.jsonl",), out_dir=work / "out",
               job={})
     job.shards[0].parent.mkdir(parents=True, exist_ok=True)
     prepare_worker_files(job)
+    weights_folder(weights, model).mkdir(parents=True, exist_ok=True)
     kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "zoo", weights)
     kwargs["command"] = command
     if writable:
-        kwargs["volumes"][str(weights)]["mode"] = "rw"
+        kwargs["volumes"][str(weights_folder(weights, model))]["mode"] = "rw"
     return client.containers.run(remove=True, **kwargs).decode()
 
 

@@ -37,6 +37,7 @@ class ResultFile:
     kept: dict[str, dict] = field(default_factory=dict)
     rejected: list[tuple[int, str, bytes]] = field(default_factory=list)
     kept_lines: list[bytes] = field(default_factory=list)
+    set_aside: list[str] = field(default_factory=list)  # what set_aside did, one message a line
 
 
 def _problem(record, ids: set[str], kept: dict) -> str | None:
@@ -103,25 +104,27 @@ def rejected_path(out: Path) -> Path:
     return out.with_suffix(".rejected")
 
 
-def set_aside(out: Path, ids: set[str], timeout_s: float | None = None) -> list[str]:
+def set_aside(out: Path, ids: set[str], timeout_s: float | None = None) -> ResultFile:
     """Move the lines of `out` that are not kept (see read) to `<out>.rejected`, verbatim,
     and rewrite `out` with the kept ones in their order (atomically; a torn last line
-    goes too). Returns one message per line moved, naming the file and the line. Never
-    follows a symbolic link: one is refused with an OSError naming it."""
+    goes too). Returns what the file holds now, with one message per line moved, naming
+    the file and the line (`set_aside`). Never follows a symbolic link: one is refused
+    with an OSError naming it."""
     for path in (out, rejected_path(out)):
         if path.is_symlink():
             raise OSError(f"{path}: a symbolic link in the run folder; remove it (links there are never followed)")
     found = read(out, ids, timeout_s)
     if not found.rejected:
-        return []
+        return found
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
     with os.fdopen(os.open(rejected_path(out), flags, 0o644), "ab") as handle:
         handle.write(b"".join(line + b"\n" for _, _, line in found.rejected))
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(b"".join(line + b"\n" for line in found.kept_lines))
     tmp.replace(out)
-    return [f"{out} line {number}: {why}; set aside in {rejected_path(out).name}, its structure is relaxed again"
-            for number, why, _ in found.rejected]
+    found.set_aside = [f"{out} line {number}: {why}; set aside in {rejected_path(out).name}, its structure is "
+                       "relaxed again" for number, why, _ in found.rejected]
+    return found
 
 
 def complete(out: Path, ids: set[str], timeout_s: float | None = None) -> bool:

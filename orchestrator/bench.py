@@ -15,7 +15,7 @@ from orchestrator import merge, provenance
 from orchestrator.engine import console, docker_client, show_table
 from orchestrator.datasets import load_dataset, select, subset_key, write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
-from orchestrator.images import ImageBuilder, Model, discover_models, resolve_models
+from orchestrator.images import REPO, ImageBuilder, Model, discover_models, resolve_models
 from orchestrator.manifest import Manifest
 from orchestrator.scheduler import Job, RunLock, Scheduler, device_slots, one_job_per_slot, worker_threading
 from orchestrator.shards import complete_lines, read_ids, write_shards
@@ -138,10 +138,11 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
         for shard, ids in shard_ids.items():
             out = out_dir / f"{shard.stem}.jsonl"
             try:
-                set_aside += results.set_aside(out, ids, timeout_s)
+                found = results.set_aside(out, ids, timeout_s)
             except OSError as exc:
                 raise BenchError(str(exc)) from None
-            if not results.complete(out, ids, timeout_s):
+            set_aside += found.set_aside
+            if not ids <= set(found.kept):
                 jobs.append(Job(model=model.name, image=image, shards=(shard,), out_dir=out_dir, job=job))
     for message in set_aside:
         console.print(f"[yellow]set aside[/yellow]: {message}")
@@ -159,6 +160,14 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
     for failure in scheduler.failures:
         console.print(f"[red]worker failed[/red]: {failure}")
 
+    scores_key = scoring_key(run_dir, manifest)
+    if not jobs and not set_aside and scored_already(run_dir, scores_key):  # a no-op rerun: nothing to score again
+        import pandas as pd
+
+        print_summary(pd.read_csv(run_dir / "results.csv", keep_default_na=False))
+        console.print(f"scores and report unchanged: {run_dir / 'report' / 'report.md'}")
+        return run_dir
+    (run_dir / SCORED).unlink(missing_ok=True)
     table = score_run(run_dir, manifest, structures)
     missing = table[table["failure_reason"] == MISSING].groupby("model").size().to_dict()
     provenance.write(run_dir / "provenance.json", {
@@ -181,6 +190,8 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
     from metrics.report import write_run_report
 
     report = write_run_report(run_dir)
+    if not missing:
+        (run_dir / SCORED).write_text(scores_key)
     print_summary(table)
     console.print(f"report: {report}")
     if missing:
@@ -190,6 +201,31 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
                             f"({counts}). Why: {why}. Finished structures are kept: fix the cause and rerun "
                             "the same command to finish.")
     return run_dir
+
+
+#: The inputs of a run folder's scores and report when they were last written (see scoring_key).
+SCORED = "scored.key"
+
+
+def scoring_key(run_dir: Path, manifest: Manifest) -> str:
+    """What the scores and the report of a run folder depend on: every result file (name,
+    size, time), the settings the scoring reads, and the scoring code itself."""
+    raw = sorted((p.relative_to(run_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in (run_dir / "raw").glob("*/shard-*.jsonl"))
+    code = hashlib.sha256()
+    for path in sorted([*(REPO / "metrics").rglob("*.py"), *(REPO / "metrics").rglob("*.csv"),
+                        REPO / "orchestrator" / "merge.py", REPO / "adapters" / "results.py"]):
+        code.update(path.read_bytes())
+    return json.dumps({"raw": raw, "fragmentation_limits_a": manifest["fragmentation_limits_a"],
+                       "structure_timeout_s": manifest["structure_timeout_s"], "code": code.hexdigest()},
+                      sort_keys=True) + "\n"
+
+
+def scored_already(run_dir: Path, key: str) -> bool:
+    """The run folder's table, provenance and report were written from exactly these inputs."""
+    done = run_dir / SCORED
+    return (done.is_file() and done.read_text() == key and (run_dir / "results.csv").is_file()
+            and (run_dir / "provenance.json").is_file() and (run_dir / "report" / "report.md").is_file())
 
 
 def make_scheduler(manifest: Manifest, client, run_dir: Path):

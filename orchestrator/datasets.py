@@ -117,7 +117,7 @@ def load_dataset(spec: str, registry: dict, cache_dir: Path, *, show_progress: b
             files, sums = fetch_dataset(spec, registry[spec], cache_dir, show_progress=show_progress)
         else:
             files, sums = _local_files(spec, registry)
-        structures, skipped, files = read_files(files, sums, cache_dir)
+        structures, skipped, files = read_files_cached(files, sums, cache_dir)
         sums = {p.name: sums[p.name] for p in files}  # a stray file never changes the identity
     except OSError as err:  # disk full, permissions, a file vanishing: the user's to fix
         raise BenchError(f"dataset {spec}: {err}") from err
@@ -194,6 +194,40 @@ def sniff(path: Path) -> tuple[str, bool]:
 
 class NotADataset(BenchError):
     """A file whose content is none of the recognised formats."""
+
+
+#: Bump when what read_files makes of the same files changes (checks, ids, periodic axes).
+PARSED_FORMAT = 1
+
+
+def read_files_cached(files: list[Path], sums: dict[str, str], cache_dir: Path
+                      ) -> tuple[list[Atoms], dict[str, str], list[Path]]:
+    """read_files, kept in cache_dir/parsed/ under the files' sha256 (and this reader's and
+    ASE's versions): parsing and checking 40,000 structures takes ~20 s, loading them back
+    ~1.5 s, so a rerun, a report or a no-op bench does not pay it again."""
+    import pickle
+
+    import ase
+
+    key = hashlib.sha256(json.dumps([sorted((p.name, sums[p.name]) for p in files), PARSED_FORMAT,
+                                     ase.__version__]).encode()).hexdigest()[:24]
+    cached = Path(cache_dir) / "parsed" / f"{key}.pickle"
+    if cached.is_file():
+        try:
+            structures, skipped, names = pickle.loads(cached.read_bytes())
+            by_name = {p.name: p for p in files}
+            return structures, skipped, [by_name[name] for name in names]
+        except Exception:  # a damaged or foreign cache file: parse again, and replace it
+            log.info("%s: not a usable parsed cache; reading the files again", cached)
+    structures, skipped, used = read_files(files, sums, cache_dir)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps((structures, skipped, [p.name for p in used]), protocol=5))
+        tmp.replace(cached)
+    except OSError as err:  # a read-only cache: parse every time
+        log.info("cannot keep the parsed dataset in %s (%s)", cached.parent, err)
+    return structures, skipped, used
 
 
 def read_files(files: list[Path], sums: dict[str, str], cache_dir: Path

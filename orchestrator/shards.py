@@ -14,10 +14,11 @@ from metrics.geometry import periodic_axes
 
 
 def structure_record(atoms) -> dict:
+    axes = atoms.info.get("periodic_axes")
     return {
         "id": atoms.info["id"],
         "dimension": atoms.info["dimension"],
-        "periodic_axes": atoms.info.get("periodic_axes", periodic_axes(atoms)),
+        "periodic_axes": periodic_axes(atoms) if axes is None else axes,
         "numbers": atoms.numbers.tolist(),
         "positions": atoms.positions.tolist(),
         "cell": atoms.cell[:].tolist(),

@@ -381,10 +381,31 @@ def test_the_shipped_sample_is_a_registry_dataset_pinned_by_sha256(tmp_path):
     manifest = load(REPO / "benchmark.yaml", {"dataset": "sample"}, environ={})
     dataset = load_dataset("sample", manifest["datasets"], tmp_path / "cache")
     assert dataset.name == "sample" and len(dataset.structures) == dataset.counts()["3D"] == 50
-    assert not (tmp_path / "cache").exists()  # nothing downloaded, nothing copied
+    assert {p.name for p in (tmp_path / "cache").iterdir()} == {"parsed"}  # nothing downloaded, nothing copied
     entry = {**manifest["datasets"]["sample"], "sha256": "0" * 64}
     with pytest.raises(BenchError, match=r"dataset sample: .*sample50.json.bz2 has sha256 bcdb04b9.*pins 0000"):
         load_dataset("sample", {"sample": entry}, tmp_path / "cache")
+
+
+def test_a_parsed_dataset_is_kept_and_read_back_alike_until_a_file_changes(tmp_path, monkeypatch):
+    import orchestrator.datasets as datasets
+
+    path = write_entries(tmp_path / "data.json.bz2", structures())
+    first = load_dataset(str(path), {}, tmp_path / "cache")
+    parsed = list((tmp_path / "cache" / "parsed").iterdir())
+    assert len(parsed) == 1
+    monkeypatch.setattr(datasets, "read_files", lambda *a: pytest.fail("parsed again"))
+    again = load_dataset(str(path), {}, tmp_path / "cache")
+    assert [a.info["id"] for a in again.structures] == [a.info["id"] for a in first.structures]
+    assert [a.info["energy_ref_ev"] for a in again.structures] == [a.info["energy_ref_ev"] for a in first.structures]
+    assert [a.info["periodic_axes"] for a in again.structures] == [a.info["periodic_axes"] for a in first.structures]
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(again.structures, first.structures))
+    assert again.identity == first.identity and again.skipped == first.skipped
+    monkeypatch.undo()
+    parsed[0].write_bytes(b"damaged")  # a damaged cache is parsed again and replaced
+    assert len(load_dataset(str(path), {}, tmp_path / "cache").structures) == len(first.structures)
+    write_entries(path, structures()[:3])  # another file content: another key
+    assert len(load_dataset(str(path), {}, tmp_path / "cache").structures) == 3
 
 
 def test_a_registry_entry_needs_a_url_or_a_path(tmp_path):

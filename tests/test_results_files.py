@@ -46,11 +46,11 @@ def test_a_damaged_line_in_the_middle_is_set_aside_and_its_structure_relaxed_aga
     assert found.kept["a"]["energy_ev"] == -1.0
     [(number, reason, text)] = found.rejected
     assert number == 2 and why in reason and text == bad
-    messages = results.set_aside(out, IDS)
+    messages = results.set_aside(out, IDS).set_aside
     assert len(messages) == 1 and f"{out} line 2: " in messages[0] and "relaxed again" in messages[0]
     assert out.read_bytes() == line("a") + b"\n" + line("c") + b"\n"
     assert results.rejected_path(out).read_bytes() == bad + b"\n"  # kept verbatim
-    assert results.set_aside(out, IDS) == []  # nothing more to do
+    assert results.set_aside(out, IDS).set_aside == []  # nothing more to do
     write(out, line("a"), bad)
     results.set_aside(out, IDS)
     assert results.rejected_path(out).read_bytes() == (bad + b"\n") * 2  # appended, never overwritten

@@ -162,9 +162,9 @@ def _relax_and_score(manifest: Manifest, models: list[Model], client, dataset, s
 
     scores_key = scoring_key(run_dir, manifest)
     if not jobs and not set_aside and scored_already(run_dir, scores_key):  # a no-op rerun: nothing to score again
-        import pandas as pd
+        from metrics.report import read_results
 
-        print_summary(pd.read_csv(run_dir / "results.csv", keep_default_na=False))
+        print_summary(read_results(run_dir / "results.csv"))
         console.print(f"scores and report unchanged: {run_dir / 'report' / 'report.md'}")
         return run_dir
     (run_dir / SCORED).unlink(missing_ok=True)

@@ -76,10 +76,16 @@ def test_emt_bench_end_to_end_and_reuse(tmp_path):
     assert (run_dir / "report" / "report.html").exists()
 
     raw = {p: p.stat().st_mtime_ns for p in (run_dir / "raw" / "emt").glob("*.jsonl")}
+    written = {p: p.stat().st_mtime_ns for p in (run_dir / "results.csv", run_dir / "report" / "report.md")}
     second = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=2", results=tmp_path / "r")
     assert Path(second.stdout.strip().splitlines()[-1]) == run_dir
-    assert "already relaxed" in second.stderr
+    assert "already relaxed" in second.stderr and "scores and report unchanged" in second.stderr
     assert {p: p.stat().st_mtime_ns for p in raw} == raw  # nothing relaxed again
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # nor scored or reported again
+    assert "ΔE MAE" in second.stderr  # the summary is still shown
+    (run_dir / "raw" / "emt" / "shard-0000.jsonl").touch()  # a result file changed: scored again
+    bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=2", results=tmp_path / "r")
+    assert (run_dir / "results.csv").stat().st_mtime_ns > written[run_dir / "results.csv"]
 
 
 def test_emt_bench_with_the_authors_protocol(tmp_path):

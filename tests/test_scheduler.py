@@ -280,7 +280,9 @@ def test_a_worker_that_writes_without_end_is_stopped_and_not_rerun(docker_client
     job = Job(model="emt", image=model_image("emt"), shards=(shard,), out_dir=tmp_path / "raw",
               job={"calculator": "emt", "options": {}, "protocol": {}})
     flood = ("import time\nwith open('/data/out/shard-0000.jsonl', 'a') as out:\n"
-             "    while True:\n        out.write('x' * 2**20)\n        out.flush()\n        time.sleep(0.2)\n")
+             "    while True:\n        out.write('x' * 2**20)\n        out.flush()\n"
+             "        print('y' * 5000, flush=True)\n        time.sleep(0.2)\n")
+    monkeypatch.setattr(scheduler, "LOG_CAP_BYTES", 12000)
     real = scheduler.container_kwargs
     monkeypatch.setattr(scheduler, "container_kwargs",
                         lambda *args, **kw: {**real(*args, **kw), "command": ["python", "-c", flood]})
@@ -294,6 +296,8 @@ def test_a_worker_that_writes_without_end_is_stopped_and_not_rerun(docker_client
     [failure] = workers.failures
     assert "more than the" in failure and "it was stopped and not rerun" in failure
     assert (tmp_path / "raw" / "shard-0000.jsonl").stat().st_size < 64 * 2**20
+    log = job.log.read_text()
+    assert log.count("y") == 12000 and log.endswith("output is dropped: over 12000 bytes]\n")
 
 
 def test_package_versions_are_read_with_the_workers_least_privilege():

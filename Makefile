@@ -61,7 +61,7 @@ perf: $(VENV)/.installed
 	$(PY) tests/perf/pipeline_overhead.py $(if $(N),--structures $(N)) $(if $(LOAD),--load $(LOAD))
 
 perf-engine: $(VENV)/.installed
-	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE)) $(if $(LOAD),--load $(LOAD))
+	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE)) $(if $(THREADS),--threads $(THREADS)) $(if $(LOAD),--load $(LOAD))
 
 clean-venv:
 	rm -rf $(VENV)

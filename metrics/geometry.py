@@ -270,15 +270,9 @@ def follow(positions, cell, ref_positions, ref_cell, axes: str):
     return followed, ref_positions, ambiguous
 
 
-def followed_extent(positions, cell, ref_positions, ref_cell, axes: str):
-    """(extent, ambiguous) of a relaxed structure: the measure of `extent` taken on the
-    positions followed from the PBE structure (see follow), never modulo the cell."""
-    followed, _, ambiguous = follow(positions, cell, ref_positions, ref_cell, axes)
-    return followed_extent_of(followed, cell, axes), ambiguous
-
-
-def followed_extent_of(followed, cell, axes: str):
-    """The measure of `extent` on positions already followed (see follow), as they are."""
+def followed_extent(followed, cell, axes: str):
+    """The measure of `extent` on a relaxed structure's positions followed from the PBE
+    structure (see follow), as they are: never modulo the cell."""
     followed, cell, single = _batched(followed, cell)
     return _out(_span(followed, cell, axes), single)
 

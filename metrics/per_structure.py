@@ -133,7 +133,7 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
         columns["position_mae_a"][rows], columns["position_rmsd_a"][rows] = geometry.aligned_errors(
             followed, ref_contiguous)
         columns["cell_change_rel"][rows] = geometry.cell_change(cell, ref_cell, axes)
-        columns["extent_a"][rows] = geometry.followed_extent_of(followed, cell, axes)
+        columns["extent_a"][rows] = geometry.followed_extent(followed, cell, axes)
         pieces[rows] = _pieces(finals, axes)
 
     ref_ids = defaultdict(list)  # (natoms, axes) -> PBE structures of the run

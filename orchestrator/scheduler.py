@@ -414,10 +414,10 @@ class Scheduler:
                 self.failures.append(f"{job.model} {job.name}: the worker cannot write its results "
                                      f"(disk full or folder read-only); see {job.log}")
                 return
-            if results_size(job) > output_cap(job):
-                self.failures.append(f"{job.model} {job.name}: the worker wrote {results_size(job)} bytes of results, "
-                                     f"more than the {output_cap(job)} its shards can need; it was stopped and "
-                                     f"not rerun; see {job.log}")
+            size, cap = results_size(job), output_cap(job)
+            if size > cap:
+                self.failures.append(f"{job.model} {job.name}: the worker wrote {size} bytes of results, more than "
+                                     f"the {cap} its shards can need; it was stopped and not rerun; see {job.log}")
                 return
             if out_of_memory or code not in KILLED_FROM_OUTSIDE:
                 record_crash(job)

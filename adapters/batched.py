@@ -36,7 +36,8 @@ from ase import Atoms
 from ase.stress import voigt_6_to_full_3x3_stress
 from scipy.linalg import expm
 
-from adapters.relax import alignment_and_mask, structure_from_record, timed_out
+from adapters.frames import alignment_and_mask, structure_from_record
+from adapters.wire import timed_out
 
 #: ase.optimize.FIRE's defaults (ase 3.29), as the sequential engine runs it.
 FIRE = {"dt": 0.1, "maxstep": 0.2, "dtmax": 1.0, "Nmin": 5, "finc": 1.1, "fdec": 0.5, "astart": 0.1, "fa": 0.99}

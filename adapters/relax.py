@@ -1,8 +1,9 @@
-"""Container entrypoint: relax every structure of a shard, one JSON line each.
+"""The relaxation process: relax every structure of a shard, one JSON line each.
 
     python -m adapters.relax --job JOB_JSON --shard IN.jsonl --out OUT.jsonl [--shard ... --out ...]
 
-JOB_JSON holds the calculator name and options, the device and the protocol
+Run by the worker's supervisor (adapters.supervise), with its arguments. JOB_JSON is a
+wire.Job: the calculator name and options, the device, the engine and the protocol
 (variant, fmax, max_steps, divergence limit, optimizer, cell filter, fragmentation
 limits). Two variants: `paper`, the text of Benedini et al. (one FIRE run of up to
 max_steps), and `authors`, their code (cycles of FIRE with the vacuum reset between
@@ -11,8 +12,8 @@ loaded once; each structure's result is appended and flushed as it finishes, so
 a killed worker loses at most the structures in flight. Several shards (pairs of
 --shard and --out) are one queue for the batched engine, so its batch stays full across
 shard boundaries; each result still goes to its own shard's output. Rerun on the same files,
-it skips what is done; a structure that killed CRASHES_TO_FAIL workers (segfault,
-out of memory; the orchestrator lists them in `<out>.crashed`) is recorded as
+it skips what is done; a structure that killed CRASHES_TO_FAIL relaxation processes
+(segfault, out of memory; the supervisor lists them in `<out>.crashed`) is recorded as
 model_error instead of being tried forever.
 """
 
@@ -34,9 +35,14 @@ from ase import Atoms
 from ase.filters import FrechetCellFilter, UnitCellFilter
 from ase.optimize import BFGS, FIRE, LBFGS
 
-from adapters import results
-from adapters.calculators import make_calculator
+from adapters import wire
+from adapters.batched import relax_batched
+from adapters.calculators import make_calculator, make_evaluator
+from adapters.frames import alignment_and_mask, structure_from_record
+from adapters.wire import (CANNOT_LOAD, CANNOT_WRITE, CRASHES_TO_FAIL, HEARTBEAT_S, Job, crash_counts, id_lines,
+                           in_flight_path)
 
+#: The classes of wire.OPTIMIZERS and wire.CELL_FILTERS.
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}
 CELL_FILTERS = {"FrechetCellFilter": FrechetCellFilter, "UnitCellFilter": UnitCellFilter}
 
@@ -46,47 +52,6 @@ def lookup(table: dict, name: str, what: str):
         return table[name]
     except KeyError:
         raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(table)}") from None
-
-
-def alignment_and_mask(cell: np.ndarray, periodic_axes: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Rotation that puts the periodic directions on Cartesian axes, and the cell mask.
-
-    ASE's cell filters mask Cartesian strain components, so the periodic
-    subspace must lie along Cartesian axes for the mask to keep the vacuum
-    direction fixed. Alexandria's cells already do (rotation = identity); a
-    tilted cell is rotated rigidly for the relaxation and rotated back after.
-    Returns (rotation, mask); mask None means the cell does not relax (0D).
-    """
-    idx = ["abc".index(a) for a in periodic_axes]
-    if len(idx) == 3:
-        return np.eye(3), np.ones((3, 3))
-    if not idx:
-        return np.eye(3), None
-    if len(idx) == 2:
-        direction = np.cross(cell[idx[0]], cell[idx[1]])  # plane normal: must stay fixed
-    else:
-        direction = cell[idx[0]].copy()  # wire axis: the only direction that relaxes
-    direction /= np.linalg.norm(direction)
-    k = int(np.argmax(np.abs(direction)))
-    target = np.zeros(3)
-    target[k] = math.copysign(1.0, direction[k])
-    rotation = rotation_between(direction, target)
-    mask = np.ones((3, 3)) if len(idx) == 2 else np.zeros((3, 3))
-    if len(idx) == 2:
-        mask[k, :] = mask[:, k] = 0.0
-    else:
-        mask[k, k] = 1.0
-    return rotation, mask
-
-
-def rotation_between(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Proper rotation taking unit vector u onto unit vector v (Rodrigues)."""
-    axis = np.cross(u, v)
-    s, c = np.linalg.norm(axis), float(np.dot(u, v))
-    if s < 1e-12:
-        return np.eye(3)  # already aligned (antiparallel never happens: v is u's dominant sign)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]]) / s
-    return np.eye(3) + s * k + (1 - c) * (k @ k)
 
 
 class Diverged(Exception):
@@ -317,12 +282,8 @@ def authors_width(atoms: Atoms, dims: int) -> float:
 VARIANTS = {"paper": relax_paper, "authors": relax_authors}
 
 
-def structure_from_record(record: dict) -> Atoms:
-    return Atoms(numbers=record["numbers"], positions=record["positions"], cell=record["cell"], pbc=record["pbc"])
-
-
 def finished_ids(out: Path, ids: set[str], timeout_s: float | None = None) -> set[str]:
-    """Ids of the shard's structures `ids` with a result in `out` that holds (adapters.results);
+    """Ids of the shard's structures `ids` with a result in `out` that holds (wire.read);
     drop a torn last line left by a killed worker."""
     if not out.exists():
         return set()
@@ -330,71 +291,22 @@ def finished_ids(out: Path, ids: set[str], timeout_s: float | None = None) -> se
     keep = data[: data.rfind(b"\n") + 1]
     if len(keep) != len(data):
         out.write_bytes(keep)
-    return set(results.read(out, ids, timeout_s).kept)
-
-
-#: A structure is recorded as model_error once this many workers died relaxing it.
-CRASHES_TO_FAIL = 2
-#: Exit code when results cannot be written (disk full, read-only folder): not the
-#: structure's fault, so the orchestrator records no crash (EX_TEMPFAIL).
-CANNOT_WRITE = 75
-
-
-def in_flight_path(out: Path) -> Path:
-    """The marker naming the structures a worker is relaxing, one a line (empty between)."""
-    return out.with_suffix(".inflight")
-
-
-def crash_list_path(out: Path) -> Path:
-    """The orchestrator's list of the structures its workers died on, one id a line."""
-    return out.with_suffix(".crashed")
-
-
-def id_lines(ids: list[str]) -> str:
-    """Structure ids one a line, each as a JSON string: an id may hold any character
-    (spaces, newlines, tabs) and still reads back as itself (read_id_lines)."""
-    return "".join(json.dumps(sid) + "\n" for sid in ids)
-
-
-def read_id_lines(text: str) -> list[str]:
-    """The ids of id_lines text (a line that is no JSON string is taken as it is)."""
-    ids = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            sid = json.loads(line)
-        except ValueError:
-            sid = None
-        ids.append(sid if isinstance(sid, str) else line)
-    return ids
-
-
-def crash_counts(out: Path) -> dict[str, int]:
-    """How many workers died relaxing each structure, from the orchestrator's crash list."""
-    path = crash_list_path(out)
-    counts: dict[str, int] = {}
-    for sid in read_id_lines(path.read_text()) if path.exists() else []:
-        counts[sid] = counts.get(sid, 0) + 1
-    return counts
-
-
-#: Seconds between two heartbeats of a worker that is relaxing (see Heartbeat).
-HEARTBEAT_S = 10.0
+    return set(wire.read(out, ids, timeout_s).kept)
 
 
 class Heartbeat:
     """Touches the in-flight markers while a worker makes progress (at most every
-    HEARTBEAT_S, after an optimizer step), so that the orchestrator's stall watchdog
-    tells a slow structure, which may relax for hours, from a hung worker."""
+    `every` seconds, after an optimizer step), so that the supervisor's stall watchdog
+    tells a slow structure, which may relax for hours, from a hung process."""
 
-    def __init__(self, markers: list[Path]):
+    def __init__(self, markers: list[Path], every: float = HEARTBEAT_S):
         self.markers = markers
+        self.every = every
         self.last = time.monotonic()
 
     def __call__(self) -> None:
         now = time.monotonic()
-        if now - self.last >= HEARTBEAT_S:
+        if now - self.last >= self.every:
             self.last = now
             for marker in self.markers:
                 os.utime(marker)
@@ -429,26 +341,36 @@ class ShardFiles:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--job", required=True, help="JSON: calculator, options, device, protocol")
+    parser.add_argument("--job", required=True, help="wire.Job as JSON: calculator, options, device, protocol, ...")
     parser.add_argument("--shard", required=True, type=Path, action="append", help="repeatable, with --out")
     parser.add_argument("--out", required=True, type=Path, action="append", help="one per --shard, in order")
     args = parser.parse_args(argv)
     if len(args.shard) != len(args.out):
         parser.error(f"{len(args.shard)} --shard but {len(args.out)} --out: give one --out per --shard")
-    job = json.loads(args.job)
+    try:
+        job = Job.from_json(args.job)
+    except ValueError as exc:
+        parser.error(str(exc))
     shards: list[ShardFiles] = []
     try:
         for shard, out in zip(args.shard, args.out):
-            shards.append(ShardFiles(shard, out, job.get("structure_timeout_s")))
-        heartbeat = Heartbeat([s.in_flight for s in shards])
-        if any(s.todo for s in shards) and job["protocol"].get("engine", "ase") == "batched":
-            relax_shards_batched(job, shards, heartbeat)
-        elif any(s.todo for s in shards):
-            calculator = make_calculator(job["calculator"], job["device"], job.get("options", {}))
+            shards.append(ShardFiles(shard, out, job.structure_timeout_s))
+        heartbeat = Heartbeat([s.in_flight for s in shards], min(HEARTBEAT_S, job.stall_timeout_s / 4))
+        if not any(s.todo for s in shards):
+            return 0
+        try:
+            model = (make_evaluator if job.engine == "batched" else make_calculator)(job.calculator, job.device,
+                                                                                    job.options)
+        except Exception:  # before any structure: the model's fault, or its options'
+            traceback.print_exc()
+            return CANNOT_LOAD
+        if job.engine == "batched":
+            relax_shards_batched(model, job, shards, heartbeat)
+        else:
             for shard in shards:
                 for record in shard.todo:
                     shard.mark([record["id"]])
-                    write(shard.out, relax_record(record, calculator, job["protocol"], job.get("structure_timeout_s"),
+                    write(shard.out, relax_record(record, model, job.protocol, job.structure_timeout_s,
                                                   on_step=heartbeat))
                 shard.mark([])
     except OSError as exc:
@@ -460,15 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def relax_shards_batched(job: dict, shards: list[ShardFiles], heartbeat=lambda: None) -> None:
+def relax_shards_batched(evaluate, job: Job, shards: list[ShardFiles], heartbeat=lambda: None) -> None:
     """The batched engine over the shards' structures as one queue. Every structure in
-    flight is named in its shard's marker (one a line), so a worker that dies lists them
+    flight is named in its shard's marker (one a line), so a process that dies lists them
     all as crashed once; those then relax one at a time, first, and only the one that
-    kills a worker again becomes model_error."""
-    from adapters.batched import relax_batched
-    from adapters.calculators import make_evaluator
-
-    evaluate = make_evaluator(job["calculator"], job["device"], job.get("options", {}))
+    kills a process again becomes model_error."""
     owner = {r["id"]: shard for shard in shards for r in shard.todo}
 
     def mark(ids: list[str]) -> None:
@@ -477,10 +395,10 @@ def relax_shards_batched(job: dict, shards: list[ShardFiles], heartbeat=lambda: 
 
     suspects = [r for s in shards for r in s.todo if s.crashes.get(r["id"])]
     rest = [r for s in shards for r in s.todo if not s.crashes.get(r["id"])]
-    for records, batch_atoms in ((suspects, 0), (rest, job["batch_atoms"])):
-        relax_batched(records, evaluate, job["protocol"],
+    for records, batch_atoms in ((suspects, 0), (rest, job.batch_atoms)):
+        relax_batched(records, evaluate, job.protocol,
                       lambda sid, result: write(owner[sid].out, {"id": sid, **result}),
-                      batch_atoms=batch_atoms, timeout_s=job.get("structure_timeout_s"), on_batch=mark,
+                      batch_atoms=batch_atoms, timeout_s=job.structure_timeout_s, on_batch=mark,
                       on_step=heartbeat)
 
 
@@ -517,19 +435,13 @@ def relax_record(record: dict, calculator, protocol: dict, timeout_s: float | No
         with time_limit(timeout_s):
             result = relax(structure_from_record(record), calculator, protocol, record["periodic_axes"], on_step)
     except StructureTimeout as exc:
-        result = timed_out(timeout_s, str(exc))
+        result = wire.timed_out(timeout_s, str(exc))
     except Exception as exc:  # one bad structure must never stop the shard
         result = {"converged": False, "failure_reason": "model_error", "steps": 0,
                   "error": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(limit=5)}
     result["wall_s"] = time.perf_counter() - start
     return {"id": record["id"], **result}
-
-
-def timed_out(timeout_s: float, why: str) -> dict:
-    """The result of a structure stopped by the user's time limit; the limit is kept so a
-    rerun under another limit relaxes it again (see finished_ids)."""
-    return {"converged": False, "failure_reason": "timeout", "steps": 0, "error": why, "timeout_s": timeout_s}
 
 
 def write(out, result: dict) -> None:

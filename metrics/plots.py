@@ -10,8 +10,6 @@ squash the boxes; the figure says how many points lie beyond.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -39,8 +37,8 @@ def _rows(scored: pd.DataFrame, which: str) -> pd.DataFrame:
     return successful(scored)
 
 
-def box_plot(scored: pd.DataFrame, metric: str, out_dir: Path, title: str | None = None) -> list[Path]:
-    """Draw one metric of METRICS; write <out_dir>/<metric>.png and .svg; return both paths."""
+def box_plot(scored: pd.DataFrame, metric: str, title: str | None = None):
+    """One metric of METRICS as a matplotlib figure."""
     column, which, label, scale = METRICS[metric]
     data = _rows(scored, which)
     models = list(dict.fromkeys(scored["model"].astype(str)))
@@ -101,15 +99,15 @@ def box_plot(scored: pd.DataFrame, metric: str, out_dir: Path, title: str | None
     if note:
         fig.text(0.01, 0.005, note, fontsize=8, color="dimgrey", va="bottom")
     fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
-    return _save(fig, out_dir, metric)
+    return fig
 
 
-def plot_all(scored: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:
+def plot_all(scored: pd.DataFrame) -> dict:
     """Every figure of METRICS, keyed by metric name."""
     titles = {"steps": "Steps to converge (converged relaxations)",
               "energy_error": "Energy error (successful relaxations)",
               "position_mae": "Position error (successful relaxations)"}
-    return {metric: box_plot(scored, metric, out_dir, titles[metric]) for metric in METRICS}
+    return {metric: box_plot(scored, metric, titles[metric]) for metric in METRICS}
 
 
 # ---- periodic tables and the dataset's figures ------------------------------------------
@@ -163,20 +161,8 @@ def periodic_table(ax, values: dict[str, float], label: str, cmap: str = "viridi
     ax.figure.colorbar(mappable, ax=ax, orientation="horizontal", fraction=0.05, pad=0.02, label=label)
 
 
-def _save(fig, out_dir: Path, name: str) -> list[Path]:
-    """<out_dir>/<name>.png and .svg of the figure, which is then closed."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=150)
-    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, editable
-        fig.savefig(paths[1])
-    plt.close(fig)
-    return paths
-
-
-def dataset_elements(counts: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """dataset_elements.png/.svg: the fraction of structures containing each element, one
+def dataset_elements(counts: pd.DataFrame):
+    """The figure dataset_elements: the fraction of structures containing each element, one
     periodic table per dimensionality (metrics.dataset.element_counts), on a common linear
     colour scale, as the paper's Fig. 2."""
     from matplotlib import colors as mcolors
@@ -190,11 +176,11 @@ def dataset_elements(counts: pd.DataFrame, out_dir: Path) -> list[Path]:
                        norm=mcolors.Normalize(0.0, top))
         ax.set_title(f"{dim}: fraction of structures containing each element", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out_dir, "dataset_elements")
+    return fig
 
 
-def dataset_distributions(table: pd.DataFrame, distances: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
-    """dataset_distributions.png/.svg: atoms per cell, interatomic distances below 7 Å and
+def dataset_distributions(table: pd.DataFrame, distances: dict[str, np.ndarray]):
+    """The figure dataset_distributions: atoms per cell, interatomic distances below 7 Å and
     PBE energy per atom, one curve per dimensionality (metrics.dataset)."""
     dims = ordered_dimensions(table["dimension"])
     fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.4))
@@ -213,11 +199,11 @@ def dataset_distributions(table: pd.DataFrame, distances: dict[str, np.ndarray],
     axes[1].set_ylabel("density")
     axes[0].legend(title="dimensionality", frameon=False)
     fig.tight_layout()
-    return _save(fig, out_dir, "dataset_distributions")
+    return fig
 
 
-def energy_by_element(by_element: pd.DataFrame, model: str, out_dir: Path) -> list[Path]:
-    """energy_by_element_<model>.png/.svg: the model's energy MAE (meV/atom, successful
+def energy_by_element(by_element: pd.DataFrame, model: str):
+    """The figure energy_by_element_<model> (figure_name): the model's energy MAE (meV/atom, successful
     relaxations containing the element) on a periodic table per dimensionality, on a
     common colour scale up to the 95th percentile."""
     from matplotlib import colors as mcolors
@@ -232,5 +218,9 @@ def energy_by_element(by_element: pd.DataFrame, model: str, out_dir: Path) -> li
                        norm=mcolors.Normalize(0.0, max(top, 1e-3)))
         ax.set_title(f"{model}, {dim}: energy MAE per element", fontsize=10)
     fig.tight_layout()
-    safe = "".join(c if c.isalnum() or c in "-." else "_" for c in model)
-    return _save(fig, out_dir, f"energy_by_element_{safe}")
+    return fig
+
+
+def element_figure_name(model: str) -> str:
+    """The file name (no suffix) of a model's energy_by_element figure."""
+    return "energy_by_element_" + "".join(c if c.isalnum() or c in "-." else "_" for c in model)

@@ -1,10 +1,11 @@
-"""The report of one run and the leaderboard over every finished run.
+"""The report of one run and the leaderboard over runs, as tables and documents: pure
+functions of the scored table and the provenance (orchestrator.report reads the run
+folders and writes the files).
 
-write_run_report(run_dir) reads run_dir/results.csv (the scored table) and
-run_dir/provenance.json, and writes run_dir/report/: report.md, a self-contained
-report.html (plots embedded as PNG, tables as HTML), every table as CSV and parquet, and
-the plots as PNG and SVG. write_leaderboard(results_dir) ranks every finished run (a
-folder with both files) per model x dimensionality.
+run_report_tables(scored, provenance) gives every table of a run's report; run_documents
+renders report.md and a self-contained report.html (plots embedded as PNG, tables as
+HTML); leaderboard(runs) ranks every finished run per model x dimensionality and
+leaderboard_documents renders it.
 
 Provenance is rendered as found: a missing key shows as "-", never as an error.
 """
@@ -14,13 +15,10 @@ from __future__ import annotations
 import base64
 import html
 import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from metrics import paper, plots, summary
-from orchestrator.errors import BenchError
+from metrics import paper, summary
 
 #: Columns a scored results.csv must have for the report and the leaderboard.
 REQUIRED_COLUMNS = ("model", "id", "dimension", "converged", "failure_reason", "steps",
@@ -51,36 +49,13 @@ DEFINITIONS = """\
 """
 
 
-# ---- reading ----------------------------------------------------------------------
-
-def read_results(path: Path) -> pd.DataFrame:
-    """A scored results.csv, checked for REQUIRED_COLUMNS; failure_reason "" for success."""
-    path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"{path}: no such results table")
-    try:
-        table = pd.read_csv(path, dtype={"model": str, "id": str, "dimension": str, "failure_reason": str},
-                            keep_default_na=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{path}: not a readable CSV table ({exc})") from exc
+def check_results(table: pd.DataFrame) -> str | None:
+    """What a table lacks to be a scored results table (None: nothing)."""
     for column in REQUIRED_COLUMNS:
         if column not in table.columns:
-            raise BenchError(f"{path}: missing column '{column}' (a scored results table has "
-                             f"{', '.join(REQUIRED_COLUMNS)}); was it written by the scoring step?")
-    table["failure_reason"] = table["failure_reason"].fillna("")
-    return table
-
-
-def read_provenance(path: Path) -> dict:
-    """provenance.json as a dict ({} when absent; a non-object is kept under "value")."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{path}: not valid JSON ({exc})") from exc
-    return data if isinstance(data, dict) else {"value": data}
+            return (f"missing column '{column}' (a scored results table has {', '.join(REQUIRED_COLUMNS)}); "
+                    "was it written by the scoring step?")
+    return None
 
 
 def tables(scored: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -284,10 +259,10 @@ def wall_time(provenance: dict) -> str:
     return (f"{hours} h " if hours else "") + f"{rest // 60:02d} min {rest % 60:02d} s"
 
 
-def run_facts(run_dir: Path, provenance: dict) -> list[tuple[str, str]]:
+def run_facts(run_name: str, provenance: dict) -> list[tuple[str, str]]:
     """(label, value) lines describing the run, from whatever provenance holds."""
     dataset = _get(provenance, "dataset", default={})
-    facts = [("run", _text(provenance.get("run_id", Path(run_dir).name))),
+    facts = [("run", _text(provenance.get("run_id", run_name))),
              ("started", _text(provenance.get("started", provenance.get("start")))),
              ("finished", _text(provenance.get("finished", provenance.get("end")))),
              ("wall time", wall_time(provenance)),
@@ -364,66 +339,30 @@ def paper_comparison(failures: pd.DataFrame, provenance: dict) -> tuple[pd.DataF
     return table, caption
 
 
-def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
-    """The dataset's own figures from run_dir/reference.extxyz: elements per dimensionality
-    on periodic tables; atoms per cell, distances below 7 Å and PBE energies per atom.
-    They depend on the reference structures alone: drawn once per reference.extxyz (its
-    size and time in dataset.key), reused by every later report of the run."""
-    from ase.io import read
-
-    from metrics import dataset
-    from metrics.geometry import periodic_axes
-
-    path = run_dir / "reference.extxyz"
-    if not path.is_file():
-        return {}
-    names = ("dataset_elements", "dataset_distributions")
-    figures = {name: [out / f"{name}.png", out / f"{name}.svg"] for name in names}
-    key = f"{path.stat().st_size} {path.stat().st_mtime_ns}\n"
-    done = out / "dataset.key"
-    if done.is_file() and done.read_text() == key and all(p.is_file() for paths in figures.values() for p in paths):
-        return figures
-    structures = read(path, index=":")
-    for atoms in structures:
-        atoms.info["periodic_axes"] = periodic_axes(atoms)
-    table = dataset.structure_table(structures)
-    table.to_csv(out / "dataset.csv", index=False)
-    figures = {"dataset_elements": plots.dataset_elements(dataset.element_counts(table), out),
-               "dataset_distributions": plots.dataset_distributions(table, dataset.pair_distances(structures), out)}
-    done.write_text(key)
-    return figures
-
-
 # ---- run report -------------------------------------------------------------------
 
-def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Tables, plots, report.md and a self-contained report.html under `out` (default
-    run_dir/report/)."""
-    run_dir = Path(run_dir)
-    scored = read_results(run_dir / "results.csv")
-    provenance = read_provenance(run_dir / "provenance.json")
-    out = Path(out) if out else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+def run_report_tables(scored: pd.DataFrame, provenance: dict) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """Every table of a run's report by name (the paper comparison as `paper` where the
+    run is on the paper's data), and the paper comparison's caption."""
     named = tables(scored)
     named["timing"] = timing(scored)
     beside = paper_comparison(named["failures"], provenance)
     if beside is not None:
         named["paper"] = beside[0]
-    for name, table in named.items():
-        table.to_csv(out / f"{name}.csv", index=False)
-        table.to_parquet(out / f"{name}.parquet", index=False)
-    models = models_table(provenance)
-    models.to_csv(out / "models.csv", index=False)
-    figures = {**plots.plot_all(scored, out), **dataset_figures(run_dir, out)}
-    for model in dict.fromkeys(named["energy_by_element"]["model"]):
-        figures[f"energy_by_element_{model}"] = plots.energy_by_element(named["energy_by_element"], model, out)
-    shown = {**named, "energy_by_element": worst_elements(named["energy_by_element"])}
+    return named, None if beside is None else beside[1]
 
-    title = f"0123D benchmark: {run_dir.name}"
+
+def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: dict[str, pd.DataFrame],
+                  paper_caption: str | None, figures: dict[str, tuple[str, str, bytes]]) -> tuple[str, str]:
+    """report.md and a self-contained report.html; figures: name -> (PNG file name, SVG
+    file name, PNG bytes) beside the report."""
+    models = models_table(provenance)
+    shown = {**named, "energy_by_element": worst_elements(named["energy_by_element"])}
+    title = f"0123D benchmark: {run_name}"
     sections = [("Summary", "summary", "Failures over all structures; errors over successful relaxations."),
                 ("Failures (Table II)", "failures", "Structures per failure reason; a structure has one reason.")]
-    if beside is not None:
-        sections.append(("Beside the paper (Table II)", "paper", beside[1]))
+    if paper_caption is not None:
+        sections.append(("Beside the paper (Table II)", "paper", paper_caption))
     sections += [
         ("Steps to converge", "steps", "FIRE steps of converged relaxations."),
         ("Energy error (meV/atom)", "energy", "E_model - E_PBE per atom, successful relaxations."),
@@ -442,7 +381,7 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
                 "dataset_distributions": "Dataset: atoms per cell, interatomic distances, PBE energies"}
     captions.update({name: f"Energy error per element: {name[len('energy_by_element_'):]}"
                      for name in figures if name.startswith("energy_by_element_")})
-    facts = run_facts(run_dir, provenance)
+    facts = run_facts(run_name, provenance)
     warning = incomplete_warning(scored, provenance)
     limited = time_limit_note(scored, provenance)
     notes = [note for note in (limited, authors_split_note(scored)) if note]
@@ -456,11 +395,10 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
     for heading, name, caption in sections:
         md += [f"## {heading}\n", caption + "\n", markdown_table(shown[name])]
     md.append("## Figures\n")
-    for name, (png, svg) in figures.items():
-        md.append(f"### {captions[name]}\n\n![{captions[name]}]({png.name}) ([SVG]({svg.name}))\n")
+    for name, (png, svg, _) in figures.items():
+        md.append(f"### {captions[name]}\n\n![{captions[name]}]({png}) ([SVG]({svg}))\n")
     md += ["## Definitions\n", DEFINITIONS, "## Provenance (provenance.json)\n",
            "```json\n" + json.dumps(provenance, indent=2, default=str) + "\n```\n"]
-    (out / "report.md").write_text("\n".join(md))
 
     body = [HTML_HEAD.format(title=html.escape(title)), f"<h1>{html.escape(title)}</h1>"]
     for line in ([warning] if warning else []) + notes:
@@ -471,15 +409,14 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
     for heading, name, caption in sections:
         body += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>", html_table(shown[name])]
     body.append("<h2>Figures</h2>")
-    for name, (png, _) in figures.items():
-        data = base64.b64encode(png.read_bytes()).decode()
+    for name, (_, _, png_bytes) in figures.items():
+        data = base64.b64encode(png_bytes).decode()
         body.append(f"<h3>{html.escape(captions[name])}</h3><img alt=\"{html.escape(captions[name])}\" "
                     f"src=\"data:image/png;base64,{data}\">")
     body += ["<h2>Definitions</h2>", _markdown_to_html(DEFINITIONS),
              "<details><summary>provenance.json</summary><pre>"
              + html.escape(json.dumps(provenance, indent=2, default=str)) + "</pre></details></body></html>\n"]
-    (out / "report.html").write_text("\n".join(body))
-    return out / "report.md"
+    return "\n".join(md), "\n".join(body)
 
 
 # ---- leaderboard ------------------------------------------------------------------
@@ -490,36 +427,24 @@ LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "fai
                        "dataset_sha256", "protocol"]
 
 
-def finished_runs(results_dir: Path, *, complete: bool = True) -> list[Path]:
-    """Sub-folders of results_dir with both results.csv and provenance.json, by name: the
-    complete ones, or (complete=False) those whose provenance says they are incomplete."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        return []
-    runs = [d for d in results_dir.iterdir()
-            if d.is_dir() and (d / "results.csv").is_file() and (d / "provenance.json").is_file()]
-    return sorted(d for d in runs if (read_provenance(d / "provenance.json").get("status") != "incomplete") == complete)
+def unfinished_models(scored: pd.DataFrame) -> list[str]:
+    """Models of a run with a structure still without a result."""
+    return sorted(set(scored.loc[scored["failure_reason"] == "missing", "model"].astype(str)))
 
 
-def leaderboard(results_dir: Path) -> pd.DataFrame:
-    """One row per (run, model, dimensionality), ranked within each dimensionality by
-    failed %, then energy MAE, then median position MAE (fewer, smaller first)."""
-    runs = finished_runs(results_dir)
-    if not runs:
-        raise BenchError(f"{results_dir}: no finished run (a folder with results.csv and provenance.json); "
-                         "run the benchmark first")
+def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
+    """One row per (run, model, dimensionality) of runs given as (name, scored table,
+    provenance), ranked within each dimensionality by failed %, then energy MAE, then
+    median position MAE (fewer, smaller first). A model with a structure still without a
+    result is never ranked: the table decides, not the status beside it. Empty when no
+    run has a finished model."""
     rows = []
-    for run_dir in runs:
-        scored = read_results(run_dir / "results.csv")
-        provenance = read_provenance(run_dir / "provenance.json")
-        # the table decides, not the status beside it: a model with a structure still
-        # without a result (a run killed between the two files, say) is never ranked
-        unfinished = set(scored.loc[scored["failure_reason"] == "missing", "model"].astype(str))
-        scored = scored[~scored["model"].astype(str).isin(unfinished)]
+    for name, scored, provenance in runs:
+        scored = scored[~scored["model"].astype(str).isin(unfinished_models(scored))]
         if scored.empty:
             continue
         line = summary.summary(scored)
-        line["run"] = run_dir.name
+        line["run"] = name
         records = _get(provenance, "models", default={})
         records = records if isinstance(records, dict) else {}
         line["image_id"] = [_text(_get(records, m, "image_id")) for m in line["model"]]
@@ -532,8 +457,7 @@ def leaderboard(results_dir: Path) -> pd.DataFrame:
         line["paper_failed"] = [paper_failed.get(key, np.nan) for key in zip(line["model"], line["dimension"])]
         rows.append(line)
     if not rows:
-        raise BenchError(f"{results_dir}: no finished run: every model of every run has structures without a "
-                         "result; rerun those runs to finish them")
+        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     table = pd.concat(rows, ignore_index=True)
     order = {d: i for i, d in enumerate(summary.DIMENSIONS)}
     table["_d"] = table["dimension"].map(lambda d: order.get(d, 99))
@@ -551,14 +475,9 @@ def _short(value: str, keep: int = 12) -> str:
     return text
 
 
-def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
-    """leaderboard.csv (every column), .md and .html (one ranking per dimensionality and
-    one line of provenance per run) in `out` (default results_dir); returns the .md path."""
-    results_dir = Path(results_dir)
-    out = Path(out) if out else results_dir
-    out.mkdir(parents=True, exist_ok=True)
-    table = leaderboard(results_dir)
-    table.to_csv(out / "leaderboard.csv", index=False)
+def leaderboard_documents(table: pd.DataFrame, where: str, left_out: list[str]) -> tuple[str, str]:
+    """leaderboard.md and .html: one ranking per dimensionality and one line of
+    provenance per run; `left_out`: the incomplete runs (and models) not ranked."""
     ranking_columns = ["model", "run", "structures", "failed", "failed_pct", "paper_failed", "energy_median_mev",
                        "energy_mae_mev",
                        "position_mae_median_a", "median_steps", "image_id", "packages"]
@@ -566,14 +485,9 @@ def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
     note = (f"Ranked within each dimensionality by failed %, then energy MAE, then median position MAE. "
             f"paper_failed: the paper's Table II for the same model, of {paper.PAPER_STRUCTURES:,} structures per "
             "dimensionality (runs on its dataset only).")
-    left_out = [d.name for d in finished_runs(results_dir, complete=False)]
-    for run_dir in finished_runs(results_dir):
-        scored = read_results(run_dir / "results.csv")
-        left_out += [f"{run_dir.name} ({model})" for model in
-                     sorted(set(scored.loc[scored["failure_reason"] == "missing", "model"].astype(str)))]
     if left_out:
         note += f" Left out, incomplete: {', '.join(left_out)}."
-    md = ["# 0123D leaderboard\n", f"{table['run'].nunique()} finished run(s) in `{results_dir}`. {note}\n"]
+    md = ["# 0123D leaderboard\n", f"{table['run'].nunique()} finished run(s) in `{where}`. {note}\n"]
     body = [HTML_HEAD.format(title="0123D leaderboard"), "<h1>0123D leaderboard</h1>",
             f"<p>{table['run'].nunique()} finished run(s). {html.escape(note)}</p>"]
     for dim, group in table.groupby("dimension", sort=False):
@@ -585,6 +499,4 @@ def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
     md += ["## Runs\n", markdown_table(runs), "## Definitions\n", DEFINITIONS]
     body += ["<h2>Runs</h2>", html_table(runs), "<h2>Definitions</h2>", _markdown_to_html(DEFINITIONS),
              "</body></html>\n"]
-    (out / "leaderboard.md").write_text("\n".join(md))
-    (out / "leaderboard.html").write_text("\n".join(body))
-    return out / "leaderboard.md"
+    return "\n".join(md), "\n".join(body)

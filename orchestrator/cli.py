@@ -71,24 +71,25 @@ def cmd_bench(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from orchestrator.bench import pick_models
-    from orchestrator.engine import console, docker_client
+    from orchestrator.console import console
     from orchestrator.images import ImageBuilder
+    from orchestrator.plan import pick_models
+    from orchestrator.workers.docker import DockerEngine
 
     manifest = load(args.manifest, overrides_from(args))
-    builder = ImageBuilder.from_manifest(docker_client(), manifest, echo=console.print)
+    builder = ImageBuilder.from_manifest(DockerEngine(), manifest, echo=console.print)
     for model in pick_models(manifest, manifest["models"]):
         print(builder.model(model))
 
 
 def cmd_lock(args) -> None:
-    from orchestrator.bench import pick_models
-    from orchestrator.engine import console, docker_client
+    from orchestrator.console import console
     from orchestrator.images import ImageBuilder, discover_models, write_lock
+    from orchestrator.plan import pick_models
+    from orchestrator.workers.docker import DockerEngine
 
     manifest = load(args.manifest, overrides_from(args))
-    client = docker_client()
-    builder = ImageBuilder.from_manifest(client, manifest, echo=console.print)
+    builder = ImageBuilder.from_manifest(DockerEngine(), manifest, echo=console.print)
     # MODEL=...: those models on today's runtimes; PYTHON=...: those runtimes; neither: the
     # runtime of every Python the models ask for first, then every model on its runtime
     models = pick_models(manifest, args.models) if args.models else \
@@ -98,29 +99,29 @@ def cmd_lock(args) -> None:
         images.setdefault((model.image_of or model).name, model.image_of or model)
     models = list(images.values())
     for python in args.python or ([] if args.models else sorted({model.python for model in models})):
-        print(write_lock(builder, client, None, python))
+        print(write_lock(builder, None, python))
     for model in models:
-        print(write_lock(builder, client, model))
+        print(write_lock(builder, model))
 
 
 def cmd_report(args) -> None:
-    from metrics.report import write_leaderboard, write_run_report
+    from orchestrator.report import write_leaderboard, write_run_report
 
     manifest = load(args.manifest, parse_set(args.set))
     results_dir = manifest.path_setting("results_dir")
     # a results folder on a read-only disk (an archive, a colleague's share) is reported elsewhere
-    spare = manifest.path_setting("cache_dir") / "reports"
+    spare = manifest.cache.reports
     for run_dir in sorted(p.parent for p in results_dir.glob("*/results.csv")):
         print(write_run_report(run_dir, None if os.access(run_dir, os.W_OK) else spare / run_dir.name))
     print(write_leaderboard(results_dir, None if os.access(results_dir, os.W_OK) else spare))
 
 
 def cmd_weights(args) -> None:
-    from orchestrator.bench import pick_models
+    from orchestrator.plan import pick_models
     from orchestrator.weights import ensure_weights, weights_folder
 
     manifest = load(args.manifest, overrides_from(args))
-    weights_dir = manifest.path_setting("cache_dir") / "weights"
+    weights_dir = manifest.cache.weights
     for model in pick_models(manifest, manifest["models"]):
         for name, record in ensure_weights(model, weights_dir).items():
             print(f"{model.name}: {weights_folder(weights_dir, model) / name} (sha256 {record['sha256']})")
@@ -131,13 +132,12 @@ def cmd_models(args) -> None:
     import json
     import sys
 
-    from adapters.calculators import has_batched_forward
-    from orchestrator.engine import show_table
-    from orchestrator.images import discover_models
+    from orchestrator.console import show_table
+    from orchestrator.images import discover_models, has_batched_forward
     from orchestrator.weights import missing_weights
 
     manifest = load(args.manifest, parse_set(args.set))
-    weights_dir = manifest.path_setting("cache_dir") / "weights"
+    weights_dir = manifest.cache.weights
     built = _built_models()
     rows = []
     for name, model in discover_models().items():
@@ -165,19 +165,19 @@ def cmd_models(args) -> None:
 
 def _built_models() -> set[str]:
     """Models with an image on the engine (of any version); empty without an engine."""
-    from orchestrator.engine import docker_client
-    from orchestrator.images import LABEL
+    from orchestrator.workers.docker import DockerEngine
+    from orchestrator.workers.spec import LABEL
 
     try:
-        client = docker_client()
+        engine = DockerEngine()
     except BenchError:
         return set()
-    return {image.labels.get(f"{LABEL}.model") for image in client.images.list(filters={"label": f"{LABEL}.model"})}
+    return {labels.get(f"{LABEL}.model") for labels in engine.labelled_images(f"{LABEL}.model").values()}
 
 
 def cmd_zoo(args) -> None:
-    from orchestrator.bench import pick_models
     from orchestrator.images import discover_models
+    from orchestrator.plan import pick_models
     from orchestrator.zoo import zoo
 
     manifest = load(args.manifest, overrides_from(args))
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rich.logging import RichHandler
 
-    from orchestrator.engine import console, engine_lost
+    from orchestrator.console import console
+    from orchestrator.workers.docker import engine_lost
 
     # what the dataset loader found (formats, counts per dimensionality, warnings) is shown
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",

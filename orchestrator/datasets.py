@@ -60,6 +60,7 @@ from ase.units import GPa
 
 from metrics.geometry import dimension_of, periodic_axes
 from orchestrator.errors import BenchError
+from orchestrator.download import fetch_dataset, identity_of, is_data_name, sha256_of
 
 log = logging.getLogger("orchestrator.datasets")
 
@@ -70,7 +71,6 @@ DIMENSION_KEYS = ("id_dimension", "dimension", "dimensionality")
 ENERGY_KEYS = ("uncorrected_energy", "energy_ref_ev", "energy_total", "energy")
 ID_KEYS = ("mat_id", "id")
 #: Files in a dataset folder that are never data.
-NOT_DATA = ("SHA256SUMS.json",)
 KBAR = 0.1 * GPa  # eV/Å^3 per kbar
 #: Positions, cell (Å) and energy (eV) within this are the same structure seen twice.
 SAME_TOL = 1e-4
@@ -112,8 +112,6 @@ def load_dataset(spec: str, registry: dict, cache_dir: Path, *, show_progress: b
             files, sums = _local_files(registry[spec]["path"], {})
             _check_pin(spec, registry[spec], files, sums)
         elif spec in registry:
-            from orchestrator.download import fetch_dataset
-
             files, sums = fetch_dataset(spec, registry[spec], cache_dir, show_progress=show_progress)
         else:
             files, sums = _local_files(spec, registry)
@@ -147,24 +145,6 @@ def _check_pin(name: str, entry: dict, files: list[Path], sums: dict[str, str]) 
     if entry.get("sha256") and [sums[p.name] for p in files] != [entry["sha256"]]:
         raise BenchError(f"dataset {name}: {files[0]} has sha256 {sums[files[0].name]}, but the registry pins "
                          f"{entry['sha256']}")
-
-
-def identity_of(sums: dict[str, str]) -> str:
-    """16 hex digits of sha256 over the sorted file checksums (names do not count)."""
-    return hashlib.sha256("\n".join(sorted(sums.values())).encode()).hexdigest()[:16]
-
-
-def is_data_name(name: str) -> bool:
-    """Whether a file in a dataset folder is data (not hidden, partial or the checksum record)."""
-    return not name.startswith(".") and not name.endswith(".part") and name not in NOT_DATA
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- formats

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 
-from orchestrator.engine import console, docker_client
+from orchestrator.console import console
 from orchestrator.errors import BenchError
-from orchestrator.bench import pick_models
 from orchestrator.images import discover_models
 from orchestrator.manifest import Manifest
-from orchestrator.scheduler import host_gpus
+from orchestrator.plan import pick_models
 from orchestrator.weights import missing_weights
+from orchestrator.workers import host_gpus
+from orchestrator.workers.docker import DockerEngine
 
 
 def doctor(manifest: Manifest) -> bool:
@@ -20,15 +21,13 @@ def doctor(manifest: Manifest) -> bool:
     def check(ok: bool | None, what: str, remedy: str = "") -> None:
         findings.append((ok, what, remedy))
 
-    client = None
+    engine = None
     try:
-        client = docker_client()
-        check(True, f"Docker engine {client.version().get('Version')} reachable")
+        engine = DockerEngine()
+        check(True, f"Docker engine {engine.version()} reachable")
     except BenchError as exc:
         check(False, "Docker engine", str(exc))
-    if client is not None:
-        import docker.errors
-
+    if engine is not None:
         try:  # the base images of the Pythons the models to run ask for
             pythons = sorted({model.python for model in pick_models(manifest, manifest["models"])})
         except BenchError:  # said below, with the models
@@ -38,27 +37,26 @@ def doctor(manifest: Manifest) -> bool:
             if base is None:
                 check(False, f"base image for Python {python}: none", f'add "{python}": <image> to base_images')
                 continue
-            try:
-                client.images.get(base)
+            if engine.image_id(base):
                 check(True, f"base image for Python {python}: {base} present")
-            except docker.errors.ImageNotFound:
+            else:
                 check(None, f"base image for Python {python}: {base} not present locally",
                       "it is pulled on the first build that needs it; without a registry run "
                       "images/make-local-base.sh and set base_images (or UMLIP_BASE_IMAGES) to its tag")
         if manifest["devices"] != "cpu":
-            runtimes = client.info().get("Runtimes", {})
+            runtimes = engine.runtimes()
             check("nvidia" in runtimes or bool(shutil.which("nvidia-container-cli")),
                   "NVIDIA container runtime", "install the NVIDIA Container Toolkit and restart dockerd")
     if manifest["devices"] != "cpu":
         gpus = host_gpus()
         check(bool(gpus), f"GPUs seen by nvidia-smi: {gpus}", "install the NVIDIA driver, or run with GPUS=cpu")
-    cache = manifest.path_setting("cache_dir")
+    cache = manifest.cache.root
     try:
         check(True, f"models: {', '.join(discover_models())}")
         chosen = pick_models(manifest, manifest["models"])
         check(True, f"models to run: {', '.join(m.name for m in chosen)}")
         for model in (m for m in chosen if m.weights):
-            missing = missing_weights(model, cache / "weights")
+            missing = missing_weights(model, manifest.cache.weights)
             state = f"missing: {', '.join(missing)}" if missing else "present"
             check(None if missing else True, f"{model.name}: weights {state}",
                   f"make weights MODEL={model.name} (make bench fetches them too; see its model.yaml for gated "
@@ -74,7 +72,7 @@ def doctor(manifest: Manifest) -> bool:
         if path is not None:
             check(path.exists(), f"{name} {path} exists", f"fix {name} in {manifest.path}")
     if manifest["backend"] == "slurm":
-        from orchestrator.slurm import doctor_checks
+        from orchestrator.workers.slurm import doctor_checks
 
         doctor_checks(manifest["slurm"], {"results_dir": manifest.path_setting("results_dir"), "cache_dir": cache},
                       check)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import http.client
 import json
 import logging
@@ -44,7 +45,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlparse, urlsplit
 
-from orchestrator.datasets import identity_of, is_data_name, sha256_of
 from orchestrator.errors import BenchError
 
 log = logging.getLogger("orchestrator.datasets")
@@ -78,6 +78,28 @@ class _Retry(Exception):
 
 class NetworkError(Exception):
     """No answer from the server after the retries: the caller says what to do instead."""
+
+
+#: Files of a dataset folder that are not data.
+NOT_DATA = ("SHA256SUMS.json",)
+
+
+def identity_of(sums: dict[str, str]) -> str:
+    """16 hex digits of sha256 over the sorted file checksums (names do not count)."""
+    return hashlib.sha256("\n".join(sorted(sums.values())).encode()).hexdigest()[:16]
+
+
+def is_data_name(name: str) -> bool:
+    """Whether a file in a dataset folder is data (not hidden, partial or the checksum record)."""
+    return not name.startswith(".") and not name.endswith(".part") and name not in NOT_DATA
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fetch_dataset(name: str, entry: dict, cache_dir: Path, *, show_progress: bool = True

@@ -5,8 +5,11 @@ once per Python version the models ask for (model.yaml `python`) on the manifest
 base image for that version; every other folder of images/ with a model.yaml is a
 model, with a Dockerfile of its own or running in another model folder's image
 (model.yaml `image`: the same packages, e.g. ORB-v3 in ORB-v2's). A model image is
-rebuilt only when its Dockerfile, model.yaml, lock, the adapters code, or its runtime
-changes; the tag says which, so the tag alone decides reuse.
+rebuilt only when its Dockerfile, model.yaml, lock, the code it runs, or its runtime
+changes; the tag says which, so the tag alone decides reuse. The code it runs is the
+shared engine (adapters/*.py) and its own family's factory (adapters/calculators/<family>.py,
+model.yaml `calculator`), not the other families': editing one family's factory rebuilds
+and re-tags only the images of that family's models.
 
 Each model folder has a requirements.lock, and images/base one per Python version
 (requirements-<version>.lock): every package of the image at its exact version,
@@ -29,12 +32,12 @@ from pathlib import Path
 import yaml
 
 from orchestrator.errors import BenchError
+from orchestrator.workers.spec import LABEL, WorkerSpec
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO / "images"
 ADAPTERS_DIR = REPO / "adapters"
 IMAGE_PREFIX = "umlip-0123d"
-LABEL = "org.umlip-0123d"
 MODEL_KEYS = {"description": str, "calculator": str, "options": dict, "packages": list, "paper_tag": str,
               "aliases": list, "forces": str, "weights": list, "citation": str, "python": str, "image": str,
               "dtype": str}
@@ -222,19 +225,49 @@ def runtime_context(dest: Path, python: str, ca_bundle: Path | None, wheelhouse:
     return dest
 
 
-def model_context(dest: Path, model: Model, unlocked: bool = False) -> Path:
+def has_batched_forward(family: str, adapters_dir: Path = ADAPTERS_DIR) -> bool:
+    """Whether the family's factory defines make_batched (read from its source: the host
+    never imports a factory, whose model package lives only in its image)."""
+    import ast
+
+    source = adapters_dir / "calculators" / f"{family}.py"
+    tree = ast.parse(source.read_text(), str(source))
+    return any(isinstance(node, ast.FunctionDef) and node.name == "make_batched" for node in tree.body)
+
+
+def families_in_image(model: Model, models: dict[str, Model]) -> list[str]:
+    """The factory families an image holds: those of every model that runs in it."""
+    return sorted({m.calculator for m in models.values() if m is model or m.image_of is model} | {model.calculator})
+
+
+def copy_worker_code(dest: Path, families: list[str], adapters_dir: Path = ADAPTERS_DIR) -> None:
+    """What a worker runs into dest/adapters: the shared engine and the given families' factories."""
+    calculators = dest / "adapters" / "calculators"
+    calculators.mkdir(parents=True)
+    for path in sorted(adapters_dir.glob("*.py")):
+        shutil.copyfile(path, dest / "adapters" / path.name)
+    for name in ["__init__", *families]:
+        source = adapters_dir / "calculators" / f"{name}.py"
+        if not source.exists():
+            raise BenchError(f"calculator {name!r}: no factory {source}")
+        shutil.copyfile(source, calculators / source.name)
+
+
+def model_context(dest: Path, model: Model, families: list[str], unlocked: bool = False,
+                  adapters_dir: Path = ADAPTERS_DIR) -> Path:
     shutil.copytree(model.folder, dest, dirs_exist_ok=True)
     _place_lock(model.folder / "Dockerfile", model.folder / LOCK, dest, unlocked, f"make lock MODEL={model.name}")
-    shutil.copytree(ADAPTERS_DIR, dest / "adapters", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_worker_code(dest, families, adapters_dir)
     return dest
 
 
 class ImageBuilder:
-    """Builds (or reuses) the runtime and model images with a Docker client."""
+    """Builds (or reuses) the runtime and model images with the Docker engine (workers.docker.DockerEngine)."""
 
-    def __init__(self, client, base_images: dict[str, str], ca_bundle: Path | None, wheelhouse: Path | None,
-                 log_dir: Path, echo=print):
-        self.client = client
+    def __init__(self, engine, base_images: dict[str, str], ca_bundle: Path | None, wheelhouse: Path | None,
+                 log_dir: Path, echo=print, models: dict[str, Model] | None = None):
+        self.engine = engine
+        self.models = models
         self.base_images = base_images   # Python version -> the image its runtime is built FROM
         self.ca_bundle = ca_bundle
         self.wheelhouse = wheelhouse
@@ -243,11 +276,11 @@ class ImageBuilder:
         self._runtime_tags: dict[str, str] = {}
 
     @classmethod
-    def from_manifest(cls, client, manifest, log_dir: Path | None = None, echo=print) -> "ImageBuilder":
+    def from_manifest(cls, engine, manifest, log_dir: Path | None = None, echo=print) -> "ImageBuilder":
         """The builder the manifest describes; build logs under cache_dir/build-logs unless told."""
-        return cls(client, manifest["base_images"], manifest.path_setting("ca_bundle"),
+        return cls(engine, manifest["base_images"], manifest.path_setting("ca_bundle"),
                    manifest.path_setting("wheelhouse"),
-                   log_dir or manifest.path_setting("cache_dir") / "build-logs", echo=echo)
+                   log_dir or manifest.cache.build_logs, echo=echo)
 
     def base_image(self, python: str) -> str:
         if python not in self.base_images:
@@ -277,7 +310,8 @@ class ImageBuilder:
             return self.model(model.image_of, unlocked)
         runtime = self.runtime(model.python)
         with tempfile.TemporaryDirectory() as tmp:
-            context = model_context(Path(tmp) / "ctx", model, unlocked)
+            families = families_in_image(model, self.models if self.models is not None else discover_models())
+            context = model_context(Path(tmp) / "ctx", model, families, unlocked)
             args = {"RUNTIME_IMAGE": runtime}
             tag = f"{IMAGE_PREFIX}/{model.name}:{content_hash(context, args)}"
             self._ensure(tag, context, args, {f"{LABEL}.model": model.name, f"{LABEL}.runtime": runtime})
@@ -285,28 +319,17 @@ class ImageBuilder:
 
     def _base_image_id(self, base: str) -> str:
         """Id of the base image if present locally; else its name (pulled by the build)."""
-        import docker.errors
-
-        try:
-            return self.client.images.get(base).id
-        except docker.errors.ImageNotFound:
-            return base
+        return self.engine.image_id(base) or base
 
     def _ensure(self, tag: str, context: Path, args: dict, labels: dict) -> None:
-        import docker.errors
-
-        try:
-            self.client.images.get(tag)
+        if self.engine.image_id(tag):
             return
-        except docker.errors.ImageNotFound:
-            pass
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / (tag.replace("/", "_").replace(":", "_") + ".log")
         self.echo(f"building {tag} (log: {log_path})")
         error = None
         with log_path.open("w") as log:
-            for chunk in self.client.api.build(path=str(context), tag=tag, buildargs=args, rm=True,
-                                               forcerm=True, labels=labels, decode=True):
+            for chunk in self.engine.build(context, tag, args, labels):
                 if "stream" in chunk:
                     log.write(chunk["stream"])
                     log.flush()
@@ -318,25 +341,24 @@ class ImageBuilder:
             raise BenchError(f"building {tag} failed: {error.strip()}\n--- last lines of {log_path} ---\n{tail}")
 
 
-def freeze(client, image: str) -> list[str]:
+def freeze(engine, image: str) -> list[str]:
     """`name==version` of every package of the image's venv (pip, setuptools and wheel come
     with the venv), without local version labels: a lock's `torch==2.13.0` then also admits
     a site wheel `2.13.0+cpu` or `+cu126` in the wheelhouse."""
-    out = client.containers.run(image, ["pip", "list", "--format=freeze", "--disable-pip-version-check"],
-                                remove=True, network_disabled=True).decode()
+    out = engine.output(WorkerSpec(image, ["pip", "list", "--format=freeze", "--disable-pip-version-check"]))
     lines = [re.sub(r"\+[\w.]+$", "", line.strip()) for line in out.splitlines() if "==" in line]
     return sorted((line for line in lines if line.split("==")[0].lower() not in ("pip", "setuptools", "wheel")),
                   key=str.lower)
 
 
-def write_lock(builder: ImageBuilder, client, model: Model | None, python: str = DEFAULT_PYTHON) -> Path:
+def write_lock(builder: ImageBuilder, model: Model | None, python: str = DEFAULT_PYTHON) -> Path:
     """Resolve the image of `model` (the runtime for `python` when None) afresh and write its
     lock: built with an empty lock, frozen, that image removed. Returns the lock's path."""
     image = builder.runtime(python, unlocked=True) if model is None else builder.model(model, unlocked=True)
-    packages = freeze(client, image)
-    version = client.containers.run(image, ["python", "-c", "import platform; print(platform.python_version())"],
-                                    remove=True, network_disabled=True).decode().strip()
-    client.images.remove(image, force=True)
+    packages = freeze(builder.engine, image)
+    version = builder.engine.output(
+        WorkerSpec(image, ["python", "-c", "import platform; print(platform.python_version())"])).strip()
+    builder.engine.remove_image(image)
     name = f"Python {python} runtime" if model is None else model.name
     command = f"make lock PYTHON={python}" if model is None else f"make lock MODEL={model.name}"
     header = (f"# Every package of the {name} image, as pip resolved them on {time.strftime('%Y-%m-%d')} "

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import yaml
 
+from adapters.wire import CELL_FILTERS, ENGINES, OPTIMIZERS, VARIANTS
 from orchestrator.errors import BenchError
 
 DIMENSIONS = ("0D", "1D", "2D", "3D")
 #: Seconds a worker may go without a step or a result before it counts as hung: loading a
 #: large model on a CPU takes minutes, and one step of a large cell on a CPU can take one.
 STALL_S = 1800
-#: paper: the text of Benedini et al.; authors: their code (adapters.relax.relax_authors).
-PROTOCOL_VARIANTS = ("paper", "authors")
 OPTIONAL_STR = (str, type(None))
 OPTIONAL_INT = (int, type(None))
 OPTIONAL_LIST = (list, type(None))
@@ -82,9 +81,6 @@ SCHEMA = {
         "poll_s": ((int, float), 10),
     },
 }
-#: ase: one structure at a time through ASE (the reference); batched: many per model call,
-#: each relaxed as ASE's FIRE would (adapters.batched).
-ENGINES = ("ase", "batched")
 #: Where the shard containers run: this machine's Docker engine, or a SLURM cluster.
 BACKENDS = ("docker", "slurm")
 ENV_PREFIX = "UMLIP_"
@@ -110,19 +106,47 @@ class Manifest:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.path.parent / path).resolve()
 
+    @property
+    def cache(self) -> "CacheLayout":
+        return CacheLayout(self.path_setting("cache_dir"))
+
     def stall_timeout_s(self) -> float:
         """Seconds without a new result line and without a step (the worker's heartbeat)
         after which a worker counts as hung: the setting, else STALL_S."""
         return float(self.values["stall_timeout_s"] or STALL_S)
 
     def relaxation_protocol(self) -> dict:
-        """What decides a relaxation, as sent to the containers and hashed into the run's
-        identity: the protocol, the engine that relaxes it and, since the authors' variant
-        checks them between its cycles, the fragmentation limits."""
-        protocol = {**self.values["protocol"], "fragmentation_limits_a": self.values["fragmentation_limits_a"]}
-        if self.values["engine"] != "ase":  # the reference engine adds nothing: earlier run folders keep their names
-            protocol["engine"] = self.values["engine"]
-        return protocol
+        """What decides a relaxation, as sent to the containers (wire.Job's protocol): the
+        protocol and, since the authors' variant checks them between its cycles, the
+        fragmentation limits."""
+        return {**self.values["protocol"], "fragmentation_limits_a": self.values["fragmentation_limits_a"]}
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """What lives under cache_dir, shared by every run of this user."""
+
+    root: Path
+
+    @property
+    def weights(self) -> Path:   # weights/<model>/<file> (orchestrator.weights)
+        return self.root / "weights"
+
+    @property
+    def datasets(self) -> Path:  # datasets/<name>/<file>, parsed/ (orchestrator.datasets)
+        return self.root / "datasets"
+
+    @property
+    def build_logs(self) -> Path:
+        return self.root / "build-logs"
+
+    @property
+    def images(self) -> Path:    # SIF files and image archives for the SLURM nodes
+        return self.root / "images"
+
+    @property
+    def reports(self) -> Path:   # the leaderboard when results_dir cannot be written
+        return self.root / "reports"
 
 
 def _type_name(types) -> str:
@@ -205,8 +229,6 @@ def load(path: Path, overrides: dict | None = None, environ=os.environ) -> Manif
 
 def _validate(values: dict, sources: dict, path: str) -> None:
     """Values that have the right type but cannot work; the error names where each came from."""
-    from adapters.relax import CELL_FILTERS, OPTIMIZERS
-
     def fail(key: str, message: str):
         source = sources.get(key, path)
         source = "command line (--set or a make variable)" if source == "command line" else \
@@ -234,7 +256,7 @@ def _validate(values: dict, sources: dict, path: str) -> None:
     if values["backend"] not in BACKENDS:
         fail("backend", f"must be one of {', '.join(BACKENDS)}, not {values['backend']!r}")
     slurm = values["slurm"]
-    from orchestrator.slurm import RUNTIMES
+    from orchestrator.workers.slurm import RUNTIMES
 
     if slurm["runtime"] not in RUNTIMES:
         fail("slurm.runtime", f"must be one of {', '.join(RUNTIMES)}, not {slurm['runtime']!r}")
@@ -247,7 +269,7 @@ def _validate(values: dict, sources: dict, path: str) -> None:
     if not all(isinstance(option, str) and option.startswith("-") for option in slurm["sbatch_options"]):
         fail("slurm.sbatch_options", f"must be sbatch options like --qos=long, not {slurm['sbatch_options']!r}")
     protocol = values["protocol"]
-    for key, choices in (("variant", PROTOCOL_VARIANTS), ("optimizer", OPTIMIZERS), ("cell_filter", CELL_FILTERS)):
+    for key, choices in (("variant", VARIANTS), ("optimizer", OPTIMIZERS), ("cell_filter", CELL_FILTERS)):
         if protocol[key] not in choices:
             fail(f"protocol.{key}", f"must be one of {', '.join(choices)}, not {protocol[key]!r}")
     for key in ("fmax_ev_per_a", "max_steps", "divergence_limit_ev_per_a"):

@@ -9,7 +9,7 @@ import pandas as pd
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from adapters import results
+from adapters import wire
 from metrics.per_structure import MISSING
 from orchestrator.datasets import extxyz_id
 
@@ -19,12 +19,12 @@ COLUMNS = ["model", "id", "dimension", "natoms", "elements", "converged", "failu
 
 
 def read_results(out_dir: Path, shards: dict[str, set[str]], timeout_s: float | None = None) -> dict[str, dict]:
-    """The result lines of a model's folder that hold (adapters.results.read), keyed by id:
+    """The result lines of a model's folder that hold (adapters.wire.read), keyed by id:
     shards maps each shard's name (shard-0000) to its structures' ids; a line of a file
     for another shard's structure, or of a file of no shard, is never read."""
     found: dict[str, dict] = {}
     for name, ids in shards.items():
-        found.update(results.read(out_dir / f"{name}.jsonl", ids, timeout_s).kept)
+        found.update(wire.read(out_dir / f"{name}.jsonl", ids, timeout_s).kept)
     return found
 
 

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from orchestrator.images import REPO
-from orchestrator.scheduler import SCRATCH_MOUNT, least_privilege, query_gpus
+from orchestrator.workers import query_gpus
+from orchestrator.workers.spec import WorkerSpec
 
 
 def now() -> str:
@@ -27,20 +28,17 @@ def git_commit() -> str | None:
     return result.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def host_info(client) -> dict:
-    version = client.version()
+def host_info(engine) -> dict:
     return {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "gpus": query_gpus("index,name,driver_version"), "docker": version.get("Version"),
+            "cpu_count": os.cpu_count(), "gpus": query_gpus("index,name,driver_version"), "docker": engine.version(),
             "tool_commit": git_commit()}
 
 
-def image_versions(client, image: str, packages: list[str]) -> dict:
+def image_versions(engine, image: str, packages: list[str]) -> dict:
     """Versions of the model's packages inside its image: one short container run, with
     the workers' least privilege (no network, not root, nothing writable but scratch)."""
-    out = client.containers.run(image, ["python", "-m", "adapters.versions", *packages], remove=True,
-                                working_dir="/opt/umlip-0123d", environment={"HOME": SCRATCH_MOUNT},
-                                **least_privilege())
-    return json.loads(out.decode().strip().splitlines()[-1])
+    out = engine.output(WorkerSpec(image, ["python", "-m", "adapters.versions", *packages]))
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def read(path: Path) -> dict:

@@ -27,11 +27,11 @@ import logging
 import os
 from pathlib import Path
 
-from orchestrator.datasets import sha256_of
+from adapters.wire import CACHE_MOUNT
+from orchestrator.download import sha256_of
 from orchestrator.download import NetworkError, download, locked, progress_bar
 from orchestrator.errors import BenchError
 from orchestrator.images import Model
-from orchestrator.scheduler import CACHE_MOUNT
 
 log = logging.getLogger("orchestrator.weights")
 

@@ -25,12 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from adapters.wire import CACHE_MOUNT
 from orchestrator import provenance
-from orchestrator.engine import console, docker_client, show_table
-from orchestrator.images import LABEL, REPO, ImageBuilder, Model
+from orchestrator.console import console, show_table
+from orchestrator.images import REPO, ImageBuilder, Model
 from orchestrator.manifest import Manifest
-from orchestrator.scheduler import Job, container_kwargs, device_slots, prepare_worker_files, worker_user
 from orchestrator.weights import checkpoint_path, missing_weights, weights_folder
+from orchestrator.workers.docker import DockerEngine
+from orchestrator.workers.spec import LABEL, Mount, WorkerSpec, worker_threading, worker_user
 
 #: A model folder with this file cannot be built here; its first line says why.
 CANNOT_BUILD = "CANNOT_BUILD.md"
@@ -38,38 +40,28 @@ COLUMNS = ("model", "paper_tag", "result", "build_s", "size_gb", "python", "torc
            "contract", "bench", "note")
 
 
-def remove_model_images(client, name: str | None = None) -> None:
+def remove_model_images(engine, name: str | None = None) -> None:
     """Every image of the model (or of every model and runtime, untagged ones that earlier
     builds left included), models before the runtimes they are built on, and the build cache."""
-    import docker.errors
-
     kinds = [f"{LABEL}.model={name}"] if name else [f"{LABEL}.model", f"{LABEL}.base-image"]
     for kind in kinds:
-        for image in client.images.list(filters={"label": kind}):
-            try:
-                client.images.remove(image.id, force=True)
-            except docker.errors.ImageNotFound:  # went with an image removed before it
-                pass
-    client.api.prune_builds(all=True)
+        for image_id in engine.labelled_images(kind):
+            engine.remove_image(image_id)
+    engine.prune_builds()
 
 
-def run_in_worker(client, image: str, model: Model, weights: Path, command: list[str], work: Path,
-                  writable: bool = False) -> str:
+def run_in_worker(engine, image: str, model: Model, weights: Path, command: list[str], writable: bool = False) -> str:
     """`command` in a least-privilege worker of the image (no network, the model's weights
     folder at /cache/<model>, read-only unless `writable`: making a stand-in); its stdout."""
-    job = Job(model=model.name, image=image, shards=(work / "shards" / "shard-0000.jsonl",), out_dir=work / "out",
-              job={})
-    job.shards[0].parent.mkdir(parents=True, exist_ok=True)
-    prepare_worker_files(job)
-    weights_folder(weights, model).mkdir(parents=True, exist_ok=True)
-    kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "zoo", weights)
-    kwargs["command"] = command
-    if writable:
-        kwargs["volumes"][str(weights_folder(weights, model))]["mode"] = "rw"
-    return client.containers.run(remove=True, **kwargs).decode()
+    folder = weights_folder(weights, model)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = WorkerSpec(image, command, mounts=[Mount(str(folder), f"{CACHE_MOUNT}/{model.name}",
+                                                    "rw" if writable else "ro")],
+                      environment=worker_threading(1))
+    return engine.output(spec)
 
 
-def make_stand_in(client, image: str, model: Model, weights: Path, work: Path) -> dict:
+def make_stand_in(engine, image: str, model: Model, weights: Path) -> dict:
     """The family's stand-in checkpoint (adapters.contract --make-checkpoint: the package's
     own constructor and file format), written by the image with no network into
     weights/<model>/<first file>; the options to use with it."""
@@ -77,28 +69,28 @@ def make_stand_in(client, image: str, model: Model, weights: Path, work: Path) -
     folder.mkdir(parents=True, exist_ok=True)
     os.chown(folder, *worker_user())
     spec = {"calculator": model.calculator, "options": model.options}
-    output = run_in_worker(client, image, model, weights, ["python", "-m", "adapters.contract", "--job",
+    output = run_in_worker(engine, image, model, weights, ["python", "-m", "adapters.contract", "--job",
                                                            json.dumps(spec), "--make-checkpoint", checkpoint_path(model)],
-                           work, writable=True)
+                           writable=True)
     return json.loads(output.strip().splitlines()[-1])
 
 
-def run_contract(client, image: str, model: Model, weights: Path, options: dict, work: Path) -> dict:
+def run_contract(engine, image: str, model: Model, weights: Path, options: dict) -> dict:
     """adapters.contract's report for the model with `options`, in a no-network worker."""
     spec = {"calculator": model.calculator, "options": options, "device": "cpu",
             "forces": model.forces or "conservative"}
-    output = run_in_worker(client, image, model, weights, ["python", "-m", "adapters.contract", "--job",
-                                                           json.dumps(spec)], work)
+    output = run_in_worker(engine, image, model, weights, ["python", "-m", "adapters.contract", "--job",
+                                                           json.dumps(spec)])
     return json.loads(output.strip().splitlines()[-1])
 
 
-def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest, keep: bool) -> dict:
+def check_model(engine, builder: ImageBuilder, model: Model, manifest: Manifest, keep: bool) -> dict:
     row = {"model": model.name, "paper_tag": model.paper_tag or "-"}
     reason = model.folder / CANNOT_BUILD
     if reason.exists():
         return {**row, "result": "cannot build here", "note": reason.read_text().strip().splitlines()[0]}
     if not (keep and model.image):  # with --keep, a model sharing a kept image reuses it
-        remove_model_images(client, model.image or model.name)
+        remove_model_images(engine, model.image or model.name)
     start = time.monotonic()
     try:
         image = builder.model(model)
@@ -106,8 +98,8 @@ def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest,
         return {**row, "result": "build failed", "build_s": round(time.monotonic() - start),
                 "note": str(exc).splitlines()[0][:200]}
     row["build_s"] = round(time.monotonic() - start)
-    row["size_gb"] = round(client.images.get(image).attrs["Size"] / 1e9, 2)
-    versions = provenance.image_versions(client, image, sorted({*model.packages, "torch"}))
+    row["size_gb"] = round(engine.image_size(image) / 1e9, 2)
+    versions = provenance.image_versions(engine, image, sorted({*model.packages, "torch"}))
     row["python"], row["torch"] = versions["python"], versions["packages"].get("torch") or "-"
     row["packages"] = " ".join(f"{k}={v}" for k, v in versions["packages"].items() if k not in ("torch", "ase", "numpy"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,19 +107,19 @@ def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest,
         cache = work / "cache"
         (cache / "weights").mkdir(parents=True)
         options, overrides = dict(model.options), {}
-        real = manifest.path_setting("cache_dir") / "weights"
+        real = manifest.cache.weights
         if model.weights and not missing_weights(model, real):
             shutil.copytree(weights_folder(real, model), weights_folder(cache / "weights", model))
             row["checkpoint"] = "real"
         elif model.weights:
-            overrides = make_stand_in(client, image, model, cache / "weights", work / "make")
+            overrides = make_stand_in(engine, image, model, cache / "weights")
             row["checkpoint"] = "stand-in" + (f" with {json.dumps(overrides)}" if overrides else "")
         else:
             row["checkpoint"] = "none needed"
         if model.weights:
             options.update(overrides, checkpoint=checkpoint_path(model))
         try:
-            report = run_contract(client, image, model, cache / "weights", options, work / "contract")
+            report = run_contract(engine, image, model, cache / "weights", options)
             row["contract"] = "passed" if report["passed"] else f"FAILED {json.dumps(report)[:150]}"
         except Exception as exc:  # noqa: BLE001 - a contract that crashes is a failed contract
             row["contract"] = f"FAILED {str(exc).splitlines()[-1][:150]}"
@@ -136,19 +128,19 @@ def check_model(client, builder: ImageBuilder, model: Model, manifest: Manifest,
             bench_one(model, cache, work / "results")
     row["result"] = "ok" if row["contract"] == "passed" and not row["bench"].startswith("FAILED") else "FAILED"
     if not keep:
-        remove_model_images(client, model.image or model.name)
+        remove_model_images(engine, model.image or model.name)
     return row
 
 
 def bench_one(model: Model, cache: Path, results: Path) -> str:
     """The contract's copper crystal (every model, EMT included, knows copper) through
     `python -m orchestrator bench`, network off in the worker."""
+    from ase.build import bulk
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
-    from adapters.contract import structures
-
-    crystal = structures()["bulk Cu"]
+    crystal = bulk("Cu", "fcc", 3.66, cubic=True)
+    crystal.rattle(0.03, seed=1)
     crystal.info["mat_id"] = "zoo-cu"
     crystal.calc = SinglePointCalculator(crystal, energy=-3.7 * len(crystal))  # a reference energy to score
     results.mkdir(parents=True, exist_ok=True)
@@ -167,20 +159,20 @@ def bench_one(model: Model, cache: Path, results: Path) -> str:
 
 
 def zoo(manifest: Manifest, models: list[Model], keep: bool = False) -> Path:
-    client = docker_client()
-    builder = ImageBuilder.from_manifest(client, manifest, echo=console.print)
+    engine = DockerEngine()
+    builder = ImageBuilder.from_manifest(engine, manifest, echo=console.print)
     console.print("removing every model image and the build cache: each image builds from a clean cache")
-    remove_model_images(client)
+    remove_model_images(engine)
     rows = []
     for python in sorted({model.python for model in models}):
         start = time.monotonic()
         runtime = builder.runtime(python)
         rows.append({"model": f"(runtime {python})", "paper_tag": "-", "result": "ok", "python": python,
                      "build_s": round(time.monotonic() - start),
-                     "size_gb": round(client.images.get(runtime).attrs["Size"] / 1e9, 2), "note": runtime})
+                     "size_gb": round(engine.image_size(runtime) / 1e9, 2), "note": runtime})
     for model in models:
         console.print(f"[bold]{model.name}[/bold]")
-        rows.append(check_model(client, builder, model, manifest, keep))
+        rows.append(check_model(engine, builder, model, manifest, keep))
         console.print(rows[-1])
     out = manifest.path_setting("results_dir") / f"zoo-{provenance.now()[:19].replace(':', '')}"
     out.mkdir(parents=True, exist_ok=True)

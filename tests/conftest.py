@@ -48,12 +48,12 @@ def manifest():
 
 
 @pytest.fixture(scope="session")
-def docker_client():
-    from orchestrator.engine import docker_client as connect
+def engine():
     from orchestrator.errors import BenchError
+    from orchestrator.workers.docker import DockerEngine
 
     try:
-        return connect()
+        return DockerEngine()
     except BenchError as exc:
         if os.environ.get("CI"):
             raise  # CI installs an engine: its absence is a failure, not a skip
@@ -61,10 +61,10 @@ def docker_client():
 
 
 @pytest.fixture(scope="session")
-def builder(docker_client, manifest, tmp_path_factory):
+def builder(engine, manifest, tmp_path_factory):
     from orchestrator.images import ImageBuilder
 
-    return ImageBuilder.from_manifest(docker_client, manifest, tmp_path_factory.mktemp("build-logs"))
+    return ImageBuilder.from_manifest(engine, manifest, tmp_path_factory.mktemp("build-logs"))
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +80,18 @@ def model_image(builder):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def slurm_node():
+    """The local cluster's node name; skipped without SLURM, a failure in CI."""
+    import shutil
+    import subprocess
+
+    listing = subprocess.run(["sinfo", "-h", "-o", "%N %T"], capture_output=True, text=True) \
+        if shutil.which("sinfo") else None
+    if listing is None or listing.returncode or not listing.stdout.strip():
+        if os.environ.get("CI"):
+            raise RuntimeError("CI starts SLURM (.ci/slurm start), but sinfo finds no node")
+        pytest.skip("no SLURM here: `.ci/slurm start` (as root) makes a local one")
+    return listing.stdout.split()[0]

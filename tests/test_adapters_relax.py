@@ -1,4 +1,4 @@
-"""The container entrypoint, run in-process with ASE's EMT (no Docker needed)."""
+"""The relaxation process (adapters.relax), run in-process with ASE's EMT (no Docker needed)."""
 
 import json
 
@@ -9,11 +9,13 @@ from ase.build import bulk, fcc111, molecule
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
-from adapters.relax import alignment_and_mask, finished_ids, main, relax, relax_record, reset_vacuum
+from adapters.frames import alignment_and_mask
+from adapters.relax import finished_ids, main, relax, relax_record, reset_vacuum
+from adapters.wire import Job
 from orchestrator.shards import structure_record
 
-PROTOCOL = {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "fmax_ev_per_a": 0.04,
-            "max_steps": 500, "divergence_limit_ev_per_a": 1e4}
+PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "fmax_ev_per_a": 0.04,
+            "max_steps": 500, "divergence_limit_ev_per_a": 1e4, "fragmentation_limits_a": {}}
 
 
 def labelled(atoms, sid, dimension):
@@ -111,8 +113,8 @@ def write_shard(path, structures):
 
 
 def run(tmp_path):
-    job = {"calculator": "emt", "device": "cpu", "options": {}, "protocol": PROTOCOL}
-    return main(["--job", json.dumps(job), "--shard", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl")])
+    job = Job(calculator="emt", protocol=PROTOCOL)
+    return main(["--job", job.to_json(), "--shard", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl")])
 
 
 def test_shard_with_a_bad_structure_finishes_and_resumes_without_repeats(tmp_path):
@@ -148,9 +150,9 @@ def test_structure_that_killed_two_workers_is_recorded_not_retried(tmp_path):
     write_shard(tmp_path / "in.jsonl", structures)
     (tmp_path / "out.crashed").write_text("Cu\n")  # one worker died on Cu: it is tried again
     (tmp_path / "out.jsonl").write_text("")
-    import adapters.relax as entry
+    from adapters.wire import crash_counts
 
-    assert entry.crash_counts(tmp_path / "out.jsonl") == {"Cu": 1}
+    assert crash_counts(tmp_path / "out.jsonl") == {"Cu": 1}
     (tmp_path / "out.crashed").write_text("Cu\nCu\n")  # a second one died on it
     run(tmp_path)
     lines = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
@@ -161,9 +163,9 @@ def test_structure_that_killed_two_workers_is_recorded_not_retried(tmp_path):
 def test_a_worker_that_cannot_write_exits_with_its_own_code(tmp_path):
     write_shard(tmp_path / "in.jsonl", [labelled(bulk("Cu", cubic=True), "Cu", "3D")])
     (tmp_path / "out.jsonl").mkdir()  # not writable as a file, like a full or read-only disk
-    import adapters.relax as entry
+    from adapters.wire import CANNOT_WRITE
 
-    assert run(tmp_path) == entry.CANNOT_WRITE
+    assert run(tmp_path) == CANNOT_WRITE
 
 
 def test_unknown_optimizer_lists_the_choices():

@@ -15,12 +15,13 @@ from ase.calculators.emt import EMT
 from adapters.batched import each_with_calculator, relax_batched
 from adapters.relax import main as entrypoint
 from adapters.relax import relax_record
+from adapters.wire import Job
 from conftest import SAMPLE
 from metrics.geometry import periodic_axes
 from orchestrator.shards import structure_record
 
 PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "fmax_ev_per_a": 0.04, "max_steps": 15000,
-            "divergence_limit_ev_per_a": 10000.0, "cell_filter": "FrechetCellFilter"}
+            "divergence_limit_ev_per_a": 10000.0, "cell_filter": "FrechetCellFilter", "fragmentation_limits_a": {}}
 
 
 def record(sid: str, atoms: Atoms) -> dict:
@@ -160,10 +161,9 @@ def test_the_entrypoint_writes_the_same_lines_with_either_engine(tmp_path, refer
     write_shard(shard, records[:5])
     lines = {}
     for engine in ("ase", "batched"):
-        job = {"calculator": "emt", "options": {}, "device": "cpu", "batch_atoms": 25,
-               "protocol": {**PROTOCOL, **({"engine": engine} if engine == "batched" else {})}}
+        job = Job(calculator="emt", protocol=PROTOCOL, engine=engine, batch_atoms=25)
         out = tmp_path / f"{engine}.jsonl"
-        assert entrypoint(["--job", json.dumps(job), "--shard", str(shard), "--out", str(out)]) == 0
+        assert entrypoint(["--job", job.to_json(), "--shard", str(shard), "--out", str(out)]) == 0
         lines[engine] = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert lines["ase"].keys() == lines["batched"].keys()
     for sid, want in lines["ase"].items():
@@ -186,9 +186,7 @@ def test_one_worker_refills_its_batch_across_shards_and_writes_each_result_to_it
     mark = adapters.relax.ShardFiles.mark
     monkeypatch.setattr(adapters.relax.ShardFiles, "mark",
                         lambda self, ids: (in_flight.append((self.in_flight.name, tuple(ids))), mark(self, ids))[1])
-    job = {"calculator": "emt", "options": {}, "device": "cpu", "batch_atoms": 40,
-           "protocol": {**PROTOCOL, "engine": "batched"}}
-    argv = ["--job", json.dumps(job)]
+    argv = ["--job", Job(calculator="emt", protocol=PROTOCOL, engine="batched", batch_atoms=40).to_json()]
     for name in parts:
         argv += ["--shard", str(tmp_path / f"{name}.jsonl"), "--out", str(tmp_path / f"{name}.out.jsonl")]
     assert entrypoint(argv) == 0
@@ -210,7 +208,8 @@ def test_one_worker_refills_its_batch_across_shards_and_writes_each_result_to_it
 
 def test_a_shard_and_an_output_go_in_pairs(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        entrypoint(["--job", "{}", "--shard", "a.jsonl", "--shard", "b.jsonl", "--out", "a.out"])
+        entrypoint(["--job", Job(calculator="emt", protocol=PROTOCOL).to_json(), "--shard", "a.jsonl", "--shard",
+                    "b.jsonl", "--out", "a.out"])
     assert "2 --shard but 1 --out" in capsys.readouterr().err
 
 
@@ -221,9 +220,8 @@ def test_crashed_structures_relax_alone_first_and_a_second_crash_is_a_model_erro
     out = tmp_path / "out.jsonl"
     # the last worker died with two structures in flight; one of them had killed one before
     (tmp_path / "out.crashed").write_text(f"{records[0]['id']}\n{records[1]['id']}\n{records[1]['id']}\n")
-    job = {"calculator": "emt", "options": {}, "device": "cpu", "batch_atoms": 10_000,
-           "protocol": {**PROTOCOL, "engine": "batched"}}
-    assert entrypoint(["--job", json.dumps(job), "--shard", str(shard), "--out", str(out)]) == 0
+    job = Job(calculator="emt", protocol=PROTOCOL, engine="batched", batch_atoms=10_000)
+    assert entrypoint(["--job", job.to_json(), "--shard", str(shard), "--out", str(out)]) == 0
     results = [json.loads(line) for line in out.read_text().splitlines()]
     order = [r["id"] for r in results]
     assert order[0] == records[1]["id"] and results[0]["failure_reason"] == "model_error"
@@ -237,9 +235,19 @@ def test_the_engine_is_part_of_the_run_identity_and_batched_runs_the_paper_proto
     from orchestrator.manifest import load
 
     manifest = Path(__file__).resolve().parent.parent / "benchmark.yaml"
-    reference_engine = load(manifest).relaxation_protocol()
-    assert "engine" not in reference_engine  # run folders of the reference engine keep their names
-    assert load(manifest, {"engine": "batched"}).relaxation_protocol() == {**reference_engine, "engine": "batched"}
+    from orchestrator.datasets import Dataset
+    from orchestrator.plan import run_identity
+
+    protocol = load(manifest).relaxation_protocol()
+    assert load(manifest, {"engine": "batched"}).relaxation_protocol() == protocol  # the engine rides apart
+    data = Dataset("sample", [], {"a.json": "0" * 64}, [], {})
+    names = {engine: run_identity(data, "all", protocol, engine) for engine in ("ase", "batched")}
+    assert names["ase"] != names["batched"]
+    # run folders of the reference engine keep the names they had when the engine rode in the protocol
+    import hashlib
+
+    assert names["ase"].endswith(hashlib.sha256(json.dumps([data.identity, "all", protocol], sort_keys=True)
+                                                .encode()).hexdigest()[:8])
     with pytest.raises(BenchError, match="engine batched relaxes protocol.variant paper only"):
         load(manifest, {"engine": "batched", "protocol.variant": "authors"})
     with pytest.raises(BenchError, match="engine must be one of ase, batched"):
@@ -269,7 +277,7 @@ def test_sevennet_relaxes_the_sample_alike_with_both_engines(model_image):
 
 
 @pytest.mark.docker
-def test_make_bench_with_the_batched_engine_gives_the_reference_table(tmp_path, docker_client):
+def test_make_bench_with_the_batched_engine_gives_the_reference_table(tmp_path, engine):
     import pandas as pd
 
     from conftest import bench

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import REPO
 from orchestrator.errors import BenchError
-from orchestrator.images import (LABEL, LOCK, ImageBuilder, content_hash, discover_models, freeze, model_context,
+from orchestrator.images import (LABEL, LOCK, ImageBuilder, content_hash, discover_models, families_in_image, freeze,
+                                 model_context,
                                  runtime_lock, wheels_for, write_lock)
 
 
@@ -43,22 +44,51 @@ def test_bad_model_folder_is_named(tmp_path):
 
 def test_tag_follows_the_build_inputs(tmp_path):
     model = discover_models()["emt"]
-    first = model_context(tmp_path / "a", model)
-    again = model_context(tmp_path / "b", model)
+    first = model_context(tmp_path / "a", model, ["emt"])
+    again = model_context(tmp_path / "b", model, ["emt"])
     assert content_hash(first, {"RUNTIME_IMAGE": "r:1"}) == content_hash(again, {"RUNTIME_IMAGE": "r:1"})
     assert content_hash(first, {"RUNTIME_IMAGE": "r:2"}) != content_hash(again, {"RUNTIME_IMAGE": "r:1"})
     (again / "adapters" / "relax.py").write_text("# changed\n")
     assert content_hash(first, {}) != content_hash(again, {})
 
 
+def test_an_image_holds_and_is_tagged_by_its_own_familys_factory_only(tmp_path):
+    models = discover_models()
+    adapters = tmp_path / "adapters"
+    shutil.copytree(REPO / "adapters", adapters, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def tags() -> dict[str, str]:
+        out = {}
+        for name, model in models.items():
+            if model.image_of is None:
+                context = model_context(tmp_path / "ctx" / name, model, families_in_image(model, models),
+                                        adapters_dir=adapters)
+                out[name] = content_hash(context, {})
+                shutil.rmtree(tmp_path / "ctx" / name)
+        return out
+
+    before = tags()
+    context = model_context(tmp_path / "orb", models["orb-v2"], families_in_image(models["orb-v2"], models),
+                            adapters_dir=adapters)
+    held = sorted(p.stem for p in (context / "adapters" / "calculators").glob("*.py"))
+    assert held == ["__init__", "orb"]  # ORB-v3 runs in ORB-v2's image: the same family
+    with (adapters / "calculators" / "mace.py").open("a") as handle:
+        handle.write("# a fix in MACE's factory\n")
+    after = tags()
+    assert {name for name in before if before[name] != after[name]} == {"mace-mpa-0"}
+    with (adapters / "relax.py").open("a") as handle:
+        handle.write("# a fix in the shared engine\n")
+    assert all(tag != after[name] for name, tag in tags().items())  # the shared engine is in every image
+
+
 @pytest.mark.docker
-def test_image_is_built_once_labelled_and_reused(docker_client, builder, model_image):
+def test_image_is_built_once_labelled_and_reused(engine, builder, model_image):
     tag = model_image("emt")
-    image = docker_client.images.get(tag)
+    image = engine.client.images.get(tag)
     assert image.labels[f"{LABEL}.model"] == "emt"
     assert image.labels[f"{LABEL}.runtime"] == builder.runtime()
     assert builder.model(discover_models()["emt"]) == tag  # second call: same tag, no build
-    assert docker_client.images.get(tag).id == image.id
+    assert engine.client.images.get(tag).id == image.id
 
 
 @pytest.mark.docker
@@ -79,34 +109,34 @@ def test_every_image_folder_has_a_lock_its_dockerfile_installs_under(tmp_path):
         pins = [line for line in lock.splitlines() if line and not line.startswith("#")]
         assert pins and all(re.fullmatch(r"[\w.-]+==[\w.!]+", pin) for pin in pins), model.name
         assert "ase==3.29.0" in pins, model.name  # the benchmark's one optimizer
-        model_context(tmp_path / model.name, model)  # no error: the Dockerfile copies it into place
+        model_context(tmp_path / model.name, model, [model.calculator])  # no error: the Dockerfile copies it into place
     folder = tmp_path / "new"
     shutil.copytree(discover_models()["emt"].folder, folder)
     (folder / LOCK).unlink()
     with pytest.raises(BenchError, match=rf"new: no {LOCK}; `make lock MODEL=new` resolves and writes it"):
-        model_context(tmp_path / "a", discover_models(tmp_path)["new"])
+        model_context(tmp_path / "a", discover_models(tmp_path)["new"], ["emt"])
     (folder / LOCK).write_text("six==1.17.0\n")
     (folder / "Dockerfile").write_text("ARG RUNTIME_IMAGE\nFROM ${RUNTIME_IMAGE}\nRUN pip install six\n")
     with pytest.raises(BenchError, match=rf"new/Dockerfile: must COPY {LOCK} to /opt/umlip-0123d/{LOCK}"):
-        model_context(tmp_path / "b", discover_models(tmp_path)["new"])
+        model_context(tmp_path / "b", discover_models(tmp_path)["new"], ["emt"])
 
 
 @pytest.mark.docker
-def test_a_lock_decides_the_versions_and_make_lock_resolves_them_afresh(docker_client, builder, tmp_path):
+def test_a_lock_decides_the_versions_and_make_lock_resolves_them_afresh(engine, builder, tmp_path):
     folder = tmp_path / "pinned"
     shutil.copytree(discover_models()["emt"].folder, folder)
     (folder / "Dockerfile").write_text("ARG RUNTIME_IMAGE\nFROM ${RUNTIME_IMAGE}\n"
                                        f"COPY {LOCK} /opt/umlip-0123d/{LOCK}\nRUN pip install six\n")
     (folder / LOCK).write_text("six==1.15.0\n")  # an old release: the unpinned request gets it anyway
-    assert "six==1.15.0" in freeze(docker_client, builder.model(discover_models(tmp_path)["pinned"]))
+    assert "six==1.15.0" in freeze(engine, builder.model(discover_models(tmp_path)["pinned"]))
 
-    write_lock(builder, docker_client, discover_models(tmp_path)["pinned"])
+    write_lock(builder, discover_models(tmp_path)["pinned"])
     pins = [line for line in (folder / LOCK).read_text().splitlines() if not line.startswith("#")]
     six = next(pin for pin in pins if pin.startswith("six=="))
     assert six != "six==1.15.0" and "ase==3.29.0" in pins
     assert not any("+" in pin for pin in pins)  # a wheelhouse's torch 2.13.0+cpu is locked as 2.13.0
     # the image built from the new lock has exactly the locked packages
-    assert freeze(docker_client, builder.model(discover_models(tmp_path)["pinned"])) == pins
+    assert freeze(engine, builder.model(discover_models(tmp_path)["pinned"])) == pins
 
 
 def test_a_model_folder_may_run_in_another_folders_image(tmp_path):
@@ -154,24 +184,24 @@ def test_a_python_without_a_base_image_is_named_with_the_key_to_set(tmp_path):
 
 
 @pytest.mark.docker
-def test_a_model_asking_for_python_3_13_runs_on_a_runtime_built_for_it(docker_client, builder, tmp_path):
+def test_a_model_asking_for_python_3_13_runs_on_a_runtime_built_for_it(engine, builder, tmp_path):
     folder = tmp_path / "emt-313"
     shutil.copytree(discover_models()["emt"].folder, folder)
     meta = folder / "model.yaml"
     meta.write_text(meta.read_text().replace('python: "3.11"', 'python: "3.13"'))
     assert runtime_lock("3.13").exists()  # committed, made by `make lock PYTHON=3.13`
     image = builder.model(discover_models(tmp_path)["emt-313"])
-    runtime = docker_client.images.get(image).labels[f"{LABEL}.runtime"]
+    runtime = engine.client.images.get(image).labels[f"{LABEL}.runtime"]
     assert runtime == builder.runtime("3.13") != builder.runtime("3.11")
-    assert docker_client.images.get(runtime).labels[f"{LABEL}.python"] == "3.13"
-    run = docker_client.containers.run
+    assert engine.client.images.get(runtime).labels[f"{LABEL}.python"] == "3.13"
+    run = engine.client.containers.run
     assert run(image, ["python", "-c", "import sys; print(sys.version_info[:2])"], remove=True).decode().strip() == "(3, 13)"
     # the adapters work there: the contract of its family passes (finite differences included)
     report = run(image, ["python", "-m", "adapters.contract", "--job", '{"calculator": "emt"}'], remove=True,
                  network_disabled=True)
     assert '"passed": true' in report.decode().splitlines()[-1]
     # a cp311 wheel of the wheelhouse (CI's CPU torch) is not offered to the 3.13 runtime
-    assert "torch" not in " ".join(freeze(docker_client, runtime))
+    assert "torch" not in " ".join(freeze(engine, runtime))
 
 
 def zoo(tmp_path):
@@ -258,25 +288,21 @@ def test_doctor_names_missing_weights_and_the_command_that_fetches_them(tmp_path
 
 
 def test_doctor_checks_the_base_image_of_each_python_the_models_ask_for(tmp_path, monkeypatch):
-    import docker.errors
     from rich.console import Console
 
     import orchestrator.doctor
     from orchestrator.manifest import load
 
-    class Images:
-        def get(self, name):
-            raise docker.errors.ImageNotFound(name)
-
-    class Engine:
-        images = Images()
-
+    class Engine:  # an engine that holds no image
         def version(self):
-            return {"Version": "test"}
+            return "test"
+
+        def image_id(self, tag):
+            return None
 
     out = io.StringIO()
     monkeypatch.setattr(orchestrator.doctor, "console", Console(file=out, width=300))
-    monkeypatch.setattr(orchestrator.doctor, "docker_client", Engine)
+    monkeypatch.setattr(orchestrator.doctor, "DockerEngine", Engine)
     manifest = tmp_path / "benchmark.yaml"
     manifest.write_text(f"cache_dir: {tmp_path / 'cache'}\nmodels: [emt]\nbase_images: {{\"3.11\": my/base}}\n")
     orchestrator.doctor.doctor(load(manifest, environ={}))
@@ -287,7 +313,7 @@ def test_doctor_checks_the_base_image_of_each_python_the_models_ask_for(tmp_path
 
 def test_make_bench_model_paper_runs_a_folder_for_each_of_the_papers_eleven_models(manifest):
     from metrics.paper import table_ii
-    from orchestrator.bench import pick_models
+    from orchestrator.plan import pick_models
 
     models = pick_models(manifest, ["paper"])
     assert len(models) == 11

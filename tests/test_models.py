@@ -4,14 +4,15 @@ the read-only weights mount, in a worker with no network, and returns finite num
 import json
 from pathlib import Path
 
-import docker.errors
 import pytest
 from ase.build import bulk
 
+from adapters.wire import Job
+from orchestrator.errors import BenchError
 from orchestrator.images import discover_models
-from orchestrator.scheduler import Job, container_kwargs, device_slots, prepare_worker_files
 from orchestrator.shards import structure_record
 from orchestrator.weights import checkpoint_path
+from orchestrator.workers import Assignment, device_slots, prepare_worker_files, worker_spec
 from orchestrator.zoo import make_stand_in, run_contract
 
 pytestmark = pytest.mark.docker
@@ -20,7 +21,7 @@ PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "cell_filter": "FrechetCell
             "max_steps": 200, "divergence_limit_ev_per_a": 1e4, "fragmentation_limits_a": {}}
 
 
-def relax_in_worker(docker_client, image: str, model: str, options: dict, work: Path, weights: Path,
+def relax_in_worker(engine, image: str, model: str, options: dict, work: Path, weights: Path,
                     atoms) -> list[dict]:
     """Relax `atoms` with the image's entrypoint in a least-privilege worker that sees
     `weights` as /cache; its result lines."""
@@ -28,48 +29,45 @@ def relax_in_worker(docker_client, image: str, model: str, options: dict, work: 
     shards.mkdir(parents=True)
     atoms.info.update(id="x", dimension="3D")
     (shards / "shard-0000.jsonl").write_text(json.dumps(structure_record(atoms)) + "\n")
-    job = Job(model=model, image=image, shards=(shards / "shard-0000.jsonl",), out_dir=work / "out",
-              job={"calculator": options.pop("calculator"), "options": options, "protocol": PROTOCOL})
-    prepare_worker_files(job)
-    (out,) = job.outs
-    out.write_text("")
-    kwargs = container_kwargs(job, device_slots("cpu", 1, 1)[0], "model-test", weights)
-    docker_client.containers.run(remove=True, **kwargs)
+    assignment = Assignment(model=model, image=image, shards=(shards / "shard-0000.jsonl",), out_dir=work / "out",
+                            job=Job(calculator=options.pop("calculator"), options=options, protocol=PROTOCOL))
+    prepare_worker_files(assignment)
+    (out,) = assignment.outs
+    engine.output(worker_spec(assignment, device_slots("cpu", 1, 1)[0], "model-test", weights))
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(docker_client, model_image,
+def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(engine, model_image,
                                                                                  tmp_path):
     image = model_image("sevennet-mf-ompa")
     # SevenNet-MF-0, the multi-fidelity checkpoint inside the wheel, stands in for the MF-ompa file:
     # the same loader and modal selection; its fidelities are PBE and R2SCAN (MF-ompa's: mpa, omat24)
     model = discover_models()["sevennet-mf-ompa"]
-    assert make_stand_in(docker_client, image, model, tmp_path / "weights", tmp_path / "make") == {"modal": "PBE"}
+    assert make_stand_in(engine, image, model, tmp_path / "weights") == {"modal": "PBE"}
     checkpoint = "/cache/sevennet-mf-ompa/checkpoint_sevennet_mf_ompa.pth"
     energies = {}
     for modal in ("PBE", "R2SCAN"):
         silicon = bulk("Si", "diamond", 5.50)
         silicon.rattle(0.02, seed=1)
-        (result,) = relax_in_worker(docker_client, image, "sevennet-mf-ompa",
+        (result,) = relax_in_worker(engine, image, "sevennet-mf-ompa",
                                     {"calculator": "sevennet", "modal": modal, "checkpoint": checkpoint},
                                     tmp_path / modal, tmp_path / "weights", silicon)
         assert result["converged"] and result["failure_reason"] is None, result
         energies[modal] = result["energy_ev"]
     assert abs(energies["PBE"] - energies["R2SCAN"]) > 1e-3  # the fidelity asked for is the one used
-    # a fidelity the checkpoint does not have stops the worker before any structure, saying which
-    with pytest.raises(docker.errors.ContainerError, match="mpa-typo"):
-        relax_in_worker(docker_client, image, "sevennet-mf-ompa",
+    # a fidelity the checkpoint does not have stops the worker before any structure, at once, saying which
+    with pytest.raises(BenchError, match="code 78: .*the model could not be loaded.*mpa-typo"):
+        relax_in_worker(engine, image, "sevennet-mf-ompa",
                         {"calculator": "sevennet", "modal": "mpa-typo", "checkpoint": checkpoint},
                         tmp_path / "typo", tmp_path / "weights", bulk("Si", "diamond", 5.43))
 
 
 @pytest.mark.parametrize("folder", ["chgnet", "sevennet-0"])
-def test_contract_with_the_weights_inside_the_wheel_and_the_batched_forward(docker_client, model_image, tmp_path,
+def test_contract_with_the_weights_inside_the_wheel_and_the_batched_forward(engine, model_image, tmp_path,
                                                                             folder):
     model = discover_models()[folder]
     (tmp_path / "weights").mkdir()
-    report = run_contract(docker_client, model_image(folder), model, tmp_path / "weights", model.options,
-                          tmp_path / "contract")
+    report = run_contract(engine, model_image(folder), model, tmp_path / "weights", model.options)
     assert report["passed"], report
     # both have a batched forward (CHGNet's graph batching, SevenNet's collated graphs): checked
     # on the three structures at once against the calculator one structure at a time
@@ -77,20 +75,20 @@ def test_contract_with_the_weights_inside_the_wheel_and_the_batched_forward(dock
 
 
 @pytest.fixture(scope="module")
-def mace_weights(docker_client, model_image, tmp_path_factory):
+def mace_weights(engine, model_image, tmp_path_factory):
     """A weights cache pre-seeded with a MACE checkpoint made in the image by mace's own constructor
     (adapters.calculators.mace.make_test_checkpoint), under the MPA-0 file name."""
     image = model_image("mace-mpa-0")
     cache = tmp_path_factory.mktemp("mace-cache")
-    make_stand_in(docker_client, image, discover_models()["mace-mpa-0"], cache / "weights", cache / "make")
+    make_stand_in(engine, image, discover_models()["mace-mpa-0"], cache / "weights")
     return image, cache
 
 
-def test_mace_contract_with_a_checkpoint_made_by_mace(docker_client, mace_weights, tmp_path):
+def test_mace_contract_with_a_checkpoint_made_by_mace(engine, mace_weights, tmp_path):
     image, cache = mace_weights
     model = discover_models()["mace-mpa-0"]
-    report = run_contract(docker_client, image, model, cache / "weights",
-                          {"checkpoint": "/cache/mace-mpa-0/mace-mpa-0-medium.model", "dtype": ""}, tmp_path)
+    report = run_contract(engine, image, model, cache / "weights",
+                          {"checkpoint": "/cache/mace-mpa-0/mace-mpa-0-medium.model", "dtype": ""})
     assert report["passed"], report
     assert all(s["finite"] for s in report["structures"].values())
     assert report["force_deviation_ev_per_a"] < 1e-3 and report["stress_deviation_ev_per_a3"] < 1e-4
@@ -125,14 +123,14 @@ def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weight
 # eqV2 and eSEN are checked by `make test-zoo` only: their image compiles torch_scatter (8 min here)
 @pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa",
                                     "mattersim-v1-5m", "m3gnet", "grace-2l-oam", "dpa3-v1-openlam"])
-def test_contract_and_bench_with_checkpoints_made_by_the_models_package(docker_client, model_image, tmp_path,
+def test_contract_and_bench_with_checkpoints_made_by_the_models_package(engine, model_image, tmp_path,
                                                                         folder):
     model = discover_models()[folder]
     image = model_image(folder)
     # random weights in the package's own architecture and file format (make_test_checkpoint of its family)
-    assert make_stand_in(docker_client, image, model, tmp_path / "weights", tmp_path / "make") == {}
-    report = run_contract(docker_client, image, model, tmp_path / "weights",
-                          {**model.options, "checkpoint": checkpoint_path(model)}, tmp_path / "contract")
+    assert make_stand_in(engine, image, model, tmp_path / "weights") == {}
+    report = run_contract(engine, image, model, tmp_path / "weights",
+                          {**model.options, "checkpoint": checkpoint_path(model)})
     assert report["passed"], report
     assert ("force_deviation_ev_per_a" in report) == (model.forces == "conservative")
     # and through make bench, by its paper tag, with the checkpoint pre-seeded (tmp_path/weights)

@@ -4,7 +4,6 @@ whole runs through a real SLURM (`.ci/slurm start`) with the emt image."""
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -36,18 +35,19 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
 
 
 def write_task_script(tmp_path: Path, **slurm) -> Path:
-    from orchestrator.scheduler import Job
-    from orchestrator.slurm import task_script
+    from adapters.wire import Job
+    from orchestrator.workers import Assignment
+    from orchestrator.workers.slurm import task_script
 
     settings = load_manifest(**{f"slurm.{k}": v for k, v in slurm.items()})["slurm"]
     run_dir = tmp_path / "run"
     out_dir = run_dir / "raw" / "emt"
     out_dir.mkdir(parents=True)
-    job = Job(model="emt", image="umlip-0123d/emt:test", shards=(run_dir / "shards" / "shard-0003.jsonl",),
-              out_dir=out_dir, job={"calculator": "emt", "options": {}, "protocol": {}})
+    assignment = Assignment(model="emt", image="umlip-0123d/emt:test", shards=(run_dir / "shards" / "shard-0003.jsonl",),
+                            out_dir=out_dir, job=Job(calculator="emt", protocol=load_manifest().relaxation_protocol()))
     script = run_dir / "emt.sbatch"
-    script.write_text(task_script(job, [3], settings, {"path": str(tmp_path / "emt.sif")}, "key", tmp_path / "weights",
-                                  "owner", max_retries=2, pids=64, log_dir=run_dir / "slurm"))
+    script.write_text(task_script(assignment, [3], settings, {"path": str(tmp_path / "emt.sif")}, "key",
+                                  tmp_path / "weights", "owner", pids=64, log_dir=run_dir / "slurm"))
     return script
 
 
@@ -57,57 +57,48 @@ def run_task(script: Path, bin_dir: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(script)], env=environ, capture_output=True, text=True, timeout=60)
 
 
-def test_the_task_retries_a_dying_worker_and_lists_its_structure_as_crashed(tmp_path):
+@pytest.mark.parametrize("code", [0, 69, 137])
+def test_a_task_runs_the_same_worker_once_and_ends_with_its_exit_code(tmp_path, code):
     script = write_task_script(tmp_path)
     out_dir = tmp_path / "run" / "raw" / "emt"
-    (out_dir / "shard-0003.inflight").write_text("mp-42\n")
     bin_dir = tmp_path / "bin"
-    # segfaults twice, then finishes
-    stub(bin_dir, "apptainer", f'n=$(grep -c . "{bin_dir}/calls"); [ "$n" -ge 3 ] && exit 0; exit 139')
+    stub(bin_dir, "apptainer", f'echo "relaxing"; exit {code}')
     done = run_task(script, bin_dir, SLURM_RESTART_COUNT="1")
-    assert done.returncode == 0, done.stderr
-    assert (out_dir / "shard-0003.crashed").read_text() == "mp-42\nmp-42\n"
+    assert done.returncode == code, done.stderr
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert len(calls) == 1  # retries are the supervisor's, inside the container
     assert "task 77_3 restart 1 on" in (out_dir / "shard-0003.attempts").read_text()
-    call = (bin_dir / "calls").read_text().splitlines()[0].split()
+    assert (out_dir / "shard-0003.log").read_text() == "relaxing\n"
+    call = calls[0].split()
     assert call[:4] == ["apptainer", "exec", "--containall", "--cleanenv"]
     assert "--net" in call and call[call.index("--network") + 1] == "none"
     run_dir = tmp_path / "run"
     assert f"--bind={run_dir / 'shards'}:/data/shards:ro" in call
     assert f"--bind={tmp_path / 'weights' / 'emt'}:/cache/emt:ro" in call  # its own weights only
     assert f"--bind={out_dir / 'shard-0003.jsonl'}:/data/out/shard-0003.jsonl:rw" in call
-    assert f"--bind={out_dir / 'shard-0003.crashed'}:/data/out/shard-0003.crashed:ro" in call
+    assert f"--bind={out_dir / 'shard-0003.crashed'}:/data/out/shard-0003.crashed:rw" in call
     assert "--env=OPENBLAS_NUM_THREADS=1" in call and "--nv" not in call
     image = call.index(str(tmp_path / "emt.sif"))
-    assert call[image + 1:image + 4] == ["python", "-m", "adapters.relax"]
+    assert call[image + 1:image + 4] == ["python", "-m", "adapters.supervise"]
     assert call[call.index("--shard") + 1] == "/data/shards/shard-0003.jsonl"
     assert '"device": "cpu"' in (bin_dir / "calls").read_text()
 
 
-def test_a_task_whose_worker_dies_but_moves_on_is_rerun_past_its_retries(tmp_path):
-    script = write_task_script(tmp_path)
-    out = tmp_path / "run" / "raw" / "emt" / "shard-0003.jsonl"
+def test_a_task_stopped_by_slurm_stops_its_worker(tmp_path):
+    script = write_task_script(tmp_path, runtime="docker")
     bin_dir = tmp_path / "bin"
-    # four deaths (two retries allowed), each after a new result, then it finishes
-    stub(bin_dir, "apptainer", f'n=$(grep -c . "{bin_dir}/calls"); [ "$n" -ge 5 ] && exit 0; '
-                               f'echo "{{\\"id\\": \\"s$n\\"}}" >> "{out}"; exit 139')
-    done = run_task(script, bin_dir)
-    assert done.returncode == 0, done.stderr
-    assert len((bin_dir / "calls").read_text().splitlines()) == 5
-    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["s1", "s2", "s3", "s4"]
-
-
-@pytest.mark.parametrize("code, calls, crashed", [(137, 3, ""), (75, 1, "")])
-def test_a_worker_stopped_from_outside_or_unable_to_write_marks_no_crash(tmp_path, code, calls, crashed):
-    script = write_task_script(tmp_path)
-    out_dir = tmp_path / "run" / "raw" / "emt"
-    (out_dir / "shard-0003.inflight").write_text("mp-42\n")
-    bin_dir = tmp_path / "bin"
-    stub(bin_dir, "apptainer", f"exit {code}")
-    done = run_task(script, bin_dir)
-    assert done.returncode == code
-    assert len((bin_dir / "calls").read_text().splitlines()) == calls
-    crash_list = out_dir / "shard-0003.crashed"
-    assert (crash_list.read_text() if crash_list.exists() else "") == crashed
+    stub(bin_dir, "docker", 'if [ "$1" = run ]; then sleep 30; fi')
+    environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "3",
+               "SLURM_ARRAY_JOB_ID": "77"}
+    task = subprocess.Popen(["bash", str(script)], env=environ)
+    deadline = time.monotonic() + 20
+    while "docker run" not in ((bin_dir / "calls").read_text() if (bin_dir / "calls").exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    task.send_signal(signal.SIGTERM)  # scancel, a time limit
+    assert task.wait(timeout=20) == 143
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert calls[-1].startswith("docker rm -f umlip-0123d-key-emt-shard-0003")  # the container goes too
 
 
 def test_a_gpu_task_passes_its_assigned_gpu_only(tmp_path):
@@ -123,7 +114,7 @@ def test_a_gpu_task_passes_its_assigned_gpu_only(tmp_path):
 
 
 def test_array_ranges_and_sbatch_options():
-    from orchestrator.slurm import array_spec, sbatch_header
+    from orchestrator.workers.slurm import array_spec, sbatch_header
 
     assert array_spec([0, 1, 2, 5, 7, 8], None) == "0-2,5,7-8"
     assert array_spec([4], 3) == "4%3"
@@ -136,14 +127,14 @@ def test_array_ranges_and_sbatch_options():
 
 
 def test_images_are_converted_once_per_image_id(tmp_path, monkeypatch):
-    from orchestrator.slurm import convert_image
+    from orchestrator.workers.slurm import convert_image
 
     bin_dir = tmp_path / "bin"
     # no daemon access for apptainer: the conversion goes through a `docker save` archive
     stub(bin_dir, "apptainer", 'case "$4" in docker-daemon://*) exit 1;; esac; echo "SIF of $4" > "$3"')
     stub(bin_dir, "docker", 'echo "archive of $4" > "$3"')
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    first = convert_image(None, "umlip-0123d/emt:abc", "sha256:" + "1" * 64, "apptainer", tmp_path / "images")
+    first = convert_image("umlip-0123d/emt:abc", "sha256:" + "1" * 64, "apptainer", tmp_path / "images")
     sif = Path(first["path"])
     assert sif.read_text().startswith("SIF of docker-archive://")
     assert first["sha256"] == hashlib.sha256(sif.read_bytes()).hexdigest()
@@ -151,20 +142,20 @@ def test_images_are_converted_once_per_image_id(tmp_path, monkeypatch):
         ["apptainer", "build"], ["docker", "save"], ["apptainer", "build"]]
     assert not list((tmp_path / "images").glob("*.tar"))  # the archive was a step, not a product
     calls = (bin_dir / "calls").read_text()
-    assert convert_image(None, "umlip-0123d/emt:abc", "sha256:" + "1" * 64, "apptainer",
+    assert convert_image("umlip-0123d/emt:abc", "sha256:" + "1" * 64, "apptainer",
                          tmp_path / "images") == first
     assert (bin_dir / "calls").read_text() == calls  # reused
-    second = convert_image(None, "umlip-0123d/emt:abd", "sha256:" + "2" * 64, "apptainer", tmp_path / "images")
+    second = convert_image("umlip-0123d/emt:abd", "sha256:" + "2" * 64, "apptainer", tmp_path / "images")
     assert second["path"] != first["path"]  # a new image id is a new conversion
-    archive = convert_image(None, "umlip-0123d/emt:abc", "sha256:" + "1" * 64, "docker", tmp_path / "images")
+    archive = convert_image("umlip-0123d/emt:abc", "sha256:" + "1" * 64, "docker", tmp_path / "images")
     assert Path(archive["archive"]).read_text().startswith("archive of")
-    assert convert_image(None, "umlip-0123d/emt:abc", "sha256:1", "docker", None) == {
+    assert convert_image("umlip-0123d/emt:abc", "sha256:1", "docker", None) == {
         "runtime": "docker", "image": "umlip-0123d/emt:abc", "image_id": "sha256:1"}
 
 
 def test_slurm_settings_are_checked(tmp_path, monkeypatch):
     from orchestrator.errors import BenchError
-    from orchestrator.slurm import check_shared
+    from orchestrator.workers.slurm import check_shared
 
     with pytest.raises(BenchError, match="slurm.runtime must be one of apptainer, docker, podman"):
         load_manifest(**{"slurm.runtime": "singularty"})
@@ -172,11 +163,14 @@ def test_slurm_settings_are_checked(tmp_path, monkeypatch):
         load_manifest(backend="k8s")
     with pytest.raises(BenchError, match="slurm.sbatch_options"):
         load_manifest(**{"slurm.sbatch_options": ["qos=long"]})
-    from orchestrator.bench import make_scheduler
+    from orchestrator.bench import make_backend
+    from orchestrator.plan import RunPlan
 
+    plan = RunPlan(manifest=load_manifest(), models=[], dataset=None, structures=[], subset_key="all", protocol={},
+                   engine="ase", run_dir=tmp_path / "run", cache=load_manifest().cache)
     with pytest.raises(BenchError, match="sbatch, squeue, scancel not found on this host"):
         monkeypatch.setenv("PATH", str(tmp_path))
-        make_scheduler(load_manifest(), None, tmp_path / "run")
+        make_backend(plan, None)
     monkeypatch.undo()
     settings = load_manifest(**{"slurm.shared_dir": str(tmp_path / "shared")})["slurm"]
     check_shared(settings, {"results_dir": tmp_path / "shared" / "results"})
@@ -185,18 +179,6 @@ def test_slurm_settings_are_checked(tmp_path, monkeypatch):
 
 
 # --- a real SLURM -----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def slurm_node():
-    """The local cluster's node name; skipped without SLURM, a failure in CI."""
-    listing = subprocess.run(["sinfo", "-h", "-o", "%N %T"], capture_output=True, text=True) \
-        if shutil.which("sinfo") else None
-    if listing is None or listing.returncode or not listing.stdout.strip():
-        if os.environ.get("CI"):
-            raise RuntimeError("CI starts SLURM (.ci/slurm start), but sinfo finds no node")
-        pytest.skip("no SLURM here: `.ci/slurm start` (as root) makes a local one")
-    return listing.stdout.split()[0]
-
 
 def slow_emt_dataset(path: Path) -> None:
     """The emt pipeline set plus three rattled 108-atom copper crystals, whose relaxations
@@ -238,7 +220,7 @@ def raw_ids(run_dir: Path) -> Counter:
 
 @pytest.mark.docker
 @pytest.mark.slurm
-def test_slurm_relaxes_like_docker_and_survives_a_failed_node(tmp_path, slurm_node, docker_client):
+def test_slurm_relaxes_like_docker_and_survives_a_failed_node(tmp_path, slurm_node, engine):
     dataset = tmp_path / "emt-set.extxyz"
     slow_emt_dataset(dataset)
     local = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1", results=tmp_path / "docker")
@@ -273,7 +255,7 @@ def test_slurm_relaxes_like_docker_and_survives_a_failed_node(tmp_path, slurm_no
 
 @pytest.mark.docker
 @pytest.mark.slurm
-def test_interrupted_slurm_runs_cancel_only_their_jobs_and_resume(tmp_path, slurm_node, docker_client):
+def test_interrupted_slurm_runs_cancel_only_their_jobs_and_resume(tmp_path, slurm_node, engine):
     dataset = tmp_path / "emt-set.extxyz"
     slow_emt_dataset(dataset)
     bystander = subprocess.run(["sbatch", "--parsable", "-J", "bystander", "--output=/dev/null", "--wrap", "sleep 300"],

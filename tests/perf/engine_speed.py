@@ -122,7 +122,7 @@ def run_in_image(image: str, job: dict, records: list[dict], threads: int, batch
         Path(work, "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         volumes = [arg for host, inside in {work: "/work", **(mounts or {})}.items()
                    for arg in ("-v", f"{host}:{inside}:ro")]
-        from orchestrator.scheduler import worker_threading
+        from orchestrator.workers.spec import worker_threading
 
         thread_env = [arg for name, value in worker_threading(threads).items() for arg in ("-e", f"{name}={value}")]
         command = ["docker", "run", "--rm", "--network", "none", "-e", f"ENGINE_SPEED_JOB={json.dumps(job)}",
@@ -161,7 +161,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))  # the orchestrator, and for --here the adapters as the image has them
     if args.here:  # before numpy and torch are imported: the workers' threading, the model's threads as asked
-        from orchestrator.scheduler import worker_threading
+        from orchestrator.workers.spec import worker_threading
 
         os.environ.update(worker_threading(args.threads))
     from orchestrator.errors import BenchError
@@ -189,7 +189,7 @@ def measure(args) -> tuple[dict, str]:
     from orchestrator.errors import BenchError
     from orchestrator.images import discover_models
     from orchestrator.manifest import load
-    from orchestrator.scheduler import CACHE_MOUNT
+    from adapters.wire import CACHE_MOUNT
     from orchestrator.weights import checkpoint_option, ensure_weights
 
     manifest = load(REPO / "benchmark.yaml")
@@ -198,17 +198,16 @@ def measure(args) -> tuple[dict, str]:
         raise BenchError(f"unknown model {args.model!r}; choose one of {sorted(models)}")
     model = models[args.model]
     records = (emt_records if args.data == "emt" else sample_records)(args.structures)
-    weights = manifest.path_setting("cache_dir") / "weights"
+    weights = manifest.cache.weights
     ensure_weights(model, weights)  # as `make weights`: fetched, or an error saying where to put it
     options = {**model.options, **checkpoint_option(model, weights if args.here else CACHE_MOUNT)}
     if args.here:
         return compare(records, model.calculator, options, args.device, args.batch_atoms), \
             f"this Python ({sys.version.split()[0]})"
-    import docker
-
     from orchestrator.images import ImageBuilder
+    from orchestrator.workers.docker import DockerEngine
 
-    image = ImageBuilder.from_manifest(docker.from_env(), manifest).model(model)
+    image = ImageBuilder.from_manifest(DockerEngine(), manifest).model(model)
     job = {"calculator": model.calculator, "options": options, "device": args.device}
     mounts = {str(weights / model.name): f"{CACHE_MOUNT}/{model.name}"}  # its own weights, as the scheduler mounts them
     return run_in_image(image, job, records, args.threads, args.batch_atoms, mounts), f"image {image}"

@@ -20,18 +20,17 @@ sys.path.insert(0, str(REPO))
 SAMPLE = REPO.parent / "shared" / "data" / "alexandria-pbe-3d-sample200.json.bz2"
 
 
-from orchestrator.scheduler import worker_threading  # noqa: E402
+from orchestrator.workers.spec import Mount, WorkerSpec, worker_threading  # noqa: E402
 
 
-def run_plain_loop(client, image: str, calculator: str, options: dict, shard: Path, threads: int) -> list[dict]:
-    """plain_ase_loop.py in the model's image on one shard; its JSON lines, parsed."""
-    out = client.containers.run(
+def run_plain_loop(engine, image: str, calculator: str, options: dict, shard: Path, threads: int) -> list[dict]:
+    """plain_ase_loop.py in the model's image on one shard, as least privileged as a worker;
+    its JSON lines, parsed."""
+    out = engine.output(WorkerSpec(
         image, ["python", "/perf/plain_ase_loop.py", calculator, json.dumps(options), f"/shards/{shard.name}"],
-        volumes={str(Path(__file__).parent): {"bind": "/perf", "mode": "ro"},
-                 str(shard.parent): {"bind": "/shards", "mode": "ro"}},
-        environment={**worker_threading(threads), "PYTHONPATH": "/opt/umlip-0123d"},
-        remove=True, stderr=False)
-    return [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+        mounts=[Mount(str(Path(__file__).parent), "/perf"), Mount(str(shard.parent), "/shards")],
+        environment={**worker_threading(threads), "PYTHONPATH": "/opt/umlip-0123d"}, threads=threads))
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def main() -> None:
@@ -43,18 +42,18 @@ def main() -> None:
     args = parser.parse_args()
 
     from load import quiet_and_loaded  # beside this script
-    from orchestrator.engine import docker_client
     from orchestrator.images import ImageBuilder, discover_models
     from orchestrator.manifest import load
+    from orchestrator.workers.docker import DockerEngine
 
     manifest = load(REPO / "benchmark.yaml")
-    client = docker_client()
-    builder = ImageBuilder.from_manifest(client, manifest)
+    engine = DockerEngine()
+    builder = ImageBuilder.from_manifest(engine, manifest)
     model = discover_models()["chgnet"]
     image = builder.model(model)
     threads = os.cpu_count()
     # warm the page cache with the image's libraries, so neither side pays for the first read
-    client.containers.run(image, ["python", "-c", "import chgnet.model, torch"], remove=True)
+    engine.output(WorkerSpec(image, ["python", "-c", "import chgnet.model, torch"]))
 
     def measure() -> dict:
         with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +77,7 @@ def main() -> None:
                 raise SystemExit(f"the no-op rerun failed:\n{again.stderr[-3000:]}")
 
             start = time.perf_counter()
-            plain = run_plain_loop(client, image, model.calculator, model.options, shard, threads)
+            plain = run_plain_loop(engine, image, model.calculator, model.options, shard, threads)
             plain_s = time.perf_counter() - start
             if len(plain) != n:
                 raise SystemExit(f"the plain loop relaxed {len(plain)} of {n} structures")

@@ -1,34 +1,12 @@
-"""The Docker engine connection and the console every command writes to."""
+"""The console every command writes to, and its tables."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
-from orchestrator.errors import BenchError
-
 # stderr: stdout carries only results (the run folder, paths) for scripts. Messages are never
 # broken at the console's width: a path or an id stays whole in a log, a pipe or a terminal.
 console = Console(stderr=True, soft_wrap=True)
-
-
-def docker_client():
-    import docker
-
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # the SDK raises several types for "no engine"
-        raise BenchError(f"cannot reach the Docker engine ({exc}); start it (e.g. `dockerd &` or "
-                         "`systemctl start docker`) and check that this user may use it") from None
-    return client
-
-
-def engine_lost(exc: BaseException) -> bool:
-    """An error of the connection to the Docker engine (the SDK's requests errors are
-    OSErrors too, and must not read as a full disk)."""
-    import requests
-
-    return isinstance(exc, requests.exceptions.RequestException)
 
 
 def show_table(title: str, columns: list[str], rows: list[list[str]], file=None, right: tuple[str, ...] = ()) -> None:

@@ -1,19 +1,17 @@
-"""The SLURM backend: the Docker backend's images, shards and worker command, run as one
-array job per model (one task per shard) on a cluster.
+"""The SLURM backend: the Docker backend's images, shards and worker, run as one array job
+per model (one task per shard) on a cluster.
 
 The submit host builds the images with Docker as usual and converts each one once per
 image id for the nodes' container runtime: a SIF file for Apptainer; for Docker or
 Podman on nodes with engines of their own, a `docker save` archive the task loads when
-its node lacks the image. Every task runs the same `python -m adapters.relax` command
-with the same mounts and limits as a Docker-backend container (container_kwargs). The
-results land in the run folder on the shared filesystem, where the host tails them for
-progress as with the Docker backend; the merge, metrics and report are the same code.
-
-A task reruns its container until max_worker_retries + 1 deaths in a row bring no new
-result and records a structure its worker died on in the crash list, as the Docker
-backend does; a task whose node fails
-is requeued by SLURM (--requeue) and resumes its shard from the lines already written,
-so a structure is never relaxed into the results twice.
+its node lacks the image. Every task runs the same worker as a Docker-backend container
+(workers.worker_spec, rendered for the nodes' runtime): the same supervisor, with the
+same policy for crashes, hung relaxations and retries (adapters.supervise), the same
+mounts and limits. The results land in the run folder on the shared filesystem, where
+the host tails them for progress as with the Docker backend; the merge, metrics and
+report are the same code. A task whose node fails is requeued by SLURM (--requeue) and
+resumes its shard from the lines already written, so a structure is never relaxed into
+the results twice.
 """
 
 from __future__ import annotations
@@ -26,14 +24,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from adapters import results
-from adapters.relax import CANNOT_WRITE, crash_list_path, in_flight_path
-from orchestrator.datasets import sha256_of
-from orchestrator.engine import console
+from adapters import wire
+from orchestrator.console import console
+from orchestrator.download import sha256_of
 from orchestrator.errors import BenchError
-from orchestrator.scheduler import (KILLED_FROM_OUTSIDE, Job, Slot, container_kwargs,
-                                    prepare_worker_files, run_key)
 from orchestrator.shards import read_ids
+from orchestrator.workers import Assignment, Slot, prepare_worker_files, run_key, worker_failures, worker_spec
+from orchestrator.workers.spec import apptainer_options, engine_options
 
 RUNTIMES = ("apptainer", "docker", "podman")
 #: Stands for the shard's name in the one command line an array job's tasks share.
@@ -60,36 +57,6 @@ def task_slot(settings: dict, pids: int) -> Slot:
                 threads=settings["cpus_per_task"], memory_bytes=memory, pids=pids)
 
 
-def engine_options(kwargs: dict, cpus: int) -> list[str]:
-    """`docker run` / `podman run` options equal to the Docker SDK arguments of
-    container_kwargs, with the task's CPUs (the image, command and GPU are added by the
-    task script)."""
-    options = ["--name", kwargs["name"], "--user", kwargs["user"], "--network", kwargs["network_mode"],
-               "--workdir", kwargs["working_dir"], "--pids-limit", str(kwargs["pids_limit"]), f"--cpus={cpus}"]
-    options += [f"--cap-drop={cap}" for cap in kwargs["cap_drop"]]
-    options += [f"--security-opt={opt}" for opt in kwargs["security_opt"]]
-    options += ["--read-only"] if kwargs["read_only"] else []
-    options += [f"--tmpfs={path}:{opts}" for path, opts in kwargs["tmpfs"].items()]
-    options += [f"--shm-size={kwargs['shm_size']}b"]
-    options += [f"--memory={kwargs['mem_limit']}b"] if "mem_limit" in kwargs else []
-    options += [f"--label={key}={value}" for key, value in kwargs["labels"].items()]
-    options += [f"--volume={src}:{spec['bind']}:{spec['mode']}" for src, spec in kwargs["volumes"].items()]
-    options += [f"--env={key}={value}" for key, value in kwargs["environment"].items()]
-    return options
-
-
-def apptainer_options(kwargs: dict, isolate_network: bool) -> list[str]:
-    """`apptainer exec` options for the same container: its own /tmp, /dev and
-    environment (--containall --cleanenv), the image read-only (Apptainer's default),
-    the same binds, variables and working folder; the user is the one who submitted."""
-    options = ["--containall", "--cleanenv", "--pwd", kwargs["working_dir"]]
-    options += ["--no-privs"] if os.getuid() == 0 else []  # root here: drop what root would keep
-    options += ["--net", "--network", "none"] if isolate_network else []
-    options += [f"--bind={src}:{spec['bind']}:{spec['mode']}" for src, spec in kwargs["volumes"].items()]
-    options += [f"--env={key}={value}" for key, value in kwargs["environment"].items()]
-    return options
-
-
 def bash_word(token: str) -> str:
     """`token` quoted for bash, with SHARD expanded to the task's shard name."""
     return '"${shard}"'.join(shlex.quote(part) if part else "" for part in token.split(SHARD))
@@ -110,9 +77,9 @@ def array_spec(numbers: list[int], max_simultaneous: int | None) -> str:
     return ",".join(ranges) + (f"%{max_simultaneous}" if max_simultaneous else "")
 
 
-def shard_number(job: Job) -> int:
+def shard_number(assignment: Assignment) -> int:
     """The shard's number (shard-0007 -> 7): its task's index in the array."""
-    return int(job.shards[0].stem.split("-")[-1])
+    return int(assignment.shards[0].stem.split("-")[-1])
 
 
 def job_name(model: str, run_key_: str) -> str:
@@ -134,43 +101,38 @@ def sbatch_header(model: str, numbers: list[int], settings: dict, log_dir: Path,
     return [f"#SBATCH {option}" for option in options]
 
 
-def task_script(job: Job, numbers: list[int], settings: dict, image: dict, run_key_: str, cache_dir: Path,
-                owner: str, max_retries: int, pids: int, log_dir: Path) -> str:
-    """The batch script of one model's array job: task N relaxes shard-N with the same
-    container as the Docker backend, retried and crash-recorded the same way."""
-    template = Job(model=job.model, image=job.image, shards=(job.shards[0].parent / f"{SHARD}.jsonl",),
-                   out_dir=job.out_dir, job=job.job)
-    kwargs = container_kwargs(template, task_slot(settings, pids), run_key_, cache_dir, owner)
+def task_script(assignment: Assignment, numbers: list[int], settings: dict, image: dict, run_key_: str,
+                weights_dir: Path, owner: str, pids: int, log_dir: Path) -> str:
+    """The batch script of one model's array job: task N runs the worker of shard-N, the
+    same container as the Docker backend's (its supervisor retries and records crashes)."""
+    template = Assignment(model=assignment.model, image=assignment.image,
+                          shards=(assignment.shards[0].parent / f"{SHARD}.jsonl",), out_dir=assignment.out_dir,
+                          job=assignment.job)
+    spec = worker_spec(template, task_slot(settings, pids), run_key_, weights_dir, owner)
     runtime = settings["runtime"]
-    worker = kwargs["command"]
     if runtime == "apptainer":
-        run = ["apptainer", "exec", *apptainer_options(kwargs, settings["isolate_network"])]
-        tail = [image["path"], *worker]
+        run = ["apptainer", "exec", *apptainer_options(spec, settings["isolate_network"])]
+        tail = [image["path"], *spec.command]
         gpus = '(--nv --env "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES")'
         stop = 'kill "$pid" 2>/dev/null'
-        oom = []  # SLURM itself ends a task over its memory (OUT_OF_MEMORY)
     else:
-        run = [runtime, "run", *engine_options(kwargs, settings["cpus_per_task"])]
-        tail = [job.image, *worker]
+        run = [runtime, "run", *engine_options(spec, settings["cpus_per_task"])]
+        tail = [assignment.image, *spec.command]
         gpus = '(--gpus "device=$CUDA_VISIBLE_DEVICES")'
         stop = f'{runtime} rm -f "$name" >/dev/null 2>&1'
-        oom = [f'  [ "$({runtime} inspect -f "{{{{.State.OOMKilled}}}}" "$name" 2>/dev/null)" = true ] && oom=yes']
     load = []
     if image.get("archive"):  # nodes with engines of their own load the image once
-        load = [f"{runtime} image inspect {shlex.quote(job.image)} >/dev/null 2>&1 || "
+        load = [f"{runtime} image inspect {shlex.quote(assignment.image)} >/dev/null 2>&1 || "
                 f"{runtime} load -i {shlex.quote(image['archive'])} >/dev/null"]
     out = template.outs[0]
     return "\n".join([
         "#!/bin/bash",
-        *sbatch_header(job.model, numbers, settings, log_dir, job_name(job.model, run_key_)),
-        f"# {job.model}: one task per shard; written by the orchestrator (orchestrator/slurm.py)",
+        *sbatch_header(assignment.model, numbers, settings, log_dir, job_name(assignment.model, run_key_)),
+        f"# {assignment.model}: one task per shard; written by the orchestrator (orchestrator/workers/slurm.py)",
         "set -u",
         'shard=$(printf "shard-%04d" "$SLURM_ARRAY_TASK_ID")',
-        f"name={bash_word(kwargs['name'])}",
-        f"out={bash_word(str(out))}",
+        f"name={bash_word(spec.name)}",
         f"log={bash_word(str(out.with_suffix('.log')))}",
-        f"in_flight={bash_word(str(in_flight_path(out)))}",
-        f"crashed={bash_word(str(crash_list_path(out)))}",
         # one line per start of this task: a restart after a failed node shows here
         f'echo "$(date -u +%FT%TZ) task ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} '
         f'restart ${{SLURM_RESTART_COUNT:-0}} on $(hostname)" >> {bash_word(str(out.with_suffix(".attempts")))}',
@@ -184,25 +146,10 @@ def task_script(job: Job, numbers: list[int], settings: dict, image: dict, run_k
         f"stop() {{ {stop}; }}",
         "trap 'stop; exit 143' TERM INT",
         *load,
-        "code=0",
-        # given up after max_retries + 1 deaths in a row without a new result (as the Docker backend)
-        "fruitless=0",
-        f'while [ "$fruitless" -le {max_retries} ]; do',
-        '  written=$(stat -c %s "$out" 2>/dev/null || echo 0)',
-        "  stop  # a container an earlier run of this task left behind",
-        '  "${run[@]}" "${gpus[@]}" "${worker[@]}" >> "$log" 2>&1 &',
-        '  pid=$!; wait "$pid"; code=$?',
-        "  oom=no",
-        *oom,
-        "  stop",
-        f'  case "$code" in 0|{CANNOT_WRITE}) exit "$code" ;; esac',
-        # a worker that died on its own names its structure in the crash list
-        f'  if [ "$oom" = yes ] || ! [[ " {" ".join(map(str, KILLED_FROM_OUTSIDE))} " == *" $code "* ]]; then',
-        '    [ -s "$in_flight" ] && printf "%s\\n" "$(cat "$in_flight")" >> "$crashed"',
-        "  fi",
-        '  if [ "$(stat -c %s "$out" 2>/dev/null || echo 0)" -gt "$written" ]; then fruitless=0; '
-        "else fruitless=$((fruitless + 1)); fi",
-        "done",
+        "stop  # a container an earlier run of this task left behind",
+        '"${run[@]}" "${gpus[@]}" "${worker[@]}" >> "$log" 2>&1 &',
+        'pid=$!; wait "$pid"; code=$?',
+        "stop",
         'exit "$code"',
         ""])
 
@@ -218,7 +165,7 @@ def _run(command: list[str], what: str) -> subprocess.CompletedProcess:
     return done
 
 
-def convert_image(client, image: str, image_id: str, runtime: str, image_dir: Path | None) -> dict:
+def convert_image(image: str, image_id: str, runtime: str, image_dir: Path | None) -> dict:
     """The image in the form the nodes run, made once per image id: {"path", "sha256"} of a
     SIF for Apptainer; {"archive", "sha256"} of a `docker save` archive for Docker or
     Podman when image_dir is set; nothing to convert when the nodes share this engine."""
@@ -252,17 +199,16 @@ def convert_image(client, image: str, image_id: str, runtime: str, image_dir: Pa
     return {**record, key: str(target), "sha256": checksum.read_text().strip()}
 
 
-class SlurmScheduler:
-    """Runs jobs as SLURM array jobs and waits for them, tailing results like the Docker
-    Scheduler (same interface: run(jobs, on_tick), failures, provenance())."""
+class SlurmBackend:
+    """Runs assignments (one shard each) as SLURM array jobs and waits for them, tailing
+    results like the Docker backend (workers.Backend)."""
 
-    def __init__(self, client, settings: dict, run_dir: Path, cache_dir: Path, max_retries: int,
-                 image_dir: Path, pids: int = 4096):
-        self.client = client
+    def __init__(self, engine, settings: dict, run_dir: Path, weights_dir: Path, image_dir: Path | None,
+                 pids: int = 4096):
+        self.engine = engine
         self.settings = settings
         self.run_dir = run_dir
-        self.cache_dir = cache_dir
-        self.max_retries = max_retries
+        self.weights_dir = weights_dir
         self.image_dir = image_dir
         self.pids = pids
         self.run_key = run_key(run_dir)
@@ -284,31 +230,30 @@ class SlurmScheduler:
         left queued or running, before the host reads and tidies their result files."""
         self._cancel([job_name(model, self.run_key) for model in models])
 
-    def run(self, jobs: list[Job], on_tick=lambda: None, tick_s: float | None = None) -> None:
-        """Submit one array job per model for the shards in `jobs`, wait for them all; the
-        caller holds the run folder's RunLock. Ctrl-C cancels exactly these jobs; so does
-        the next orchestrator on the folder when this one was killed outright."""
-        self._cancel([job_name(model, self.run_key) for model in {job.model for job in jobs}])
+    def run(self, assignments: list[Assignment], on_tick=lambda: None, tick_s: float | None = None) -> None:
+        """Submit one array job per model for the assignments' shards, wait for them all.
+        Ctrl-C cancels exactly these jobs; so does the next orchestrator on the folder when
+        this one was killed outright."""
+        self._cancel([job_name(model, self.run_key) for model in {a.model for a in assignments}])
         log_dir = self.run_dir / "slurm"
         log_dir.mkdir(parents=True, exist_ok=True)
-        by_model: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_model.setdefault(job.model, []).append(job)
-        models = list(by_model)
+        by_model: dict[str, list[Assignment]] = {}
+        for assignment in assignments:
+            by_model.setdefault(assignment.model, []).append(assignment)
+        logs = {a.log: a.log.stat().st_size if a.log.exists() else 0 for a in assignments}  # read from there
         finished = False
         try:
-            for model, model_jobs in by_model.items():
-                first = model_jobs[0]
-                image_id = self.client.images.get(first.image).id
-                self.images[model] = convert_image(self.client, first.image, image_id, self.settings["runtime"],
-                                                   self.image_dir)
-                for job in model_jobs:
-                    prepare_worker_files(job)
-                (self.cache_dir / model).mkdir(parents=True, exist_ok=True)  # its weights folder, mounted
-                numbers = sorted(shard_number(job) for job in model_jobs)
+            for model, model_assignments in by_model.items():
+                first = model_assignments[0]
+                self.images[model] = convert_image(first.image, self.engine.image_id(first.image),
+                                                   self.settings["runtime"], self.image_dir)
+                for assignment in model_assignments:
+                    prepare_worker_files(assignment)
+                (self.weights_dir / model).mkdir(parents=True, exist_ok=True)  # its weights folder, mounted
+                numbers = sorted(shard_number(a) for a in model_assignments)
                 script = log_dir / f"{model}.sbatch"
                 script.write_text(task_script(first, numbers, self.settings, self.images[model], self.run_key,
-                                              self.cache_dir, self.owner, self.max_retries, self.pids, log_dir))
+                                              self.weights_dir, self.owner, self.pids, log_dir))
                 done = _run(["sbatch", "--parsable", str(script)], f"submitting {model}")
                 self.submitted[model] = done.stdout.strip().split(";")[0]
                 console.print(f"{model}: array job {self.submitted[model]}, {len(numbers)} task(s)")
@@ -316,8 +261,8 @@ class SlurmScheduler:
             finished = True
         finally:
             if not finished:
-                self._cancel([job_name(model, self.run_key) for model in models])
-        self._report_incomplete(jobs)
+                self._cancel([job_name(model, self.run_key) for model in by_model])
+        self._report(assignments, logs)
 
     def _wait(self, on_tick, tick_s: float) -> None:
         ids = ",".join(self.submitted.values())
@@ -335,14 +280,22 @@ class SlurmScheduler:
             time.sleep(tick_s)
         on_tick()
 
-    def _report_incomplete(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            (shard,), (out,) = job.shards, job.outs  # a task relaxes one shard
-            if not results.complete(out, set(read_ids(shard)), job.job.get("structure_timeout_s")):
-                number = shard_number(job)
+    def _report(self, assignments: list[Assignment], logs: dict[Path, int]) -> None:
+        """The workers' notices, and each shard left incomplete when its task ended."""
+        for assignment in assignments:
+            (shard,), (out,) = assignment.shards, assignment.outs  # a task relaxes one shard
+            text = ""
+            if assignment.log.exists():
+                with assignment.log.open("rb") as log:
+                    log.seek(logs[assignment.log])
+                    text = log.read().decode(errors="replace")
+            self.failures += worker_failures(assignment, None, text)
+            if not wire.complete(out, set(read_ids(shard)), assignment.job.structure_timeout_s):
+                number = shard_number(assignment)
                 self.failures.append(
-                    f"{job.model} {shard.name}: incomplete when SLURM task {self.submitted.get(job.model)}_{number} "
-                    f"ended; see {job.log} and {self.run_dir / 'slurm'}/{job.model}-*_{number}.out")
+                    f"{assignment.model} {shard.name}: incomplete when SLURM task "
+                    f"{self.submitted.get(assignment.model)}_{number} ended; see {assignment.log} and "
+                    f"{self.run_dir / 'slurm'}/{assignment.model}-*_{number}.out")
 
     def _cancel(self, names: list[str]) -> None:
         """Cancel this user's jobs of these names and wait (up to a minute) until SLURM

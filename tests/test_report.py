@@ -1,4 +1,5 @@
-"""metrics.report and metrics.plots on small synthetic run folders."""
+"""The run report and the leaderboard (metrics.report, metrics.plots, orchestrator.report) on small
+synthetic run folders."""
 
 import json
 
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 
 from metrics import plots
-from metrics.report import read_results, write_leaderboard, write_run_report
+from orchestrator.report import read_results, save_figure, write_leaderboard, write_run_report
 from orchestrator.errors import BenchError
 
 PROVENANCE = {
@@ -245,7 +246,7 @@ def test_box_plots_with_one_or_eleven_models(tmp_path, models, dims):
              "energy_error_mev_per_atom": rng.normal(0, 5), "position_mae_a": rng.random() * 0.05}
             for m in models for d in dims for _ in range(20)]
     rows.append({**rows[0], "energy_error_mev_per_atom": 5000.0})  # one wild outlier
-    figures = plots.plot_all(pd.DataFrame(rows), tmp_path)
+    figures = {name: save_figure(fig, tmp_path, name) for name, fig in plots.plot_all(pd.DataFrame(rows)).items()}
     assert set(figures) == {"steps", "energy_error", "position_mae"}
     for png, svg in figures.values():
         assert png.stat().st_size > 5000 and svg.stat().st_size > 5000
@@ -258,7 +259,7 @@ def test_box_plots_with_one_or_eleven_models(tmp_path, models, dims):
 def test_a_plot_without_successful_structures_still_renders(tmp_path):
     table = pd.DataFrame([{"model": "m", "dimension": "1D", "converged": False, "failure_reason": "diverged",
                            "steps": 3, "energy_error_mev_per_atom": np.nan, "position_mae_a": np.nan}])
-    png, svg = plots.box_plot(table, "energy_error", tmp_path)
+    png, svg = save_figure(plots.box_plot(table, "energy_error"), tmp_path, "energy_error")
     assert png.exists() and "no structures to show" in svg.read_text()
 
 
@@ -322,7 +323,7 @@ def test_the_dataset_figures_are_drawn_once_per_reference_file(tmp_path, monkeyp
     from ase.build import bulk
     from ase.io import write
 
-    import metrics.report
+    import orchestrator.report
 
     run = make_run(tmp_path, "run-a")
     frames = [bulk("Si"), bulk("Cu")]
@@ -331,8 +332,8 @@ def test_the_dataset_figures_are_drawn_once_per_reference_file(tmp_path, monkeyp
     write(run / "reference.extxyz", frames, format="extxyz")
     write_run_report(run)
     drawn = []
-    real = metrics.report.plots.dataset_distributions
-    monkeypatch.setattr(metrics.report.plots, "dataset_distributions", lambda *a: drawn.append(1) or real(*a))
+    real = orchestrator.report.plots.dataset_distributions
+    monkeypatch.setattr(orchestrator.report.plots, "dataset_distributions", lambda *a: drawn.append(1) or real(*a))
     write_run_report(run)
     assert drawn == [] and (run / "report" / "dataset_distributions.png").is_file()
     assert "Dataset: atoms per cell" in (run / "report" / "report.html").read_text()

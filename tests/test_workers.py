@@ -1,17 +1,24 @@
+"""Workers on the host: slots, the worker spec and its renderings, assignments, the Docker
+backend (with a fake engine, and with the real one for what only it can show)."""
+
 import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
 
-from adapters.relax import crash_counts, id_lines, read_id_lines
+from adapters.wire import GAVE_UP, NOTICE, Job, crash_counts, id_lines
 from orchestrator.errors import BenchError
-from orchestrator.scheduler import (Job, RunLock, Scheduler, Slot, container_kwargs, container_name, device_slots,
-                                   one_job_per_slot, prepare_worker_files, record_crash, run_key)
+from orchestrator.plan import RunLock
+from orchestrator.workers import (Assignment, Slot, container_name, device_slots, one_assignment_per_slot,
+                                  prepare_worker_files, run_key, worker_failures, worker_spec)
+from orchestrator.workers.docker import DockerBackend, sdk_options
 
-JOB = Job(model="emt", image="img:tag", shards=(Path("/runs/r/shards/shard-0003.jsonl"),),
-          out_dir=Path("/runs/r/raw/emt"), job={"calculator": "emt", "options": {}, "protocol": {}})
+PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "fmax_ev_per_a": 0.04,
+            "max_steps": 50, "divergence_limit_ev_per_a": 1e4, "fragmentation_limits_a": {}}
+JOB = Job(calculator="emt", protocol=PROTOCOL)
+ASSIGNMENT = Assignment(model="emt", image="img:tag", shards=(Path("/runs/r/shards/shard-0003.jsonl"),),
+                        out_dir=Path("/runs/r/raw/emt"), job=JOB)
 
 
 def test_by_default_a_cpu_runs_one_single_threaded_worker_per_core_and_a_gpu_one_worker():
@@ -39,7 +46,7 @@ def test_gpu_slots_one_per_gpu_and_worker():
 def test_run_folders_with_the_same_name_get_different_keys(tmp_path):
     one, two = tmp_path / "a" / "run-x", tmp_path / "b" / "run-x"
     assert run_key(one) != run_key(two) and run_key(one) == run_key(tmp_path / "a" / "." / "run-x")
-    assert container_name(run_key(one), JOB) != container_name(run_key(two), JOB)
+    assert container_name(run_key(one), ASSIGNMENT) != container_name(run_key(two), ASSIGNMENT)
 
 
 def test_a_run_folder_is_locked_by_one_orchestrator(tmp_path):
@@ -61,15 +68,15 @@ def test_all_gpus_without_any_is_a_clear_error():
 
 
 def test_container_spec_mounts_and_bounds():
-    kwargs = container_kwargs(JOB, Slot("gpu3-0", "3", 6), "run1", Path("/cache"), owner="me")
+    kwargs = sdk_options(worker_spec(ASSIGNMENT, Slot("gpu3-0", "3", 6), "run1", Path("/cache"), owner="me"))
     assert kwargs["labels"]["org.umlip-0123d.run"] == "run1" and kwargs["labels"]["org.umlip-0123d.owner"] == "me"
     assert kwargs["volumes"]["/runs/r/shards"] == {"bind": "/data/shards", "mode": "ro"}
     assert kwargs["volumes"]["/cache/emt"] == {"bind": "/cache/emt", "mode": "ro"}  # its own weights, not others'
     assert "/cache" not in kwargs["volumes"]
-    # only the job's own files are writable, not its model's folder
+    # only the assignment's own files are writable, not its model's folder
     assert "/runs/r/raw/emt" not in kwargs["volumes"]
     assert kwargs["volumes"]["/runs/r/raw/emt/shard-0003.jsonl"] == {"bind": "/data/out/shard-0003.jsonl", "mode": "rw"}
-    assert kwargs["volumes"]["/runs/r/raw/emt/shard-0003.crashed"]["mode"] == "ro"
+    assert kwargs["volumes"]["/runs/r/raw/emt/shard-0003.crashed"]["mode"] == "rw"  # the supervisor appends to it
     assert (kwargs["network_mode"], kwargs["cap_drop"], kwargs["read_only"]) == ("none", ["ALL"], True)
     assert kwargs["user"] != "0:0" and not kwargs["user"].startswith("0:")
     assert kwargs["environment"]["OMP_NUM_THREADS"] == "6"
@@ -78,58 +85,65 @@ def test_container_spec_mounts_and_bounds():
     request = kwargs["device_requests"][0]
     assert request["DeviceIDs"] == ["3"] and request["Capabilities"] == [["gpu"]]
     command = kwargs["command"]
+    assert command[:3] == ["python", "-m", "adapters.supervise"]
     assert command[command.index("--shard") + 1] == "/data/shards/shard-0003.jsonl"
-    assert json.loads(command[command.index("--job") + 1])["device"] == "cuda"
-    assert "device_requests" not in container_kwargs(JOB, Slot("cpu-0", None, 2), "run1", Path("/cache"))
+    assert Job.from_json(command[command.index("--job") + 1]) == Job(calculator="emt", protocol=PROTOCOL,
+                                                                      device="cuda")
+    assert "device_requests" not in sdk_options(worker_spec(ASSIGNMENT, Slot("cpu-0", None, 2), "run1", Path("/c")))
 
 
+def test_one_spec_renders_the_same_container_for_every_runtime():
+    from orchestrator.workers.spec import apptainer_options, engine_options
 
-def shard_jobs(model: str, numbers, out_dir: Path = Path("/runs/r/raw")) -> list[Job]:
-    return [Job(model=model, image=f"{model}:tag", shards=(Path(f"/runs/r/shards/shard-{n:04d}.jsonl"),),
-                out_dir=out_dir / model, job={"calculator": model}) for n in numbers]
+    spec = worker_spec(ASSIGNMENT, Slot("cpu-0", None, 2, memory_bytes=2**30, pids=64), "run1", Path("/cache"))
+    sdk, cli, apptainer = sdk_options(spec), engine_options(spec, cpus=2), apptainer_options(spec, True)
+    binds = {f"{src}:{bind['bind']}:{bind['mode']}" for src, bind in sdk["volumes"].items()}
+    assert binds == {o.split("=", 1)[1] for o in cli if o.startswith("--volume=")} \
+        == {o.split("=", 1)[1] for o in apptainer if o.startswith("--bind=")}
+    env = {f"{k}={v}" for k, v in sdk["environment"].items()}
+    assert env == {o.split("=", 1)[1] for o in cli if o.startswith("--env=")} \
+        == {o.split("=", 1)[1] for o in apptainer if o.startswith("--env=")}
+    assert {"--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges", f"--memory={2**30}b"} <= set(cli)
+    assert cli[cli.index("--network") + 1] == "none" and cli[cli.index("--pids-limit") + 1] == "64"
+    assert cli[cli.index("--user") + 1] == sdk["user"] and "--containall" in apptainer
+
+
+def shard_assignments(model: str, numbers, out_dir: Path = Path("/runs/r/raw")) -> list[Assignment]:
+    return [Assignment(model=model, image=f"{model}:tag", shards=(Path(f"/runs/r/shards/shard-{n:04d}.jsonl"),),
+                       out_dir=out_dir / model, job=JOB) for n in numbers]
 
 
 def test_the_batched_engine_gives_each_slot_one_run_of_consecutive_shards_per_model():
-    merged = one_job_per_slot(shard_jobs("mace", range(5)) + shard_jobs("orb", [1, 4]), slots=2)
-    assert [(job.model, [s.stem for s in job.shards]) for job in merged] == [
+    merged = one_assignment_per_slot(shard_assignments("mace", range(5)) + shard_assignments("orb", [1, 4]), slots=2)
+    assert [(a.model, [s.stem for s in a.shards]) for a in merged] == [
         ("mace", ["shard-0000", "shard-0001", "shard-0002"]), ("mace", ["shard-0003", "shard-0004"]),
         ("orb", ["shard-0001"]), ("orb", ["shard-0004"])]
     assert merged[0].name == "shard-0000 to shard-0002 (3 shards)" and merged[2].name == "shard-0001"
-    assert [len(job.shards) for job in one_job_per_slot(shard_jobs("mace", range(5)), slots=1)] == [5]
+    assert [len(a.shards) for a in one_assignment_per_slot(shard_assignments("mace", range(5)), slots=1)] == [5]
 
 
-def test_a_job_of_several_shards_mounts_and_names_each_shards_files_only():
-    (job,) = one_job_per_slot(shard_jobs("emt", [2, 3]), slots=1)
-    kwargs = container_kwargs(job, Slot("cpu-0", None, 2), "run1", Path("/cache"))
+def test_an_assignment_of_several_shards_mounts_and_names_each_shards_files_only():
+    (assignment,) = one_assignment_per_slot(shard_assignments("emt", [2, 3]), slots=1)
+    kwargs = sdk_options(worker_spec(assignment, Slot("cpu-0", None, 2), "run1", Path("/cache")))
     command = kwargs["command"]
     pairs = [(command[k + 1], command[k + 3]) for k, arg in enumerate(command) if arg == "--shard"]
     assert pairs == [("/data/shards/shard-0002.jsonl", "/data/out/shard-0002.jsonl"),
                      ("/data/shards/shard-0003.jsonl", "/data/out/shard-0003.jsonl")]
     writable = sorted(Path(k).name for k, v in kwargs["volumes"].items() if v["mode"] == "rw")
-    assert writable == ["shard-0002.inflight", "shard-0002.jsonl", "shard-0003.inflight", "shard-0003.jsonl"]
-    assert kwargs["name"].endswith("-emt-shard-0002") and job.log == Path("/runs/r/raw/emt/shard-0002.log")
-
-
-def test_a_dead_worker_of_several_shards_lists_each_structure_in_flight_in_its_own_shards_crash_list(tmp_path):
-    (job,) = one_job_per_slot(shard_jobs("emt", [0, 1, 2], out_dir=tmp_path), slots=1)
-    (tmp_path / "emt").mkdir()
-    (tmp_path / "emt" / "shard-0000.inflight").write_text(id_lines(["a", "b with space"]))
-    (tmp_path / "emt" / "shard-0001.inflight").write_text("")
-    (tmp_path / "emt" / "shard-0002.inflight").write_text(id_lines(["new\nline\tand tab"]))
-    record_crash(job)
-    record_crash(job)
-    assert crash_counts(tmp_path / "emt" / "shard-0000.jsonl") == {"a": 2, "b with space": 2}
-    assert not (tmp_path / "emt" / "shard-0001.crashed").exists()
-    assert crash_counts(tmp_path / "emt" / "shard-0002.jsonl") == {"new\nline\tand tab": 2}
+    assert writable == ["shard-0002.crashed", "shard-0002.inflight", "shard-0002.jsonl",
+                        "shard-0003.crashed", "shard-0003.inflight", "shard-0003.jsonl"]
+    assert kwargs["name"].endswith("-emt-shard-0002") and assignment.log == Path("/runs/r/raw/emt/shard-0002.log")
 
 
 def test_worker_files_are_never_followed_through_a_link_and_stale_markers_blame_no_one(tmp_path):
-    (job,) = shard_jobs("emt", [0], out_dir=tmp_path)
+    from adapters.supervise import record_crash
+
+    (assignment,) = shard_assignments("emt", [0], out_dir=tmp_path)
     (tmp_path / "emt").mkdir()
     (tmp_path / "emt" / "shard-0000.inflight").write_text(id_lines(["healthy"]))  # left by an interrupted run
-    prepare_worker_files(job)
+    prepare_worker_files(assignment)
     assert (tmp_path / "emt" / "shard-0000.inflight").read_text() == ""  # a worker dying at start blames no one
-    record_crash(job)
+    record_crash(assignment.outs)
     assert crash_counts(tmp_path / "emt" / "shard-0000.jsonl") == {}
     victim = tmp_path / "host-file"
     victim.write_text("precious")
@@ -137,59 +151,85 @@ def test_worker_files_are_never_followed_through_a_link_and_stale_markers_blame_
     (tmp_path / "emt" / "shard-0000.inflight").unlink()
     (tmp_path / "emt" / "shard-0000.inflight").symlink_to(victim)  # planted in the run folder
     with pytest.raises(BenchError, match="shard-0000.inflight: a symbolic link in the run folder"):
-        prepare_worker_files(job)
+        prepare_worker_files(assignment)
     assert victim.read_text() == "precious" and (victim.stat().st_uid, victim.stat().st_gid) == (before.st_uid,
                                                                                              before.st_gid)
 
 
-class ScriptedWorkers(Scheduler):
-    """The scheduler's retry policy with workers that follow a script: each run writes
-    `results` lines (and names `in_flight` in its marker) and exits with `code`."""
+class FakeContainer:
+    def __init__(self, engine, spec, code, output, results):
+        self.engine, self.spec, self.code, self.output, self.results = engine, spec, code, output, results
 
-    def __init__(self, tmp_path, script, max_retries=2):
-        super().__init__(client=None, slots=[], run_dir=tmp_path, cache_dir=tmp_path / "cache", max_retries=max_retries)
-        self.script, self.runs = list(script), 0
-
-    def _run_container(self, job, slot):
-        results, code, in_flight = self.script[self.runs]
-        self.runs += 1
-        out = job.outs[-1]
+    def logs(self, stream, follow):
+        out = Path(self.spec.mount(f"/data/out/{Path(self.spec.command[-1]).name}").source)
         with out.open("a") as handle:
-            handle.writelines(f'{{"id": "s{self.runs}-{k}"}}\n' for k in range(results))
-        out.with_suffix(".inflight").write_text(in_flight)
-        return code, False, False
+            handle.writelines(f'{{"id": "s{len(self.engine.started)}-{k}"}}\n' for k in range(self.results))
+        yield self.output.encode()
+
+    def wait(self):
+        return {"StatusCode": self.code}
+
+    def remove(self, force):
+        self.engine.removed += 1
 
 
-@pytest.mark.parametrize("script, runs, given_up", [
-    ([(1, 139, "x"), (1, 139, "y"), (1, 139, "z"), (1, 139, "w"), (5, 0, "")], 5, False),  # dies, yet moves on
-    ([(1, 139, "x"), (0, 139, "x"), (0, 137, ""), (0, 139, "x")], 4, True),  # three deaths in a row with nothing new
+class FakeEngine:
+    """The Docker engine's interface (workers.docker.DockerEngine) with workers that follow a
+    script: each start writes `results` result lines, prints `output` and exits with `code`."""
+
+    def __init__(self, script):
+        self.script, self.started, self.removed = list(script), [], 0
+
+    def start(self, spec):
+        self.started.append(spec)
+        code, output, results = self.script[len(self.started) - 1]
+        return FakeContainer(self, spec, code, output, results)
+
+    def remove_containers(self, label, value):
+        pass
+
+
+@pytest.mark.parametrize("script, starts, failures", [
+    ([(0, "", 3)], 1, []),
+    # killed from outside (docker kill, a lost container): started again, it resumes
+    ([(137, "", 1), (137, "", 0), (0, "", 2)], 3, []),
+    ([(137, "", 0), (137, "", 0), (137, "", 0)], 3, ["the worker exited with code 137"]),
+    # the supervisor gave up: said once, in its own words, never started again
+    ([(GAVE_UP, f"{NOTICE}the relaxation exited with code 139 3 times in a row without a new result\n", 0)], 1,
+     ["the relaxation exited with code 139 3 times in a row without a new result"]),
+    # a hung relaxation the supervisor stopped and resumed: a notice, and the worker finished
+    ([(0, f"{NOTICE}no step and no new result for 4 s: the relaxation was stopped and its shards resumed\n", 2)], 1,
+     ["no step and no new result for 4 s"]),
 ])
-def test_a_job_is_given_up_only_after_its_retries_in_a_row_without_a_new_result(tmp_path, script, runs, given_up):
-    (job,) = one_job_per_slot(shard_jobs("emt", [0, 1], out_dir=tmp_path), slots=1)
-    job.shards = tuple(tmp_path / "shards" / shard.name for shard in job.shards)
-    (tmp_path / "shards").mkdir()
-    for shard in job.shards:
-        shard.write_text('{"id": "x"}\n' * 10)
-    (tmp_path / "emt").mkdir()
-    workers = ScriptedWorkers(tmp_path, script)
-    workers._run_job(job, Slot("cpu-0", None, 1), stop=threading.Event())
-    assert workers.runs == runs
-    assert bool(workers.failures) == given_up
-    if given_up:
-        assert workers.failures == [f"emt shard-0000 to shard-0001 (2 shards): container exited with code 139 "
-                                    f"3 times in a row without a new result; see {job.log}"]
-    # a death from outside (137) names no crash; the others name what was in flight
-    crashed = read_id_lines((tmp_path / "emt" / "shard-0001.crashed").read_text())
-    assert crashed == [name for _, code, name in script[:runs] if code not in (0, 137) and name]
+def test_the_docker_backend_restarts_only_lost_containers_and_reports_what_the_supervisor_said(
+        tmp_path, script, starts, failures):
+    (assignment,) = shard_assignments("emt", [0], out_dir=tmp_path)
+    engine = FakeEngine(script)
+    backend = DockerBackend(engine, [Slot("cpu-0", None, 1)], tmp_path / "run", tmp_path / "weights", max_retries=2)
+    backend.run([assignment], tick_s=0.01)
+    assert len(engine.started) == starts and engine.removed == starts
+    assert len(backend.failures) == len(failures)
+    for line, expected in zip(backend.failures, failures):
+        assert line.startswith("emt shard-0000: ") and expected in line and line.endswith(f"see {assignment.log}")
+
+
+def test_worker_failures_quote_each_notice_and_an_unexplained_exit_code():
+    (assignment,) = shard_assignments("emt", [0])
+    log = f"progress\n{NOTICE}first\nmore\n{NOTICE}second\n"
+    assert [line.split(": ", 1)[1] for line in worker_failures(assignment, 1, log)] == [
+        f"first; see {assignment.log}", f"second; see {assignment.log}",
+        f"the worker exited with code 1; see {assignment.log}"]
+    assert worker_failures(assignment, 0, "quiet\n") == []
+
 
 @pytest.mark.docker
-def test_engine_records_the_gpu_request_of_each_worker(docker_client, model_image, tmp_path):
+def test_engine_records_the_gpu_request_of_each_worker(engine, model_image, tmp_path):
     """Create (never start: no GPU here) the container a GPU slot would run, and inspect it."""
     (tmp_path / "shards").mkdir()
-    job = Job(model="emt", image=model_image("emt"), shards=(tmp_path / "shards" / "shard-0000.jsonl",),
-              out_dir=tmp_path / "raw", job={"calculator": "emt", "options": {}, "protocol": {}})
-    kwargs = container_kwargs(job, Slot("gpu1-0", "1", 1), "inspect-test", tmp_path / "cache")
-    container = docker_client.containers.create(**kwargs)
+    assignment = Assignment(model="emt", image=model_image("emt"), shards=(tmp_path / "shards" / "shard-0000.jsonl",),
+                            out_dir=tmp_path / "raw", job=JOB)
+    container = engine.client.containers.create(**sdk_options(
+        worker_spec(assignment, Slot("gpu1-0", "1", 1), "inspect-test", tmp_path / "cache")))
     try:
         host = container.attrs["HostConfig"]
         assert host["DeviceRequests"][0]["DeviceIDs"] == ["1"]
@@ -220,7 +260,6 @@ print(json.dumps({
     "write_cache": attempt(lambda: pathlib.Path("/cache/x").write_text("x")),
     "write_shard": attempt(lambda: open("/data/shards/shard-0000.jsonl", "a").write("x")),
     "write_out": attempt(lambda: open("/data/out/shard-0000.jsonl", "a").write("")),
-    "write_crashed": attempt(lambda: open("/data/out/shard-0000.crashed", "a").write("x")),
     "new_file_in_out": attempt(lambda: pathlib.Path("/data/out/other.jsonl").write_text("x")),
     "write_scratch": attempt(lambda: pathlib.Path("/tmp/x").write_text("x")),
     "shm": next((line.split()[3] for line in open("/proc/mounts") if line.split()[1] == "/dev/shm"), ""),
@@ -230,25 +269,24 @@ print(json.dumps({
 
 
 @pytest.mark.docker
-def test_a_running_worker_has_least_privilege(docker_client, model_image, tmp_path):
+def test_a_running_worker_has_least_privilege(engine, model_image, tmp_path):
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "shard-0000.jsonl").write_text("{}\n")
     (tmp_path / "cache").mkdir()
-    job = Job(model="emt", image=model_image("emt"), shards=(tmp_path / "shards" / "shard-0000.jsonl",),
-              out_dir=tmp_path / "raw", job={"calculator": "emt", "options": {}, "protocol": {}})
-    prepare_worker_files(job)
-    kwargs = container_kwargs(job, device_slots("cpu", 1, 1, memory_gb=2, pids=256)[0], "privilege-test",
-                              tmp_path / "cache")
-    kwargs["command"] = ["python", "-c", PROBE]
-    output = docker_client.containers.run(remove=True, stdout=True, stderr=True, **kwargs)
-    seen = json.loads(output.decode().strip().splitlines()[-1])
+    assignment = Assignment(model="emt", image=model_image("emt"), shards=(tmp_path / "shards" / "shard-0000.jsonl",),
+                            out_dir=tmp_path / "raw", job=JOB)
+    prepare_worker_files(assignment)
+    spec = worker_spec(assignment, device_slots("cpu", 1, 1, memory_gb=2, pids=256)[0], "privilege-test",
+                       tmp_path / "cache")
+    spec.command = ["python", "-c", PROBE]
+    seen = json.loads(engine.output(spec).strip().splitlines()[-1])
     assert seen["uid"] != 0 and seen["cap_eff"] == "0000000000000000" and seen["no_new_privs"] == "1"
     assert seen["interfaces"] == ["lo"] and seen["connect"] != "ok"
-    for target in ("write_root", "write_cache", "write_shard", "write_crashed", "new_file_in_out"):
+    for target in ("write_root", "write_cache", "write_shard", "new_file_in_out"):
         assert seen[target] != "ok", target
     assert seen["write_out"] == "ok" and seen["write_scratch"] == "ok" and not seen["docker_socket"]
     assert {"nosuid", "nodev", "noexec", "size=65536k"} <= set(seen["shm"].split(","))
-    container = docker_client.containers.create(**kwargs)
+    container = engine.client.containers.create(**sdk_options(spec))
     try:
         host = container.attrs["HostConfig"]
         assert host["Memory"] == 2 * 1024**3 and host["PidsLimit"] == 256 and host["ShmSize"] == 64 * 1024**2
@@ -270,47 +308,16 @@ def test_losing_the_docker_engine_names_the_engine_not_the_disk(monkeypatch, cap
     assert "lost the connection to the Docker engine" in err and "free space" not in err
 
 
-@pytest.mark.docker
-def test_a_worker_that_writes_without_end_is_stopped_and_not_rerun(docker_client, model_image, tmp_path, monkeypatch):
-    import orchestrator.scheduler as scheduler
-
-    (tmp_path / "shards").mkdir()
-    shard = tmp_path / "shards" / "shard-0000.jsonl"
-    shard.write_text('{"id": "a"}\n')
-    job = Job(model="emt", image=model_image("emt"), shards=(shard,), out_dir=tmp_path / "raw",
-              job={"calculator": "emt", "options": {}, "protocol": {}})
-    flood = ("import time\nwith open('/data/out/shard-0000.jsonl', 'a') as out:\n"
-             "    while True:\n        out.write('x' * 2**20)\n        out.flush()\n"
-             "        print('y' * 5000, flush=True)\n        time.sleep(0.2)\n")
-    monkeypatch.setattr(scheduler, "LOG_CAP_BYTES", 12000)
-    real = scheduler.container_kwargs
-    monkeypatch.setattr(scheduler, "container_kwargs",
-                        lambda *args, **kw: {**real(*args, **kw), "command": ["python", "-c", flood]})
-    runs = []
-    run = Scheduler._run_container
-    monkeypatch.setattr(Scheduler, "_run_container", lambda self, *a: runs.append(1) or run(self, *a))
-    workers = Scheduler(docker_client, device_slots("cpu", 1, 1, memory_gb=1), tmp_path / "run", tmp_path / "cache",
-                        max_retries=2, stall_timeout_s=600)
-    workers._run_job(job, workers.slots[0], threading.Event())
-    assert len(runs) == 1
-    [failure] = workers.failures
-    assert "more than the" in failure and "it was stopped and not rerun" in failure
-    assert (tmp_path / "raw" / "shard-0000.jsonl").stat().st_size < 64 * 2**20
-    log, note = job.log.read_bytes().rsplit(b"\n[", 1)
-    assert len(log) == 12000 and note == b"the rest of this run's output is dropped: over 12000 bytes]\n"
-
-
 def test_package_versions_are_read_with_the_workers_least_privilege():
     from orchestrator.provenance import image_versions
 
     seen = {}
 
     class Engine:
-        class containers:
-            @staticmethod
-            def run(image, command, **options):
-                seen.update(options, image=image, command=command)
-                return b'{"ase": "3.25.0"}\n'
+        @staticmethod
+        def output(spec):
+            seen.update(sdk_options(spec))
+            return '{"ase": "3.25.0"}\n'
 
     assert image_versions(Engine(), "img:tag", ["ase"]) == {"ase": "3.25.0"}
     assert (seen["network_mode"], seen["cap_drop"], seen["read_only"]) == ("none", ["ALL"], True)

@@ -1,0 +1,164 @@
+"""The report files: each run's report/ folder and the leaderboard over a results
+folder. The tables, documents and figures are metrics' (metrics.report, metrics.plots);
+this module reads the run folders and writes the files.
+
+write_run_report(run_dir) reads run_dir/results.csv (the scored table) and
+run_dir/provenance.json, and writes run_dir/report/: report.md, a self-contained
+report.html, every table as CSV and parquet, and the plots as PNG and SVG.
+write_leaderboard(results_dir) ranks every finished run (a folder with both files).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from metrics import plots
+from metrics import report as documents
+from orchestrator.errors import BenchError
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A scored results.csv, checked for its columns; failure_reason "" for success."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"{path}: no such results table")
+    try:
+        table = pd.read_csv(path, dtype={"model": str, "id": str, "dimension": str, "failure_reason": str},
+                            keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path}: not a readable CSV table ({exc})") from exc
+    problem = documents.check_results(table)
+    if problem:
+        raise BenchError(f"{path}: {problem}")
+    table["failure_reason"] = table["failure_reason"].fillna("")
+    return table
+
+
+def read_provenance(path: Path) -> dict:
+    """provenance.json as a dict ({} when absent; a non-object is kept under "value")."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path}: not valid JSON ({exc})") from exc
+    return data if isinstance(data, dict) else {"value": data}
+
+
+def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
+    """<out_dir>/<name>.png and .svg of the figure, which is then closed."""
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=150)
+    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, editable
+        fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
+    """The dataset's own figures from run_dir/reference.extxyz: elements per dimensionality
+    on periodic tables; atoms per cell, distances below 7 Å and PBE energies per atom.
+    They depend on the reference structures alone: drawn once per reference.extxyz (its
+    size and time in dataset.key), reused by every later report of the run."""
+    from ase.io import read
+
+    from metrics import dataset
+    from metrics.geometry import periodic_axes
+
+    path = run_dir / "reference.extxyz"
+    if not path.is_file():
+        return {}
+    names = ("dataset_elements", "dataset_distributions")
+    figures = {name: [out / f"{name}.png", out / f"{name}.svg"] for name in names}
+    key = f"{path.stat().st_size} {path.stat().st_mtime_ns}\n"
+    done = out / "dataset.key"
+    if done.is_file() and done.read_text() == key and all(p.is_file() for paths in figures.values() for p in paths):
+        return figures
+    structures = read(path, index=":")
+    for atoms in structures:
+        atoms.info["periodic_axes"] = periodic_axes(atoms)
+    table = dataset.structure_table(structures)
+    table.to_csv(out / "dataset.csv", index=False)
+    figures = {"dataset_elements": save_figure(plots.dataset_elements(dataset.element_counts(table)), out,
+                                               "dataset_elements"),
+               "dataset_distributions": save_figure(plots.dataset_distributions(table, dataset.pair_distances(structures)),
+                                                    out, "dataset_distributions")}
+    done.write_text(key)
+    return figures
+
+
+def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Tables, plots, report.md and a self-contained report.html under `out` (default
+    run_dir/report/)."""
+    run_dir = Path(run_dir)
+    scored = read_results(run_dir / "results.csv")
+    provenance = read_provenance(run_dir / "provenance.json")
+    out = Path(out) if out else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    named, paper_caption = documents.run_report_tables(scored, provenance)
+    for name, table in named.items():
+        table.to_csv(out / f"{name}.csv", index=False)
+        table.to_parquet(out / f"{name}.parquet", index=False)
+    documents.models_table(provenance).to_csv(out / "models.csv", index=False)
+    figures = {name: save_figure(fig, out, name) for name, fig in plots.plot_all(scored).items()}
+    figures.update(dataset_figures(run_dir, out))
+    for model in dict.fromkeys(named["energy_by_element"]["model"]):
+        name = plots.element_figure_name(model)
+        figures[name] = save_figure(plots.energy_by_element(named["energy_by_element"], model), out, name)
+    md, body = documents.run_documents(run_dir.name, scored, provenance, named, paper_caption,
+                                       {name: (png.name, svg.name, png.read_bytes())
+                                        for name, (png, svg) in figures.items()})
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(body)
+    return out / "report.md"
+
+
+def finished_runs(results_dir: Path, *, complete: bool = True) -> list[Path]:
+    """Sub-folders of results_dir with both results.csv and provenance.json, by name: the
+    complete ones, or (complete=False) those whose provenance says they are incomplete."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return []
+    runs = [d for d in results_dir.iterdir()
+            if d.is_dir() and (d / "results.csv").is_file() and (d / "provenance.json").is_file()]
+    return sorted(d for d in runs if (read_provenance(d / "provenance.json").get("status") != "incomplete") == complete)
+
+
+def leaderboard(results_dir: Path) -> pd.DataFrame:
+    """metrics.report.leaderboard over the finished runs of results_dir."""
+    runs = finished_runs(results_dir)
+    if not runs:
+        raise BenchError(f"{results_dir}: no finished run (a folder with results.csv and provenance.json); "
+                         "run the benchmark first")
+    table = documents.leaderboard([(d.name, read_results(d / "results.csv"), read_provenance(d / "provenance.json"))
+                                   for d in runs])
+    if table.empty:
+        raise BenchError(f"{results_dir}: no finished run: every model of every run has structures without a "
+                         "result; rerun those runs to finish them")
+    return table
+
+
+def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
+    """leaderboard.csv (every column), .md and .html in `out` (default results_dir);
+    returns the .md path."""
+    results_dir = Path(results_dir)
+    out = Path(out) if out else results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    table = leaderboard(results_dir)
+    table.to_csv(out / "leaderboard.csv", index=False)
+    left_out = [d.name for d in finished_runs(results_dir, complete=False)]
+    for run_dir in finished_runs(results_dir):
+        left_out += [f"{run_dir.name} ({model})"
+                     for model in documents.unfinished_models(read_results(run_dir / "results.csv"))]
+    md, body = documents.leaderboard_documents(table, str(results_dir), left_out)
+    (out / "leaderboard.md").write_text(md)
+    (out / "leaderboard.html").write_text(body)
+    return out / "leaderboard.md"

@@ -1,0 +1,235 @@
+"""The Docker engine: the only module of the tool that imports the Docker SDK (DockerEngine),
+and the backend that runs workers on this machine's devices (DockerBackend).
+
+DockerBackend runs one container per (model, shard) on device slots; with the batched
+engine one container per (model, slot) relaxes that slot's share of the shards as one
+queue, so its batch stays full from the first shard to the last. A slot is one worker:
+a GPU (or the CPU) and a bounded number of CPU threads. Progress comes from tailing the
+JSON-line outputs.
+
+Containers carry two labels: the run folder's key (a hash of its absolute path, so two
+results folders with the same data never touch each other's containers) and this
+orchestrator's own id. Only the holder of the run folder's lock removes what a killed
+orchestrator of that folder left behind.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from adapters.wire import KILLED_FROM_OUTSIDE, WORKDIR
+from orchestrator.errors import BenchError
+from orchestrator.workers import Assignment, Slot, prepare_worker_files, run_key, worker_failures, worker_spec
+from orchestrator.workers.spec import LABEL, SCRATCH_MOUNT, SCRATCH_OPTIONS, SHM_BYTES, WorkerSpec
+
+
+def sdk_options(spec: WorkerSpec) -> dict:
+    """The Docker SDK's arguments for a spec (see workers.spec for what they grant)."""
+    import os
+
+    import docker.types
+
+    options = {
+        "image": spec.image, "command": spec.command, "labels": spec.labels,
+        "volumes": {m.source: {"bind": m.target, "mode": m.mode} for m in spec.mounts},
+        "environment": spec.environment, "user": spec.user, "network_mode": "none", "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"], "read_only": True, "tmpfs": {SCRATCH_MOUNT: SCRATCH_OPTIONS},
+        "shm_size": SHM_BYTES, "pids_limit": spec.pids, "working_dir": WORKDIR,
+        "nano_cpus": min(spec.threads, os.cpu_count() or 1) * 10**9,  # the engine refuses more than the host has
+    }
+    if spec.name:
+        options["name"] = spec.name
+    if spec.memory_bytes:
+        options["mem_limit"] = spec.memory_bytes
+    if spec.gpu is not None:
+        options["device_requests"] = [docker.types.DeviceRequest(device_ids=[spec.gpu], capabilities=[["gpu"]])]
+    return options
+
+
+def engine_lost(exc: BaseException) -> bool:
+    """An error of the connection to the Docker engine (the SDK's requests errors are
+    OSErrors too, and must not read as a full disk)."""
+    import requests
+
+    return isinstance(exc, requests.exceptions.RequestException)
+
+
+class DockerEngine:
+    """The Docker engine, as the tool uses it."""
+
+    def __init__(self, client=None):
+        if client is None:
+            import docker
+
+            try:
+                client = docker.from_env()
+                client.ping()
+            except Exception as exc:  # the SDK raises several types for "no engine"
+                raise BenchError(f"cannot reach the Docker engine ({exc}); start it (e.g. `dockerd &` or "
+                                 "`systemctl start docker`) and check that this user may use it") from None
+        self.client = client
+
+    def version(self) -> str:
+        return self.client.version().get("Version", "")
+
+    def runtimes(self) -> dict:
+        return self.client.info().get("Runtimes", {})
+
+    def image_id(self, tag: str) -> str | None:
+        """The image's id, or None when the engine does not hold it."""
+        import docker.errors
+
+        try:
+            return self.client.images.get(tag).id
+        except docker.errors.ImageNotFound:
+            return None
+
+    def image_size(self, tag: str) -> int:
+        return self.client.images.get(tag).attrs["Size"]
+
+    def labelled_images(self, label: str) -> dict[str, dict]:
+        """Id -> labels of every image that carries `label` (`key` or `key=value`)."""
+        return {image.id: image.labels for image in self.client.images.list(filters={"label": label})}
+
+    def remove_image(self, ref: str) -> None:
+        import docker.errors
+
+        try:
+            self.client.images.remove(ref, force=True)
+        except docker.errors.ImageNotFound:  # went with an image removed before it
+            pass
+
+    def prune_builds(self) -> None:
+        self.client.api.prune_builds(all=True)
+
+    def build(self, context: Path, tag: str, args: dict, labels: dict):
+        """The build's messages: {"stream": text} or {"error": text}."""
+        yield from self.client.api.build(path=str(context), tag=tag, buildargs=args, rm=True, forcerm=True,
+                                         labels=labels, decode=True)
+
+    def output(self, spec: WorkerSpec) -> str:
+        """Run the spec's container to its end; its output. One that fails is a BenchError
+        with its exit code and the end of its error output."""
+        import docker.errors
+
+        try:
+            return self.client.containers.run(remove=True, **sdk_options(spec)).decode()
+        except docker.errors.ContainerError as exc:
+            error = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-5:]
+            raise BenchError(f"{spec.image}: `{' '.join(spec.command[:3])} ...` exited with code {exc.exit_status}: "
+                             + " / ".join(error)) from None
+
+    def start(self, spec: WorkerSpec):
+        """A running container of the spec: logs(stream=True, follow=True), wait(), kill(), remove()."""
+        return self.client.containers.run(detach=True, **sdk_options(spec))
+
+    def containers(self, label: str, value: str) -> list:
+        return self.client.containers.list(all=True, filters={"label": f"{LABEL}.{label}={value}"})
+
+    def remove_containers(self, label: str, value: str) -> None:
+        """Remove every container whose label `label` has `value`."""
+        for container in self.containers(label, value):
+            container.remove(force=True)
+
+    def kill(self, container) -> None:
+        """Kill a container, paused or not; nothing if it ended meanwhile."""
+        import docker.errors
+
+        try:
+            container.reload()
+            if container.status == "paused":  # the engine kills no paused container
+                container.unpause()
+            container.kill()
+        except docker.errors.APIError:
+            pass
+
+
+class DockerBackend:
+    """Feeds assignments to slots; each slot runs its containers one after another. An
+    assignment whose container cannot be created, or that ends unfinished, is recorded in
+    `failures` with the reason, and the slot goes on with the next one."""
+
+    def __init__(self, engine: DockerEngine, slots: list[Slot], run_dir: Path, weights_dir: Path, max_retries: int):
+        self.engine = engine
+        self.slots = slots
+        self.run_key = run_key(run_dir)
+        self.owner = uuid.uuid4().hex[:12]
+        self.weights_dir = weights_dir
+        self.max_retries = max_retries
+        self.failures: list[str] = []
+
+    def provenance(self) -> dict:
+        return {"backend": "docker"}
+
+    def stop_leftovers(self, models: list[str]) -> None:
+        """Remove the containers that a killed orchestrator of this run folder left, before
+        the host reads and tidies their result files."""
+        self.engine.remove_containers("run", self.run_key)
+
+    def run(self, assignments: list[Assignment], on_tick=lambda: None, tick_s: float = 0.5) -> None:
+        self.engine.remove_containers("run", self.run_key)  # left by a killed orchestrator of this folder
+        pending: queue.Queue = queue.Queue()
+        for assignment in assignments:
+            pending.put(assignment)
+        stop = threading.Event()
+        threads = [threading.Thread(target=self._work, args=(slot, pending, stop), daemon=True) for slot in self.slots]
+        for thread in threads:
+            thread.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                on_tick()
+                time.sleep(tick_s)
+            on_tick()
+        finally:
+            stop.set()
+            self.engine.remove_containers("owner", self.owner)
+
+    def _work(self, slot: Slot, pending: queue.Queue, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                assignment = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._run_assignment(assignment, slot, stop)
+            except Exception as exc:  # the engine refused: record why, keep the queue moving
+                self.failures.append(f"{assignment.model} {assignment.name} on {slot.name}: "
+                                     f"{type(exc).__name__}: {exc}")
+
+    def _run_assignment(self, assignment: Assignment, slot: Slot, stop: threading.Event) -> None:
+        """Run the assignment's container to its end; start it again when it was killed
+        from outside (up to max_retries times in a row without a new result)."""
+        lost = 0
+        while True:
+            written = sum(out.stat().st_size for out in assignment.outs if out.exists())
+            code, log_text = self._run_container(assignment, slot)
+            if stop.is_set():
+                return
+            if code in KILLED_FROM_OUTSIDE and lost < self.max_retries:
+                grew = sum(out.stat().st_size for out in assignment.outs if out.exists()) > written
+                lost = 0 if grew else lost + 1
+                continue
+            self.failures += worker_failures(assignment, code, log_text)
+            return
+
+    def _run_container(self, assignment: Assignment, slot: Slot) -> tuple[int, str]:
+        """(exit code, output) of one container run of the assignment; its output is
+        streamed into the assignment's .log as it comes, so a killed run keeps its log."""
+        prepare_worker_files(assignment)
+        (self.weights_dir / assignment.model).mkdir(parents=True, exist_ok=True)  # mounted even when empty
+        container = self.engine.start(worker_spec(assignment, slot, self.run_key, self.weights_dir, self.owner))
+        try:
+            with assignment.log.open("ab") as log:
+                start = log.tell()
+                for chunk in container.logs(stream=True, follow=True):
+                    log.write(chunk)
+                    log.flush()
+            with assignment.log.open("rb") as log:
+                log.seek(start)
+                return container.wait()["StatusCode"], log.read().decode(errors="replace")
+        finally:
+            container.remove(force=True)

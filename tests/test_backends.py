@@ -1,0 +1,131 @@
+"""The backend contract, the same test for each backend (Docker on this machine, a real
+SLURM): the same shards in give the same result lines out; a run resumes from the lines
+already written; a worker whose relaxation process dies has its structure on the crash
+list and goes on; a relaxation that hangs is stopped and resumed, and the run says so."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+from adapters.wire import read_id_lines
+from conftest import REPO, bench, bench_command
+
+pytestmark = pytest.mark.docker
+BACKENDS = {
+    "docker": (),
+    "slurm": ("--backend", "slurm", "--set", "slurm.runtime=docker", "--set", "slurm.cpus_per_task=1",
+              "--set", "slurm.poll_s=0.5"),
+}
+#: Two shards of four structures: two workers at once on either backend (two cores here).
+COMMON = ("--models", "emt", "--set", "shard_size=4", "--set", "stall_timeout_s=5")
+COLUMNS = ["id", "steps", "energy_ev", "failure_reason", "converged"]
+
+
+def copper_dataset(path: Path, count: int = 8) -> None:
+    """Rattled 108-atom copper crystals: a second or two each in EMT, time to hit a worker."""
+    frames = []
+    for k in range(count):
+        atoms = bulk("Cu", cubic=True) * (3, 3, 3)
+        atoms.rattle(0.15, seed=k)
+        atoms.pbc = True
+        atoms.info["mat_id"] = f"cu108-{k}"
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.5 * len(atoms))
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The data, and a run of it on the Docker backend with nothing going wrong."""
+    work = tmp_path_factory.mktemp("reference")
+    copper_dataset(work / "cu.extxyz")
+    done = bench(*COMMON, "--dataset", str(work / "cu.extxyz"), results=work / "results")
+    return work / "cu.extxyz", Path(done.stdout.strip().splitlines()[-1])
+
+
+def relaxation_pid(engine, results: Path, shard: str) -> int | None:
+    """The host pid of the relaxation process (adapters.relax, under its supervisor) of the
+    worker whose mounts hold `shard` in `results`, if one runs."""
+    for container in engine.client.containers.list(filters={"label": "org.umlip-0123d.model=emt"}):
+        binds = json.dumps(container.attrs["HostConfig"]["Binds"])
+        if str(results) in binds and f"{shard}.jsonl" in binds:
+            top = container.top()
+            pid, command = top["Titles"].index("PID"), top["Titles"].index("CMD")
+            for row in top["Processes"]:
+                if "adapters.relax" in row[command]:
+                    return int(row[pid])
+    return None
+
+
+def hit(engine, results: Path, shard: str, signum: int, deadline: float) -> str:
+    """Send `signum` to the relaxation of `shard` while it names a structure in flight; that structure."""
+    marker = next(iter(results.glob(f"*/raw/emt/{shard}.inflight")), None)
+    while time.monotonic() < deadline:
+        marker = marker or next(iter(results.glob(f"*/raw/emt/{shard}.inflight")), None)
+        named = read_id_lines(marker.read_text()) if marker and marker.exists() else []
+        pid = relaxation_pid(engine, results, shard) if named else None
+        if pid:
+            os.kill(pid, signum)
+            return named[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no relaxation of {shard} to hit")
+
+
+@pytest.mark.parametrize("backend", ["docker", pytest.param("slurm", marks=pytest.mark.slurm)])
+def test_a_backend_resumes_survives_a_dying_and_a_hung_worker_and_gives_the_same_lines(
+        backend, reference, engine, tmp_path, request):
+    if backend == "slurm":
+        request.getfixturevalue("slurm_node")
+    dataset, reference_run = reference
+    results = tmp_path / "results"
+    # a run that stopped after each shard's first structure: those lines are kept, not relaxed again
+    run_dir = results / reference_run.name
+    (run_dir / "raw" / "emt").mkdir(parents=True)
+    (run_dir / "sharding.json").write_bytes((reference_run / "sharding.json").read_bytes())
+    (run_dir / "raw" / "emt" / "image.json").write_bytes((reference_run / "raw" / "emt" / "image.json").read_bytes())
+    seeded = {}
+    for shard in ("shard-0000", "shard-0001"):
+        first = json.loads((reference_run / "raw" / "emt" / f"{shard}.jsonl").read_text().splitlines()[0])
+        seeded[first["id"]] = {**first, "resumed_from": "an earlier run"}
+        (run_dir / "raw" / "emt" / f"{shard}.jsonl").write_text(json.dumps(seeded[first["id"]]) + "\n")
+
+    run = subprocess.Popen(bench_command(*COMMON, *BACKENDS[backend], "--dataset", str(dataset), results=results),
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hits = {}
+
+    def strike():
+        deadline = time.monotonic() + 240
+        hits["killed"] = hit(engine, results, "shard-0000", signal.SIGKILL, deadline)  # as the OOM killer would
+        hits["stopped"] = hit(engine, results, "shard-0001", signal.SIGSTOP, deadline)  # a hung relaxation
+
+    striker = threading.Thread(target=strike)
+    striker.start()
+    out, err = run.communicate(timeout=600)
+    striker.join()
+    assert run.returncode == 0, err[-3000:]
+    assert Path(out.strip().splitlines()[-1]) == run_dir
+
+    raw = [json.loads(line) for path in sorted((run_dir / "raw" / "emt").glob("shard-*.jsonl"))
+           for line in path.read_text().splitlines()]
+    assert set(Counter(r["id"] for r in raw).values()) == {1} and len(raw) == 8  # each exactly once
+    assert all(r["resumed_from"] == "an earlier run" for r in raw if r["id"] in seeded)  # resumed, not redone
+    crashed = read_id_lines((run_dir / "raw" / "emt" / "shard-0000.crashed").read_text())
+    assert crashed == [hits["killed"]]  # one death, one structure named; once is no model error
+    assert read_id_lines((run_dir / "raw" / "emt" / "shard-0001.crashed").read_text()) == []  # a hang blames no one
+    failures = json.loads((run_dir / "provenance.json").read_text())["worker_failures"]
+    assert any(line.startswith("emt shard-0001") and "no step and no new result for 5 s" in line for line in failures)
+
+    got = pd.read_csv(run_dir / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
+    want = pd.read_csv(reference_run / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))

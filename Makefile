@@ -6,12 +6,13 @@
 #                                              (PYTHON=3.13: that runtime's; neither: every runtime's and model's)
 # make report                                  reports of every finished run + leaderboard
 # make models [FORMAT=csv|json]                the models: tag, image, weights, what you supply
-# make test                                    unit tests and Docker integration tests
+# make test                                    import contracts, unit tests and Docker integration tests
 # make test-zoo                                every model image from a clean cache: build, contract, one relaxation
 # make perf [LOAD=1]                           pipeline overhead vs a plain ASE loop (CHGNet, 50 structures); LOAD: busy processes beside it
 # make perf-engine MODEL=sevennet-0 N=100      batched engine vs sequential ASE: agreement and speed (DEVICE=cuda: a GPU)
 
-PYTHON ?= python3
+# the host's interpreter for the venv (PYTHON is make lock's Python version of a runtime)
+HOST_PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
@@ -22,7 +23,7 @@ BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASE
 .PHONY: bench build lock weights report test test-unit test-zoo perf perf-engine doctor models clean-venv
 
 $(VENV)/.installed: requirements.txt
-	$(PYTHON) -m venv $(VENV)
+	$(HOST_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
@@ -49,12 +50,14 @@ models: $(VENV)/.installed
 	$(PY) -m orchestrator models $(if $(FORMAT),--format $(FORMAT))
 
 test: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-zoo: $(VENV)/.installed
 	$(PY) -m orchestrator zoo $(if $(MODEL),--models $(MODEL))
 
 test-unit: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not docker and not slurm" $(PYTEST_ARGS)
 
 perf: $(VENV)/.installed

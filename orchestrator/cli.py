@@ -82,23 +82,31 @@ def cmd_build(args) -> None:
         print(builder.model(model))
 
 
+def lock_plan(manifest, model_names: list[str], pythons: list[str]) -> tuple[list[str], list]:
+    """What `make lock` re-resolves: MODEL=...: those models' images on today's runtimes;
+    PYTHON=...: those runtimes; neither: the runtime of every Python the models ask for
+    first, then every model image. A model running in another folder's image locks that
+    folder (one lock per image)."""
+    from orchestrator.images import discover_models
+    from orchestrator.plan import pick_models
+
+    models = pick_models(manifest, model_names) if model_names else [] if pythons else list(discover_models().values())
+    images = {}
+    for model in models:
+        images.setdefault((model.image_of or model).name, model.image_of or model)
+    runtimes = pythons or ([] if model_names else sorted({model.python for model in models}))
+    return runtimes, list(images.values())
+
+
 def cmd_lock(args) -> None:
     from orchestrator.console import console
-    from orchestrator.images import ImageBuilder, discover_models, write_lock
-    from orchestrator.plan import pick_models
+    from orchestrator.images import ImageBuilder, write_lock
     from orchestrator.workers.docker import DockerEngine
 
     manifest = load(args.manifest, overrides_from(args))
     builder = ImageBuilder.from_manifest(DockerEngine(), manifest, echo=console.print)
-    # MODEL=...: those models on today's runtimes; PYTHON=...: those runtimes; neither: the
-    # runtime of every Python the models ask for first, then every model on its runtime
-    models = pick_models(manifest, args.models) if args.models else \
-        [] if args.python else list(discover_models().values())
-    images = {}  # a lock per image: a model running in another folder's image locks that folder
-    for model in models:
-        images.setdefault((model.image_of or model).name, model.image_of or model)
-    models = list(images.values())
-    for python in args.python or ([] if args.models else sorted({model.python for model in models})):
+    runtimes, models = lock_plan(manifest, args.models, args.python)
+    for python in runtimes:
         print(write_lock(builder, None, python))
     for model in models:
         print(write_lock(builder, model))

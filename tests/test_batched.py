@@ -294,7 +294,7 @@ def test_make_bench_with_the_batched_engine_gives_the_reference_table(tmp_path, 
     assert runs["ase"] != runs["batched"]
     # three shards: a container each for the reference engine, one for all three when batched
     assert logs == {"ase": ["shard-0000.log", "shard-0001.log", "shard-0002.log"], "batched": ["shard-0000.log"]}
-    assert "3 shard(s) in 1 job(s)" in " ".join(done.stderr.split())  # progress goes to stderr, wrapped
+    assert "3 shard(s) in 1 worker(s)" in " ".join(done.stderr.split())  # progress goes to stderr, wrapped
     columns = ["id", "steps", "converged", "failure_reason", "energy_ev", "position_mae_a"]
     tables = {engine: pd.read_csv(run / "results.csv", keep_default_na=False)[columns].sort_values("id")
               .reset_index(drop=True) for engine, run in runs.items()}

@@ -1,0 +1,59 @@
+"""The Makefile, run as a user runs it: `make lock` for a model and for a runtime's Python
+(in a copy of the project, whose locks it rewrites), and what `make lock` alone locks."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+
+def project_copy(tmp_path: Path) -> Path:
+    """The project's files in tmp_path/project, sharing this checkout's host environment."""
+    copy = tmp_path / "project"
+    shutil.copytree(REPO, copy, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "results", "__pycache__", ".ci"))
+    (copy / ".venv").symlink_to(REPO / ".venv")
+    return copy
+
+
+def make(copy: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-C", str(copy), *args], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "CI": os.environ.get("CI", "")})
+
+
+def test_make_lock_alone_locks_every_runtime_first_then_every_image(manifest):
+    from orchestrator.cli import lock_plan
+    from orchestrator.images import discover_models
+
+    runtimes, models = lock_plan(manifest, [], [])
+    every = discover_models().values()
+    assert runtimes == sorted({m.python for m in every})
+    assert {m.name for m in models} == {m.name for m in every if m.image_of is None}  # one lock per image
+    runtimes, models = lock_plan(manifest, ["orb-v3-direct-inf-mpa"], [])
+    assert (runtimes, [m.name for m in models]) == ([], ["orb-v2"])  # it runs in ORB-v2's image
+    runtimes, models = lock_plan(manifest, [], ["3.13"])
+    assert (runtimes, models) == (["3.13"], [])
+    dry = subprocess.run(["make", "-n", "lock"], cwd=REPO, capture_output=True, text=True)
+    assert dry.returncode == 0
+    assert dry.stdout.strip().splitlines()[-1].endswith("-m orchestrator lock")  # neither --models nor --python
+
+
+@pytest.mark.docker
+def test_make_lock_rewrites_a_models_lock_and_a_runtimes_lock(engine, tmp_path):
+    copy = project_copy(tmp_path)
+    for args, lock, command in ((["MODEL=emt"], copy / "images" / "emt" / "requirements.lock", "make lock MODEL=emt"),
+                                (["PYTHON=3.13"], copy / "images" / "base" / "requirements-3.13.lock",
+                                 "make lock PYTHON=3.13")):
+        lock.write_text("# stale\n")
+        done = make(copy, "lock", *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip().splitlines()[-1] == str(lock)
+        text = lock.read_text()
+        assert f"written by `{command}`" in text
+        pins = [line for line in text.splitlines() if not line.startswith("#")]
+        assert any(line.startswith("ase==") for line in pins) and all("==" in line for line in pins)
+    assert (REPO / "images" / "emt" / "requirements.lock").read_text() != "# stale\n"  # this checkout untouched

@@ -40,6 +40,15 @@ def bench(*args, results: Path, check=True):
     return done
 
 
+def make(*args: str, cwd: Path = REPO, timeout: float = 1800):
+    """`make` as a user types it in a shell: not as a sub-make of `make test`, whose MAKEFLAGS
+    would add "Entering/Leaving directory" lines (and -n, -k...) to what it prints."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    return subprocess.run(["make", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
 @pytest.fixture(scope="session")
 def manifest():
     from orchestrator.manifest import load

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from ase.build import bulk
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import write
 
 from adapters.wire import read_id_lines
 from conftest import REPO, bench, bench_command
+from test_pipeline import slow_emt_dataset
 
 pytestmark = pytest.mark.docker
 BACKENDS = {
@@ -32,24 +30,11 @@ COMMON = ("--models", "emt", "--set", "shard_size=4", "--set", "stall_timeout_s=
 COLUMNS = ["id", "steps", "energy_ev", "failure_reason", "converged"]
 
 
-def copper_dataset(path: Path, count: int = 8) -> None:
-    """Rattled 108-atom copper crystals: a second or two each in EMT, time to hit a worker."""
-    frames = []
-    for k in range(count):
-        atoms = bulk("Cu", cubic=True) * (3, 3, 3)
-        atoms.rattle(0.15, seed=k)
-        atoms.pbc = True
-        atoms.info["mat_id"] = f"cu108-{k}"
-        atoms.calc = SinglePointCalculator(atoms, energy=-3.5 * len(atoms))
-        frames.append(atoms)
-    write(path, frames, format="extxyz")
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The data, and a run of it on the Docker backend with nothing going wrong."""
     work = tmp_path_factory.mktemp("reference")
-    copper_dataset(work / "cu.extxyz")
+    slow_emt_dataset(work / "cu.extxyz")  # 108-atom copper crystals: time to hit a worker
     done = bench(*COMMON, "--dataset", str(work / "cu.extxyz"), results=work / "results")
     return work / "cu.extxyz", Path(done.stdout.strip().splitlines()[-1])
 

@@ -4,12 +4,11 @@ command lines through that parser, scripts by their paths. The README stays shor
 
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, make
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHOWN = re.compile(r"`((?:make|python -m orchestrator) [^`]+)`")
@@ -46,7 +45,7 @@ def check(command: str, where: str) -> None:
     words = shlex.split(command)
     words = [w for w in words if not re.fullmatch(r"[A-Z_]+=.*", w)] if words[0] != "make" else words
     if words[0] == "make":
-        dry = subprocess.run(["make", "-n", *words[1:]], cwd=REPO, capture_output=True, text=True)
+        dry = make("-n", *words[1:])
         assert dry.returncode == 0, f"{where}: `{command}`: {dry.stderr.strip()}"
         for line in dry.stdout.splitlines():
             run = shlex.split(line)

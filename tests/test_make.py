@@ -1,14 +1,12 @@
 """The Makefile, run as a user runs it: `make lock` for a model and for a runtime's Python
 (in a copy of the project, whose locks it rewrites), and what `make lock` alone locks."""
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, make
 
 
 def project_copy(tmp_path: Path) -> Path:
@@ -18,11 +16,6 @@ def project_copy(tmp_path: Path) -> Path:
         ".git", ".venv", "results", "__pycache__", ".ci"))
     (copy / ".venv").symlink_to(REPO / ".venv")
     return copy
-
-
-def make(copy: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-C", str(copy), *args], capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "CI": os.environ.get("CI", "")})
 
 
 def test_make_lock_alone_locks_every_runtime_first_then_every_image(manifest):
@@ -37,7 +30,7 @@ def test_make_lock_alone_locks_every_runtime_first_then_every_image(manifest):
     assert (runtimes, [m.name for m in models]) == ([], ["orb-v2"])  # it runs in ORB-v2's image
     runtimes, models = lock_plan(manifest, [], ["3.13"])
     assert (runtimes, models) == (["3.13"], [])
-    dry = subprocess.run(["make", "-n", "lock"], cwd=REPO, capture_output=True, text=True)
+    dry = make("-n", "lock")
     assert dry.returncode == 0
     assert dry.stdout.strip().splitlines()[-1].endswith("-m orchestrator lock")  # neither --models nor --python
 
@@ -49,7 +42,7 @@ def test_make_lock_rewrites_a_models_lock_and_a_runtimes_lock(engine, tmp_path):
                                 (["PYTHON=3.13"], copy / "images" / "base" / "requirements-3.13.lock",
                                  "make lock PYTHON=3.13")):
         lock.write_text("# stale\n")
-        done = make(copy, "lock", *args)
+        done = make("lock", *args, cwd=copy)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.strip().splitlines()[-1] == str(lock)
         text = lock.read_text()

@@ -273,7 +273,7 @@ def test_a_slot_whose_containers_cannot_start_leaves_an_incomplete_run(tmp_path)
 
 
 def test_two_runs_at_once(tmp_path):
-    from orchestrator.scheduler import RunLock
+    from orchestrator.plan import RunLock
 
     dataset = tmp_path / "emt-set.extxyz"
     emt_dataset(dataset)

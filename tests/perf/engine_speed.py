@@ -209,7 +209,7 @@ def measure(args) -> tuple[dict, str]:
 
     image = ImageBuilder.from_manifest(DockerEngine(), manifest).model(model)
     job = {"calculator": model.calculator, "options": options, "device": args.device}
-    mounts = {str(weights / model.name): f"{CACHE_MOUNT}/{model.name}"}  # its own weights, as the scheduler mounts them
+    mounts = {str(weights / model.name): f"{CACHE_MOUNT}/{model.name}"}  # its own weights, as a worker mounts them
     return run_in_image(image, job, records, args.threads, args.batch_atoms, mounts), f"image {image}"
 
 

@@ -13,7 +13,7 @@ from orchestrator import merge, provenance
 from orchestrator.console import console, show_table
 from orchestrator.datasets import write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
-from orchestrator.images import REPO, ImageBuilder
+from orchestrator.images import REPO, ImageBuilder, copy_build_inputs
 from orchestrator.manifest import Manifest
 from orchestrator.plan import ResultsProgress, RunLock, RunPlan, check_image
 from orchestrator.shards import read_ids, write_shards
@@ -24,9 +24,13 @@ from orchestrator.workers.spec import worker_threading
 
 
 def bench(manifest: Manifest, model_names: list[str]) -> Path:
+    return run_plan(RunPlan.resolve(manifest, model_names))
+
+
+def run_plan(plan: RunPlan) -> Path:
+    """Relax, merge, score and report a resolved plan; its run folder."""
     engine = DockerEngine()
     started = provenance.now()
-    plan = RunPlan.resolve(manifest, model_names)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"run folder {plan.run_dir}: {len(plan.structures)} structures x {len(plan.models)} model(s)")
     with RunLock(plan.run_dir):  # one orchestrator per run folder; released however this process ends
@@ -41,7 +45,7 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
         write_extxyz(run_dir / "reference.extxyz", plan.structures)
 
     weights = {model.name: ensure_weights(model, plan.cache.weights) for model in plan.models}  # fails in seconds
-    builder = ImageBuilder.from_manifest(engine, manifest, echo=console.print)
+    builder = ImageBuilder.from_manifest(engine, manifest, echo=console.print, source=plan.source)
     record = provenance.read(run_dir / "provenance.json")
     model_records = record.get("models", {})
     assignments, totals, set_aside = [], {}, []
@@ -49,18 +53,21 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
     timeout_s = manifest["structure_timeout_s"]
     backend.stop_leftovers([model.name for model in plan.models])  # nothing writes while the files are tidied
     for model in plan.models:
-        image = builder.model(model)
+        image = plan.images.get(model.name) or builder.model(model)
         image_id = engine.image_id(image)
         out_dir = run_dir / "raw" / model.name
         check_image(out_dir, image, image_id)
-        if model_records.get(model.name, {}).get("image_id") != image_id:
+        fresh = model_records.get(model.name, {}).get("image_id") != image_id
+        if fresh:
             model_records[model.name] = {"image": image, "image_id": image_id,
-                                         "runtime_image": builder.runtime(model.python),
-                                         "base_image": builder.base_image(model.python), "calculator": model.calculator,
+                                         "calculator": model.calculator,
                                          "options": model.options, "description": model.description,
                                          "dtype": model.dtype, "paper_tag": model.paper_tag,
                                          "weights": weights[model.name],
+                                         **builder.runtime_record(model.python),
                                          **provenance.image_versions(engine, image, model.packages)}
+        if fresh or not (run_dir / "build" / "images" / model.name).is_dir():  # or a run folder from before bundles
+            copy_build_inputs(run_dir / "build", model, builder.models, plan.source)  # what built that image
         totals[model.name] = len(plan.structures)
         job = plan.job(model, {**model.options, **checkpoint_option(model)})
         for shard, ids in shard_ids.items():
@@ -108,6 +115,7 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
         "started": record.get("started", started), "finished": provenance.now(),
         "command": sys.argv, "host": provenance.host_info(engine),
         "dataset": {"name": dataset.name, "files": {p.name: dataset.sha256[p.name] for p in dataset.files},
+                    "paths": {p.name: str(p) for p in dataset.files},
                     "identity": dataset.identity, "subset": manifest["subset"], "subset_key": plan.subset_key,
                     "structures": len(plan.structures), "skipped": dataset.skipped},
         "protocol": manifest["protocol"], "engine": plan.engine, "batch_atoms": manifest["batch_atoms"],
@@ -116,6 +124,7 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
         **backend.provenance(), "devices": [s.__dict__ for s in slots],
         "worker_threading": worker_threading(slots[0].threads), "settings_sources": manifest.sources,
         "models": model_records,
+        **({"reproduction": {**record.get("reproduction", {}), **plan.reproduces}} if plan.reproduces else {}),
     })
     from orchestrator.report import write_run_report
 

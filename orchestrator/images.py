@@ -183,8 +183,12 @@ def content_hash(context: Path, build_args: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def runtime_lock(python: str) -> Path:
-    return IMAGES_DIR / "base" / f"requirements-{python}.lock"
+def runtime_lock(python: str, images_dir: Path = IMAGES_DIR) -> Path:
+    return images_dir / "base" / f"requirements-{python}.lock"
+
+
+#: What the runtime image of a Python version is built from, in images/base/.
+RUNTIME_FILES = ("Dockerfile", "constraints.txt")
 
 
 def _place_lock(dockerfile: Path, lock: Path, dest: Path, unlocked: bool, command: str) -> None:
@@ -209,11 +213,12 @@ def wheels_for(wheelhouse: Path | None, python: str) -> list[Path]:
 
 
 def runtime_context(dest: Path, python: str, ca_bundle: Path | None, wheelhouse: Path | None,
-                    unlocked: bool = False) -> Path:
+                    unlocked: bool = False, images_dir: Path = IMAGES_DIR) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Dockerfile", "constraints.txt"):
-        shutil.copyfile(IMAGES_DIR / "base" / name, dest / name)
-    _place_lock(IMAGES_DIR / "base" / "Dockerfile", runtime_lock(python), dest, unlocked, f"make lock PYTHON={python}")
+    for name in RUNTIME_FILES:
+        shutil.copyfile(images_dir / "base" / name, dest / name)
+    _place_lock(images_dir / "base" / "Dockerfile", runtime_lock(python, images_dir), dest, unlocked,
+                f"make lock PYTHON={python}")
     (dest / "extra-ca.crt").write_bytes(ca_bundle.read_bytes() if ca_bundle else b"")
     (dest / "wheelhouse").mkdir()
     for wheel in wheels_for(wheelhouse, python):
@@ -243,7 +248,7 @@ def families_in_image(model: Model, models: dict[str, Model]) -> list[str]:
 def copy_worker_code(dest: Path, families: list[str], adapters_dir: Path = ADAPTERS_DIR) -> None:
     """What a worker runs into dest/adapters: the shared engine and the given families' factories."""
     calculators = dest / "adapters" / "calculators"
-    calculators.mkdir(parents=True)
+    calculators.mkdir(parents=True, exist_ok=True)
     for path in sorted(adapters_dir.glob("*.py")):
         shutil.copyfile(path, dest / "adapters" / path.name)
     for name in ["__init__", *families]:
@@ -261,13 +266,31 @@ def model_context(dest: Path, model: Model, families: list[str], unlocked: bool 
     return dest
 
 
+def copy_build_inputs(dest: Path, model: Model, models: dict[str, Model], source: Path = REPO) -> None:
+    """Everything the image `model` runs in is built from, laid out under dest as in `source`
+    (images/base's runtime files and lock, the model folders, the worker code it holds): a
+    run folder keeps them, so a bundle rebuilds the image that ran, whatever the checkout
+    has become."""
+    image = model.image_of or model
+    base = dest / "images" / "base"
+    base.mkdir(parents=True, exist_ok=True)
+    for path in [*(source / "images" / "base" / name for name in RUNTIME_FILES),
+                 runtime_lock(image.python, source / "images")]:
+        shutil.copyfile(path, base / path.name)
+    for folder in {image.folder, model.folder}:
+        shutil.copytree(folder, dest / "images" / folder.name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    copy_worker_code(dest, families_in_image(image, models), source / "adapters")
+
+
 class ImageBuilder:
     """Builds (or reuses) the runtime and model images with the Docker engine (workers.docker.DockerEngine)."""
 
     def __init__(self, engine, base_images: dict[str, str], ca_bundle: Path | None, wheelhouse: Path | None,
-                 log_dir: Path, echo=print, models: dict[str, Model] | None = None):
+                 log_dir: Path, echo=print, models: dict[str, Model] | None = None, source: Path = REPO):
         self.engine = engine
-        self.models = models
+        self.source = source             # the tree holding images/ and adapters/: the checkout, or a bundle's
+        self.models = models if models is not None else discover_models(source / "images")
         self.base_images = base_images   # Python version -> the image its runtime is built FROM
         self.ca_bundle = ca_bundle
         self.wheelhouse = wheelhouse
@@ -276,11 +299,12 @@ class ImageBuilder:
         self._runtime_tags: dict[str, str] = {}
 
     @classmethod
-    def from_manifest(cls, engine, manifest, log_dir: Path | None = None, echo=print) -> "ImageBuilder":
+    def from_manifest(cls, engine, manifest, log_dir: Path | None = None, echo=print,
+                      source: Path = REPO) -> "ImageBuilder":
         """The builder the manifest describes; build logs under cache_dir/build-logs unless told."""
         return cls(engine, manifest["base_images"], manifest.path_setting("ca_bundle"),
                    manifest.path_setting("wheelhouse"),
-                   log_dir or manifest.cache.build_logs, echo=echo)
+                   log_dir or manifest.cache.build_logs, echo=echo, source=source)
 
     def base_image(self, python: str) -> str:
         if python not in self.base_images:
@@ -294,7 +318,8 @@ class ImageBuilder:
             base = self.base_image(python)
             base_id = self._base_image_id(base)
             with tempfile.TemporaryDirectory() as tmp:
-                context = runtime_context(Path(tmp), python, self.ca_bundle, self.wheelhouse, unlocked)
+                context = runtime_context(Path(tmp), python, self.ca_bundle, self.wheelhouse, unlocked,
+                                          self.source / "images")
                 args = {"BASE_IMAGE": base}
                 tag = f"{IMAGE_PREFIX}/runtime:{content_hash(context, {**args, 'base_id': base_id})}"
                 self._ensure(tag, context, args, {f"{LABEL}.base-image": base, f"{LABEL}.base-image-id": base_id,
@@ -310,12 +335,23 @@ class ImageBuilder:
             return self.model(model.image_of, unlocked)
         runtime = self.runtime(model.python)
         with tempfile.TemporaryDirectory() as tmp:
-            families = families_in_image(model, self.models if self.models is not None else discover_models())
-            context = model_context(Path(tmp) / "ctx", model, families, unlocked)
+            context = model_context(Path(tmp) / "ctx", model, families_in_image(model, self.models), unlocked,
+                                    self.source / "adapters")
             args = {"RUNTIME_IMAGE": runtime}
             tag = f"{IMAGE_PREFIX}/{model.name}:{content_hash(context, args)}"
             self._ensure(tag, context, args, {f"{LABEL}.model": model.name, f"{LABEL}.runtime": runtime})
         return tag
+
+    def runtime_record(self, python: str) -> dict:
+        """What the runtime of `python` was built from, for provenance: the base image (its
+        id and registry digests), and every wheel of the wheelhouse it installed (sha256)."""
+        from orchestrator.download import sha256_of
+
+        base = self.base_image(python)
+        base_id = self.engine.image_id(base)
+        return {"runtime_image": self.runtime(python), "base_image": base, "base_image_id": base_id,
+                "base_image_digests": self.engine.image_digests(base) if base_id else [],
+                "wheelhouse": {wheel.name: sha256_of(wheel) for wheel in wheels_for(self.wheelhouse, python)}}
 
     def _base_image_id(self, base: str) -> str:
         """Id of the base image if present locally; else its name (pulled by the build)."""

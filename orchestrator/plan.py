@@ -8,7 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,17 +17,18 @@ from adapters.wire import Job
 from orchestrator.console import console
 from orchestrator.datasets import Dataset, load_dataset, select, subset_key
 from orchestrator.errors import BenchError
-from orchestrator.images import Model, discover_models, resolve_models
+from orchestrator.images import REPO, Model, discover_models, resolve_models
 from orchestrator.manifest import CacheLayout, Manifest
 from orchestrator.shards import complete_lines
 
 
-def pick_models(manifest: Manifest, names: list[str]) -> list[Model]:
-    """The models named on the command line or in the manifest (folder, paper tag, alias, or paper)."""
+def pick_models(manifest: Manifest, names: list[str], source: Path = REPO) -> list[Model]:
+    """The models named on the command line or in the manifest (folder, paper tag, alias, or
+    paper), from the model folders of source/images (the checkout's, or a bundle's)."""
     from metrics.paper import table_ii
 
     try:
-        return resolve_models(names, discover_models(), list(dict.fromkeys(table_ii()["tag"])))
+        return resolve_models(names, discover_models(source / "images"), list(dict.fromkeys(table_ii()["tag"])))
     except BenchError as exc:
         raise BenchError(f"{exc} (models from {manifest.sources.get('models', 'command line')})") from None
 
@@ -53,10 +54,14 @@ class RunPlan:
     engine: str             # ase | batched
     run_dir: Path
     cache: CacheLayout
+    source: Path = REPO               # the tree whose images/ and adapters/ build the images
+    images: dict = field(default_factory=dict)  # model -> an image to run as it is (a bundle's), not built
+    reproduces: dict | None = None    # the bundle this run reproduces (provenance "reproduction")
 
     @classmethod
-    def resolve(cls, manifest: Manifest, model_names: list[str]) -> "RunPlan":
-        models = pick_models(manifest, model_names)
+    def resolve(cls, manifest: Manifest, model_names: list[str], source: Path = REPO,
+                run_dir: Path | None = None) -> "RunPlan":
+        models = pick_models(manifest, model_names, source)
         cache = manifest.cache
         dataset = load_dataset(manifest["dataset"], manifest["datasets"], cache.datasets)
         structures = select(dataset.structures, **manifest["subset"])
@@ -64,9 +69,10 @@ class RunPlan:
             raise BenchError(f"the subset {manifest['subset']} of dataset {dataset.name} selects no structure")
         key = subset_key(**manifest["subset"])
         protocol = manifest.relaxation_protocol()
-        run_dir = manifest.path_setting("results_dir") / run_identity(dataset, key, protocol, manifest["engine"])
+        run_dir = run_dir or manifest.path_setting("results_dir") / run_identity(dataset, key, protocol,
+                                                                                   manifest["engine"])
         return cls(manifest=manifest, models=models, dataset=dataset, structures=structures, subset_key=key,
-                   protocol=protocol, engine=manifest["engine"], run_dir=run_dir, cache=cache)
+                   protocol=protocol, engine=manifest["engine"], run_dir=run_dir, cache=cache, source=source)
 
     def job(self, model: Model, options: dict) -> Job:
         """What each worker of `model` is asked to do (the device is the slot's)."""

@@ -30,8 +30,19 @@ def git_commit() -> str | None:
 
 def host_info(engine) -> dict:
     return {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "gpus": query_gpus("index,name,driver_version"), "docker": engine.version(),
-            "tool_commit": git_commit()}
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "gpus": query_gpus("index,name,driver_version"),
+            "docker": engine.version(), "tool_commit": git_commit()}
+
+
+def cpu_model() -> str:
+    """The CPU's name as the kernel reports it (float32 results can differ between CPUs)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def image_versions(engine, image: str, packages: list[str]) -> dict:

@@ -91,6 +91,21 @@ class DockerEngine:
     def image_size(self, tag: str) -> int:
         return self.client.images.get(tag).attrs["Size"]
 
+    def image_digests(self, tag: str) -> list[str]:
+        """The registry digests the engine knows for an image (none for a locally built one)."""
+        return list(self.client.images.get(tag).attrs.get("RepoDigests") or [])
+
+    def save_image(self, tag: str, path: Path) -> None:
+        """`docker save` of one image into a tar archive."""
+        with path.open("wb") as out:
+            for chunk in self.client.images.get(tag).save(named=True):
+                out.write(chunk)
+
+    def load_image(self, path: Path) -> list[str]:
+        """`docker load` of an archive; the tags it brought."""
+        with path.open("rb") as archive:
+            return [tag for image in self.client.images.load(archive) for tag in image.tags]
+
     def labelled_images(self, label: str) -> dict[str, dict]:
         """Id -> labels of every image that carries `label` (`key` or `key=value`)."""
         return {image.id: image.labels for image in self.client.images.list(filters={"label": label})}

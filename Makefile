@@ -4,6 +4,10 @@
 # make weights MODEL=mace                      download a model's weights into the cache (once)
 # make lock MODEL=mace                         re-resolve a model's packages: images/<model>/requirements.lock
 #                                              (PYTHON=3.13: that runtime's; neither: every runtime's and model's)
+# make bundle RUN=results/<run> [WITH=data,images]  one archive of a run: build inputs, settings, results, report
+# make reproduce BUNDLE=<file> [GPUS=0] [ENGINE=batched]  rerun a bundle here from its own inputs, then compare
+# make compare A=<run or bundle> B=<run or bundle>  side by side; exit 0 reproduced, 1 differs, 2 cannot compare
+# make selftest [GPUS=0]                       rerun the reference bundles (reference/) here: does this machine agree?
 # make report                                  reports of every finished run + leaderboard
 # make models [FORMAT=csv|json]                the models: tag, image, weights, what you supply
 # make test                                    import contracts, unit tests and Docker integration tests
@@ -20,7 +24,7 @@ BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASE
              $(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(BACKEND),--backend $(BACKEND)) \
              $(if $(ENGINE),--engine $(ENGINE))
 
-.PHONY: bench build lock weights report test test-unit test-zoo perf perf-engine doctor models clean-venv
+.PHONY: bench build bundle reproduce compare selftest lock weights report test test-unit test-zoo perf perf-engine doctor models clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(HOST_PYTHON) -m venv $(VENV)
@@ -39,6 +43,18 @@ lock: $(VENV)/.installed
 
 weights: $(VENV)/.installed
 	$(PY) -m orchestrator weights $(BENCH_ARGS)
+
+bundle: $(VENV)/.installed
+	$(PY) -m orchestrator bundle $(RUN) $(if $(findstring data,$(WITH)),--with-data) $(if $(findstring images,$(WITH)),--with-images)
+
+reproduce: $(VENV)/.installed
+	$(PY) -m orchestrator reproduce $(BUNDLE) $(if $(GPUS),--gpus $(GPUS)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(DATASET),--dataset $(DATASET))
+
+compare: $(VENV)/.installed
+	$(PY) -m orchestrator compare $(A) $(B)
+
+selftest: $(VENV)/.installed
+	$(PY) -m orchestrator selftest $(if $(GPUS),--gpus $(GPUS)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(ONLY),--only $(ONLY))
 
 report: $(VENV)/.installed
 	$(PY) -m orchestrator report

@@ -271,6 +271,10 @@ def run_facts(run_name: str, provenance: dict) -> list[tuple[str, str]]:
              ("protocol", mapping_text(_get(provenance, "protocol"))),
              ("fragmentation limits (Å)", mapping_text(provenance.get("fragmentation_limits_a"))),
              ("tool commit", _text(_get(provenance, "host", "tool_commit")))]
+    reproduction = _get(provenance, "reproduction")
+    if isinstance(reproduction, dict):
+        facts.append(("reproduces", f"{_text(reproduction.get('of'))} from bundle {_text(reproduction.get('bundle'))}: "
+                                    f"{_text(reproduction.get('verdict', 'not compared yet'))}"))
     if isinstance(dataset, dict):
         for key in ("structures", "subset", "identity"):
             if key in dataset:
@@ -424,7 +428,21 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
 LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "failed_pct", "paper_failed",
                        "energy_median_mev",
                        "energy_mae_mev", "position_mae_median_a", "median_steps", "image_id", "packages",
-                       "dataset_sha256", "protocol"]
+                       "dataset_sha256", "protocol", "reproduction"]
+
+
+def reproductions(runs: list[tuple[str, pd.DataFrame, dict]]) -> dict[str, str]:
+    """Run name -> what is known of its reproduction: a run that reproduces a bundle says
+    which run and the verdict; a run reproduced by another run here says by which."""
+    said = {}
+    for name, _, provenance in runs:
+        record = _get(provenance, "reproduction")
+        if isinstance(record, dict) and record.get("of"):
+            verdict = str(record.get("verdict", "not compared yet")).split(":")[0]
+            said[name] = f"reproduces {record['of']} ({record.get('bundle')}): {verdict}"
+            said.setdefault(str(record["of"]), "reproduced by")
+            said[str(record["of"])] += f" {name} ({verdict})"
+    return said
 
 
 def unfinished_models(scored: pd.DataFrame) -> list[str]:
@@ -438,7 +456,7 @@ def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
     median position MAE (fewer, smaller first). A model with a structure still without a
     result is never ranked: the table decides, not the status beside it. Empty when no
     run has a finished model."""
-    rows = []
+    rows, reproduced = [], reproductions(runs)
     for name, scored, provenance in runs:
         scored = scored[~scored["model"].astype(str).isin(unfinished_models(scored))]
         if scored.empty:
@@ -451,6 +469,7 @@ def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
         line["packages"] = [packages_text(records.get(m)) for m in line["model"]]
         line["dataset_sha256"] = dataset_sha256(provenance)
         line["protocol"] = protocol_text(provenance)
+        line["reproduction"] = reproduced.get(name, "")
         beside = paper_comparison(summary.failures(scored), provenance)
         paper_failed = {} if beside is None else \
             {(r.model, r.dimension): r.paper_failed for r in beside[0].itertuples(index=False)}
@@ -481,7 +500,7 @@ def leaderboard_documents(table: pd.DataFrame, where: str, left_out: list[str]) 
     ranking_columns = ["model", "run", "structures", "failed", "failed_pct", "paper_failed", "energy_median_mev",
                        "energy_mae_mev",
                        "position_mae_median_a", "median_steps", "image_id", "packages"]
-    runs = table.drop_duplicates("run")[["run", "dataset_sha256", "protocol"]].sort_values("run")
+    runs = table.drop_duplicates("run")[["run", "dataset_sha256", "protocol", "reproduction"]].sort_values("run")
     note = (f"Ranked within each dimensionality by failed %, then energy MAE, then median position MAE. "
             f"paper_failed: the paper's Table II for the same model, of {paper.PAPER_STRUCTURES:,} structures per "
             "dimensionality (runs on its dataset only).")

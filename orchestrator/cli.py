@@ -1,4 +1,5 @@
-"""Command line: bench, build, report, doctor, models. One error boundary, in main()."""
+"""Command line: bench, build, bundle, reproduce, compare, report, doctor, models. One error
+boundary, in main()."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from orchestrator.errors import BenchError, IncompleteRun
 from orchestrator.manifest import DIMENSIONS, load
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "benchmark.yaml"
+#: The reference bundles `selftest` reruns.
+REFERENCE = Path(__file__).resolve().parent.parent / "reference"
 
 
 def parse_gpus(value: str):
@@ -193,6 +196,84 @@ def cmd_zoo(args) -> None:
     print(zoo(manifest, models, keep=args.keep))
 
 
+def cmd_bundle(args) -> None:
+    from orchestrator.bundle import make_bundle
+    from orchestrator.console import console
+    from orchestrator.workers.docker import DockerEngine
+
+    archive = make_bundle(args.run, args.out, with_data=args.with_data, with_images=args.with_images,
+                          engine=DockerEngine() if args.with_images else None, echo=console.print)
+    console.print(f"{archive.stat().st_size / 1e6:.2f} MB, sha256 {Path(f'{archive}.sha256').read_text().split()[0]}")
+    print(archive)
+
+
+def _show_comparison(comparison, where: Path) -> None:
+    from metrics.compare import agreement_markdown, side_by_side
+    from metrics.report import markdown_table
+    from metrics.summary import DIMENSIONS
+    from orchestrator.console import console
+
+    console.print(markdown_table(side_by_side(comparison.rows, list(DIMENSIONS))), markup=False)
+    console.print(agreement_markdown(comparison.rows), markup=False)
+    for line in comparison.verdict.outside[:10]:
+        console.print(f"  {line}", markup=False)
+    console.print(f"written: {where}")
+    print(comparison.verdict.line)  # the last line: the verdict (the exit code says it too)
+
+
+def cmd_compare(args) -> None:
+    from orchestrator.compare import compare_runs, comparison_folder, read_side, write_comparison
+
+    manifest = load(args.manifest, parse_set(args.set))
+    unpack = manifest.cache.root / "bundles"
+    comparison = compare_runs(read_side(args.a, unpack), read_side(args.b, unpack))
+    out = args.out or comparison_folder(manifest.path_setting("results_dir"), *comparison.names)
+    _show_comparison(comparison, write_comparison(comparison, out))
+    raise SystemExit(comparison.verdict.code)
+
+
+def _reproduce_overrides(args) -> dict:
+    overrides = parse_set(args.set)
+    if args.gpus:
+        overrides["devices"] = parse_gpus(args.gpus)
+    if args.engine:
+        overrides["engine"] = args.engine
+    return overrides
+
+
+def cmd_reproduce(args) -> None:
+    from orchestrator.reproduce import reproduce
+
+    run_dir, comparison = reproduce(args.manifest, args.bundle, _reproduce_overrides(args), args.dataset)
+    _show_comparison(comparison, run_dir / "reproduction" / "compare.md")
+    raise SystemExit(comparison.verdict.code)
+
+
+def cmd_selftest(args) -> None:
+    import time
+
+    from orchestrator.console import console, show_table
+    from orchestrator.reproduce import reproduce
+
+    bundles = sorted(REFERENCE.glob("*.bundle.tar.gz"))
+    if args.only:
+        bundles = [b for b in bundles if any(word in b.name for word in args.only)]
+    if not bundles:
+        raise BenchError(f"no reference bundle in {REFERENCE}" + (f" matching {' '.join(args.only)}" if args.only else ""))
+    rows, worst = [], 0
+    for bundle in bundles:
+        console.print(f"[bold]selftest[/bold]: {bundle.name}")
+        start = time.perf_counter()
+        run_dir, comparison = reproduce(args.manifest, bundle, _reproduce_overrides(args))
+        worst = max(worst, comparison.verdict.code)
+        rows.append([bundle.name.split(".bundle")[0], comparison.verdict.line.split(":")[0],
+                     f"{time.perf_counter() - start:.0f}", str(run_dir / "reproduction" / "compare.md")])
+    show_table("selftest: the reference bundles rerun on this machine", ["bundle", "verdict", "seconds", "details"],
+               rows)
+    print("selftest: " + ("every reference bundle reproduced" if worst == 0 else "a reference bundle DIFFERS"))
+    raise SystemExit(worst)
+
+
 def cmd_doctor(args) -> None:
     from orchestrator.doctor import doctor
 
@@ -234,6 +315,31 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--keep", action="store_true", help="keep the images (default: removed after their check)")
     p.set_defaults(func=cmd_zoo)
+    p = sub.add_parser("bundle", help="one archive of a finished run: build inputs, settings, results, report")
+    p.add_argument("run", type=Path, help="the run folder (RUN)")
+    p.add_argument("--out", type=Path, help="the folder to write it into (default: beside the run folder)")
+    p.add_argument("--with-data", action="store_true", help="the dataset's files too")
+    p.add_argument("--with-images", action="store_true", help="`docker save` archives of the images too")
+    p.set_defaults(func=cmd_bundle)
+    p = sub.add_parser("compare", help="two runs (folders or bundles) side by side; exit 0 reproduced, "
+                                       "1 differs, 2 cannot compare")
+    common(p, selection=False)
+    p.add_argument("a", type=Path, help="run folder or bundle (A)")
+    p.add_argument("b", type=Path, help="run folder or bundle (B)")
+    p.add_argument("--out", type=Path, help="folder for compare.md/.html/.csv (default: results_dir/comparisons/)")
+    p.set_defaults(func=cmd_compare)
+    for name, func, help_text in (("reproduce", cmd_reproduce, "rerun a bundle here from its own inputs, then compare"),
+                                  ("selftest", cmd_selftest, "rerun the reference bundles here and compare")):
+        p = sub.add_parser(name, help=help_text)
+        common(p, selection=False)
+        if name == "reproduce":
+            p.add_argument("bundle", type=Path, help="a .bundle.tar.gz or its unpacked folder (BUNDLE)")
+            p.add_argument("--dataset", help="the run's data here, when the bundle holds none (DATASET)")
+        else:
+            p.add_argument("--only", nargs="+", help="reference bundles whose name holds one of these words")
+        p.add_argument("--gpus", help="cpu, all, or indices like 0,1 (GPUS)")
+        p.add_argument("--engine", help="ase or batched (ENGINE); default: the bundle's")
+        p.set_defaults(func=func)
     p = sub.add_parser("report", help="reports of every finished run and the leaderboard")
     common(p, selection=False)
     p.set_defaults(func=cmd_report)

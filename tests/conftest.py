@@ -40,13 +40,24 @@ def bench(*args, results: Path, check=True):
     return done
 
 
-def make(*args: str, cwd: Path = REPO, timeout: float = 1800):
+def make(*args: str, cwd: Path = REPO, timeout: float = 1800, env: dict | None = None):
     """`make` as a user types it in a shell: not as a sub-make of `make test`, whose MAKEFLAGS
     would add "Entering/Leaving directory" lines (and -n, -k...) to what it prints."""
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    env = {k: v for k, v in (env or os.environ).items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
     return subprocess.run(["make", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def project_copy(tmp_path: Path) -> Path:
+    """The project's files in tmp_path/project, sharing this checkout's host environment."""
+    import shutil
+
+    copy = tmp_path / "project"
+    shutil.copytree(REPO, copy, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "results", "__pycache__", ".ci"))
+    (copy / ".venv").symlink_to(REPO / ".venv")
+    return copy
 
 
 @pytest.fixture(scope="session")

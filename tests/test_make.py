@@ -1,21 +1,9 @@
 """The Makefile, run as a user runs it: `make lock` for a model and for a runtime's Python
 (in a copy of the project, whose locks it rewrites), and what `make lock` alone locks."""
 
-import shutil
-from pathlib import Path
-
 import pytest
 
-from conftest import REPO, make
-
-
-def project_copy(tmp_path: Path) -> Path:
-    """The project's files in tmp_path/project, sharing this checkout's host environment."""
-    copy = tmp_path / "project"
-    shutil.copytree(REPO, copy, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "results", "__pycache__", ".ci"))
-    (copy / ".venv").symlink_to(REPO / ".venv")
-    return copy
+from conftest import REPO, make, project_copy
 
 
 def test_make_lock_alone_locks_every_runtime_first_then_every_image(manifest):

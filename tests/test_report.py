@@ -231,6 +231,19 @@ def test_an_incomplete_run_says_so_and_stays_off_the_leaderboard(tmp_path):
     assert "Left out, incomplete: run-half" in (tmp_path / "leaderboard.md").read_text()
 
 
+def test_the_leaderboard_says_which_run_reproduces_which(tmp_path):
+    make_run(tmp_path, "run-a")
+    reproduction = {"of": "run-a", "bundle": "run-a.bundle.tar.gz", "verdict": "REPRODUCED: 6 structure(s), identical"}
+    make_run(tmp_path, "run-a-reproduced-ase-cpu", provenance={**PROVENANCE, "reproduction": reproduction})
+    make_run(tmp_path, "run-b")
+    write_leaderboard(tmp_path)
+    board = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=False).drop_duplicates("run")
+    said = dict(zip(board["run"], board["reproduction"]))
+    assert said == {"run-a": "reproduced by run-a-reproduced-ase-cpu (REPRODUCED)",
+                    "run-a-reproduced-ase-cpu": "reproduces run-a (run-a.bundle.tar.gz): REPRODUCED", "run-b": ""}
+    assert "reproduced by run-a-reproduced-ase-cpu (REPRODUCED)" in (tmp_path / "leaderboard.md").read_text()
+
+
 def test_leaderboard_without_finished_runs_is_a_clear_error(tmp_path):
     make_run(tmp_path, "run-c", provenance=None)
     with pytest.raises(BenchError, match="no finished run"):

@@ -1,0 +1,207 @@
+"""Run bundles: one archive that holds what a run needs to be rerun and judged elsewhere.
+
+<run>.bundle.tar.gz (and <run>.bundle.tar.gz.sha256 beside it) holds one folder, <run>/:
+
+    bundle.json        format, when and by which checkout it was made, every file's sha256
+    provenance.json    what ran, where, with which settings (and where each setting came from)
+    build/             per image, its build inputs as they built the image that ran: images/base
+                       (runtime Dockerfile, constraints, lock), images/<model> (Dockerfile,
+                       model.yaml, requirements.lock), adapters/ (the worker code the image held)
+    results/           results.csv, results.parquet, relaxed.extxyz, sharding.json, raw/<model>/
+                       (the per-structure result lines and the image record), report/ (its
+                       Markdown, tables and self-contained HTML; the figures are inside that)
+    data/              the dataset's files (only with --with-data)
+    images/            `docker save` archives of the model images (only with --with-images)
+
+A bundle never holds a token, a weights file, or a path of the user's home (written as ~).
+The archive is deterministic: the same run folder gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from orchestrator import provenance
+from orchestrator.download import sha256_of
+from orchestrator.errors import BenchError
+
+FORMAT = 1
+SUFFIX = ".bundle.tar.gz"
+#: Files of a run folder that go into results/ (the report/ folder and raw/ go whole).
+RESULT_FILES = ("results.csv", "results.parquet", "relaxed.extxyz", "sharding.json")
+#: Files whose text is searched for the user's home (and written with ~ instead).
+TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".csv", ".txt", ".yaml", ".extxyz", ".svg")
+
+
+def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = False, with_images: bool = False,
+                engine=None, echo=print) -> Path:
+    """Bundle a finished run folder; the archive's path (its sha256 written beside it)."""
+    run_dir = Path(run_dir).resolve()
+    record = provenance.read(run_dir / "provenance.json")
+    if not record:
+        raise BenchError(f"{run_dir}: not a run folder (no provenance.json)")
+    if record.get("status") != "complete":
+        raise BenchError(f"{run_dir}: the run is incomplete; finish it (rerun its bench command) before bundling")
+    if not (run_dir / "build").is_dir():
+        raise BenchError(f"{run_dir}: holds no build inputs (run folders from before bundles keep none); rerun "
+                         "its bench command with this checkout to record them (finished structures are kept)")
+    name = run_dir.name
+    out_dir = Path(out_dir) if out_dir else run_dir.parent
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        stage = Path(tmp) / name
+        stage.mkdir()
+        _write_json(stage / "provenance.json", record)
+        shutil.copytree(run_dir / "build", stage / "build", ignore=shutil.ignore_patterns("__pycache__"))
+        results = stage / "results"
+        results.mkdir()
+        for file in RESULT_FILES:
+            if (run_dir / file).is_file():
+                shutil.copyfile(run_dir / file, results / file)
+        # the report's text, tables and its self-contained HTML (which holds the figures)
+        shutil.copytree(run_dir / "report", results / "report", ignore=shutil.ignore_patterns("*.png", "*.svg"))
+        for model_dir in sorted(p for p in (run_dir / "raw").iterdir() if p.is_dir()):
+            (results / "raw" / model_dir.name).mkdir(parents=True)
+            for path in [*sorted(model_dir.glob("shard-*.jsonl")), model_dir / "image.json"]:
+                if path.is_file():
+                    shutil.copyfile(path, results / "raw" / model_dir.name / path.name)
+        if with_data:
+            _copy_data(record, stage / "data")
+        if with_images:
+            _save_images(record, stage / "images", engine, echo)
+        _scrub_home(stage)
+        files = {p.relative_to(stage).as_posix(): sha256_of(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+        _write_json(stage / "bundle.json", {
+            "format": FORMAT, "run_id": name, "made": provenance.now(), "tool_commit": provenance.git_commit(),
+            "with_data": with_data, "with_images": with_images, "files": files})
+        archive = out_dir / f"{name}{SUFFIX}"
+        _deterministic_tar(stage, archive)
+    digest = sha256_of(archive)
+    Path(f"{archive}.sha256").write_text(f"{digest}  {archive.name}\n")
+    return archive
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _copy_data(record: dict, dest: Path) -> None:
+    """The dataset's files as the run read them, each checked against its recorded sha256."""
+    dataset = record.get("dataset", {})
+    paths, sums = dataset.get("paths") or {}, dataset.get("files") or {}
+    if not paths:
+        raise BenchError("--with-data: the run's provenance names no dataset files (a run from before bundles); "
+                         "rerun its bench command with this checkout, then bundle it")
+    dest.mkdir()
+    for file, where in paths.items():
+        path = Path(where).expanduser()
+        if not path.is_file() or sha256_of(path) != sums.get(file):
+            raise BenchError(f"--with-data: {path} is no longer the file the run read (sha256 {sums.get(file)})")
+        shutil.copyfile(path, dest / file)
+
+
+def _save_images(record: dict, dest: Path, engine, echo) -> None:
+    dest.mkdir()
+    for model, entry in sorted(record.get("models", {}).items()):
+        archive = dest / f"{model}.tar"
+        if engine.image_id(entry["image"]) != entry["image_id"]:
+            raise BenchError(f"--with-images: the engine no longer holds {entry['image']} ({entry['image_id']}) "
+                             f"that {model} ran in")
+        echo(f"saving {entry['image']} into the bundle")
+        engine.save_image(entry["image"], archive)
+
+
+def _scrub_home(stage: Path) -> None:
+    """The user's home in any text of the bundle is written ~ (a path there says who ran it)."""
+    home = str(Path.home())
+    if home in ("/", ""):
+        return
+    for path in stage.rglob("*"):
+        if path.is_file() and path.suffix in TEXT_SUFFIXES:
+            text = path.read_text(errors="surrogateescape")
+            if home in text:
+                path.write_text(text.replace(home, "~"), errors="surrogateescape")
+
+
+def _deterministic_tar(stage: Path, archive: Path) -> None:
+    """tar.gz of stage with sorted members, no times, no owners: the same files, the same bytes."""
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    partial = archive.with_name(f".{archive.name}.partial")
+    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in [stage, *sorted(stage.rglob("*"))]:
+            tar.add(path, arcname=path.relative_to(stage.parent).as_posix(), recursive=False, filter=clean)
+    partial.replace(archive)
+
+
+class Bundle:
+    """An unpacked bundle: its folder and what it recorded."""
+
+    def __init__(self, folder: Path, origin: Path):
+        self.folder = folder
+        self.origin = origin            # the archive (or folder) the user named
+        meta = folder / "bundle.json"
+        if not meta.is_file():
+            raise BenchError(f"{origin}: not a run bundle (no bundle.json)")
+        self.meta = json.loads(meta.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise BenchError(f"{origin}: bundle format {self.meta.get('format')}; this tool reads format {FORMAT}")
+        self.provenance = json.loads((folder / "provenance.json").read_text())
+        self.run_id = self.meta["run_id"]
+        self.sha256 = sha256_of(origin) if origin.is_file() else None
+
+    @property
+    def build(self) -> Path:
+        return self.folder / "build"
+
+    @property
+    def results(self) -> Path:
+        return self.folder / "results"
+
+    def changed_files(self) -> list[str]:
+        """Files that differ from the sha256 the bundle recorded when it was made."""
+        changed = []
+        for name, digest in self.meta.get("files", {}).items():
+            path = self.folder / name
+            if not path.is_file() or sha256_of(path) != digest:
+                changed.append(name)
+        return changed
+
+
+def open_bundle(path: Path, unpack_dir: Path) -> Bundle:
+    """A bundle given as its archive (checked against the .sha256 beside it, when there,
+    and unpacked once into unpack_dir/<sha256>) or as an unpacked folder."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():  # the unpacked folder, or the folder it was unpacked into
+        inner = [p for p in path.iterdir() if (p / "bundle.json").is_file()]
+        return Bundle(path if (path / "bundle.json").is_file() or len(inner) != 1 else inner[0], path)
+    if not path.is_file():
+        raise BenchError(f"{path}: no such bundle (a {SUFFIX} file or its unpacked folder)")
+    digest = sha256_of(path)
+    recorded = Path(f"{path}.sha256")
+    if recorded.is_file() and recorded.read_text().split()[0] != digest:
+        raise BenchError(f"{path}: sha256 {digest} is not the {recorded.read_text().split()[0]} written beside it "
+                         f"({recorded.name}): the archive is damaged or was replaced")
+    target = Path(unpack_dir) / digest[:16]
+    if not (target / ".unpacked").is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                tar.extractall(target, filter="data")  # no links out, no absolute paths, no devices
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            raise BenchError(f"{path}: not a readable bundle ({exc})") from None
+        (target / ".unpacked").write_text(path.name + "\n")
+    folders = [p for p in target.iterdir() if p.is_dir()]
+    if len(folders) != 1:
+        raise BenchError(f"{path}: a bundle holds one run folder; this one holds {len(folders)}")
+    return Bundle(folders[0], path)

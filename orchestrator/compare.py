@@ -1,0 +1,130 @@
+"""`compare`: two runs, each a run folder or a bundle, side by side; the verdict and its
+exit code (metrics.compare decides; this reads the runs and writes the documents)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from metrics import compare as judge
+from metrics.summary import DIMENSIONS
+from orchestrator.bundle import open_bundle
+from orchestrator.errors import BenchError
+from orchestrator.report import read_provenance, read_results
+
+
+@dataclass
+class RunSide:
+    name: str
+    table: pd.DataFrame
+    relaxed: dict            # (model, id) -> relaxed Atoms
+    provenance: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def read_side(path: Path, unpack_dir: Path) -> RunSide:
+    """A run folder (results.csv, relaxed.extxyz, provenance.json) or a bundle."""
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / "results.csv").is_file():
+        return RunSide(path.name, read_results(path / "results.csv"), read_relaxed(path / "relaxed.extxyz"),
+                       read_provenance(path / "provenance.json"))
+    bundle = open_bundle(path, unpack_dir)
+    changed = bundle.changed_files()
+    notes = [f"{path.name}: changed since the bundle was made: {', '.join(changed)}"] if changed else []
+    return RunSide(bundle.run_id, read_results(bundle.results / "results.csv"),
+                   read_relaxed(bundle.results / "relaxed.extxyz"), bundle.provenance, notes)
+
+
+def read_relaxed(path: Path) -> dict:
+    from ase.io import read
+
+    from orchestrator.datasets import id_from_extxyz
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return {}
+    return {(str(a.info["model"]), id_from_extxyz(a.info["id"])): a for a in read(path, ":", format="extxyz")}
+
+
+@dataclass
+class Comparison:
+    names: tuple[str, str]
+    rows: pd.DataFrame
+    verdict: judge.Verdict
+    markdown: str
+    html: str
+
+
+def compare_runs(a: RunSide, b: RunSide) -> Comparison:
+    """The two runs judged structure by structure; cannot compare (exit 2) when they are not
+    runs of the same data with the same protocol and at least one model in common."""
+    for what, key in (("dataset", ("dataset", "identity")), ("protocol", ("protocol",)),
+                      ("fragmentation limits", ("fragmentation_limits_a",))):
+        left, right = _get(a.provenance, *key), _get(b.provenance, *key)
+        if left != right:
+            raise CannotCompare(f"{a.name} and {b.name} differ in their {what} ({left} vs {right})")
+    models = [m for m in dict.fromkeys(a.table["model"]) if m in set(b.table["model"])]
+    if not models:
+        raise CannotCompare(f"{a.name} and {b.name} have no model in common "
+                            f"({', '.join(sorted(set(a.table['model'])))} vs {', '.join(sorted(set(b.table['model'])))})")
+    pairs = judge.pair(a.table[a.table["model"].isin(models)], b.table[b.table["model"].isin(models)])
+    if pairs.empty:
+        raise CannotCompare(f"{a.name} and {b.name} have no structure with an outcome in both")
+    positions = {}
+    for row in pairs.itertuples(index=False):
+        key = (row.model, row.id)
+        if row.status_a == judge.SUCCESS == row.status_b and key in a.relaxed and key in b.relaxed:
+            first, second = a.relaxed[key], b.relaxed[key]
+            positions[key] = judge.max_displacement(first.positions, second.positions, first.cell, first.pbc)
+    tolerances = {m: judge.tolerance_for(a.provenance, b.provenance, m) for m in models}
+    rows = judge.differences(pairs, positions, tolerances)
+    result = judge.verdict(rows, tolerances)
+    notes = a.notes + b.notes + _left_out(a, b, models)
+    setup = judge.setup_differences(a.provenance, b.provenance, models)
+    md, html = judge.documents((a.name, b.name), rows, result, setup, notes, list(DIMENSIONS))
+    return Comparison((a.name, b.name), rows, result, md, html)
+
+
+def _left_out(a: RunSide, b: RunSide, models: list[str]) -> list[str]:
+    notes = []
+    for side, other in ((a, b), (b, a)):
+        only = sorted(set(side.table["model"]) - set(models))
+        if only:
+            notes.append(f"only in {side.name}: {', '.join(only)}")
+    keys = lambda t: set(zip(t["model"], t["id"]))  # noqa: E731
+    one_sided = len(keys(a.table[a.table["model"].isin(models)]) ^ keys(b.table[b.table["model"].isin(models)]))
+    if one_sided:
+        notes.append(f"{one_sided} structure(s) in one run only, left out")
+    no_outcome = sum(int(t["failure_reason"].isin(judge.NOT_AN_OUTCOME).sum()) for t in (a.table, b.table))
+    if no_outcome:
+        notes.append(f"{no_outcome} result(s) missing or timed out, left out")
+    return notes
+
+
+class CannotCompare(BenchError):
+    """Two runs that are not of the same data, protocol or models (exit 2)."""
+
+
+def _get(mapping, *keys):
+    for key in keys:
+        mapping = mapping.get(key) if isinstance(mapping, dict) else None
+    return mapping
+
+
+def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
+    """compare.md, compare.html and compare.csv (one row per structure) in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.md").write_text(comparison.markdown)
+    (out_dir / "compare.html").write_text(comparison.html)
+    columns = ["model", "id", "dimension", "natoms", "status_a", "status_b", "steps_a", "steps_b", "energy_ev_a",
+               "energy_ev_b", "energy_mev", "position_a", "agrees"]
+    comparison.rows[columns].rename(columns={"energy_mev": "abs_dE_mev_per_atom", "position_a": "max_dr_a"}).to_csv(
+        out_dir / "compare.csv", index=False)
+    return out_dir / "compare.md"
+
+
+def comparison_folder(results_dir: Path, a: str, b: str) -> Path:
+    slug = lambda s: re.sub(r"[^A-Za-z0-9.-]+", "-", s)[:80]  # noqa: E731
+    return results_dir / "comparisons" / f"{slug(a)}--{slug(b)}"

@@ -1,0 +1,131 @@
+"""`reproduce`: rerun a bundle's run on this machine from the bundle alone, then compare.
+
+The images are rebuilt from the bundle's own build inputs (its Dockerfiles, locks and
+worker code, not this checkout's, which may be newer), or loaded from the bundle's image
+archives; the data is had by its sha256 as `bench` has it (or from the bundle); the same
+structures relax with the same protocol and settings into a new run folder. Device,
+engine and workers may differ: they are recorded, and the comparison says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from orchestrator import provenance
+from orchestrator.bench import run_plan
+from orchestrator.bundle import Bundle, open_bundle
+from orchestrator.compare import Comparison, compare_runs, read_side, write_comparison
+from orchestrator.console import console
+from orchestrator.errors import BenchError
+from orchestrator.manifest import load
+from orchestrator.plan import RunPlan
+from orchestrator.report import write_run_report
+
+#: Settings of the original run that decide its results, taken from the bundle. The user's
+#: manifest and command line keep what the machine decides (devices, workers, caches).
+FROM_BUNDLE = ("subset", "protocol", "fragmentation_limits_a", "engine", "batch_atoms", "structure_timeout_s")
+
+
+def bundle_overrides(bundle: Bundle, dataset: str | None, engine: str | None) -> dict:
+    """The manifest overrides that make this machine's run the bundle's run."""
+    record = bundle.provenance
+    values = {"subset": record["dataset"]["subset"], "protocol": record["protocol"],
+              "fragmentation_limits_a": record["fragmentation_limits_a"], "engine": engine or record.get("engine", "ase"),
+              "batch_atoms": record.get("batch_atoms", 2000), "structure_timeout_s": record.get("structure_timeout_s")}
+    sharding = bundle.results / "sharding.json"
+    if sharding.is_file():
+        values["shard_size"] = json.loads(sharding.read_text())["shard_size"]
+    values["dataset"] = dataset or _dataset_spec(bundle)
+    return values
+
+
+def _dataset_spec(bundle: Bundle) -> str:
+    """The bundle's own data, else the dataset by the name it ran under (a registry name, or
+    a path that exists here); load_dataset then checks its sha256."""
+    if (bundle.folder / "data").is_dir():
+        return str(bundle.folder / "data")
+    return bundle.provenance["dataset"]["name"]
+
+
+def reproduce(manifest_path: Path, bundle_path: Path, overrides: dict, dataset: str | None = None) -> tuple[Path, Comparison]:
+    """Rerun the bundle here; the new run folder and its comparison with the bundle."""
+    manifest = load(manifest_path, overrides)
+    bundle = open_bundle(bundle_path, manifest.cache.root / "bundles")
+    changed = bundle.changed_files()
+    if any(name.startswith(("build/", "data/")) for name in changed):
+        raise BenchError(f"{bundle.origin}: its build inputs or data changed since it was made "
+                         f"({', '.join(n for n in changed if n.startswith(('build/', 'data/')))}): not the run it records")
+    settings = bundle_overrides(bundle, dataset, overrides.get("engine"))
+    manifest = load(manifest_path, {**settings, **{k: v for k, v in overrides.items() if k != "engine"}})
+    for key in settings:
+        manifest.sources[key] = f"bundle {bundle.origin.name}"
+    models = list(bundle.provenance.get("models", {}))
+    run_dir = manifest.path_setting("results_dir") / reproduction_name(bundle.run_id, manifest)
+    plan = RunPlan.resolve(manifest, models, source=bundle.build, run_dir=run_dir)
+    _check_same_structures(bundle, plan)
+    plan.images = _load_images(bundle, plan)
+    plan.reproduces = {"of": bundle.run_id, "bundle": bundle.origin.name, "bundle_sha256": bundle.sha256}
+    console.print(f"reproducing {bundle.run_id} from {bundle.origin.name}: images from the bundle's build inputs"
+                  f"{' (archives)' if plan.images else ''}, {len(plan.structures)} structures x {len(models)} model(s)")
+    run_dir = run_plan(plan)
+    comparison = compare_runs(read_side(bundle.origin, manifest.cache.root / "bundles"),
+                              read_side(run_dir, manifest.cache.root / "bundles"))
+    for line in _version_changes(bundle.provenance, provenance.read(run_dir / "provenance.json")):
+        console.print(f"[yellow]package differs[/yellow]: {line}")
+    write_comparison(comparison, run_dir / "reproduction")
+    record = provenance.read(run_dir / "provenance.json")
+    record["reproduction"] = {**record.get("reproduction", {}), "verdict": comparison.verdict.line,
+                              "code": comparison.verdict.code}
+    provenance.write(run_dir / "provenance.json", record)
+    write_run_report(run_dir)  # its facts now say what it reproduced, and the verdict
+    return run_dir, comparison
+
+
+def reproduction_name(run_id: str, manifest) -> str:
+    """The reproduction's run folder: the run, the engine and the devices (a rerun of the same
+    command resumes it)."""
+    devices = manifest["devices"]
+    where = devices if isinstance(devices, str) else "gpu" + "-".join(str(d) for d in devices)
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", f"{run_id}-reproduced-{manifest['engine']}-{where}")
+
+
+def _check_same_structures(bundle: Bundle, plan: RunPlan) -> None:
+    recorded = bundle.provenance["dataset"]
+    if plan.dataset.identity != recorded["identity"]:
+        raise BenchError(f"cannot reproduce {bundle.run_id}: the dataset here ({plan.dataset.name}, identity "
+                         f"{plan.dataset.identity}) is not the one it ran on (identity {recorded['identity']}, files "
+                         f"{', '.join(recorded['files'])}); give its files with DATASET=")
+    if len(plan.structures) != recorded["structures"]:
+        raise BenchError(f"cannot reproduce {bundle.run_id}: its subset selects {len(plan.structures)} structures "
+                         f"here, {recorded['structures']} there")
+
+
+def _load_images(bundle: Bundle, plan: RunPlan) -> dict[str, str]:
+    """The bundle's image archives, loaded into the engine: model -> image (none: rebuilt)."""
+    archives = bundle.folder / "images"
+    if not archives.is_dir():
+        return {}
+    from orchestrator.workers.docker import DockerEngine
+
+    engine, images = DockerEngine(), {}
+    for model in plan.models:
+        archive = archives / f"{model.name}.tar"
+        if archive.is_file():
+            console.print(f"loading {archive.name} from the bundle")
+            engine.load_image(archive)
+            images[model.name] = bundle.provenance["models"][model.name]["image"]
+    return images
+
+
+def _version_changes(before: dict, after: dict) -> list[str]:
+    """"model package: recorded -> here" for each package version that differs."""
+    lines = []
+    for model, record in before.get("models", {}).items():
+        old = record.get("packages") or {}
+        new = (after.get("models", {}).get(model) or {}).get("packages") or {}
+        for package in sorted(set(old) | set(new)):
+            if old.get(package) != new.get(package):
+                lines.append(f"{model} {package}: {old.get(package)} in the bundle, {new.get(package)} here")
+    return lines

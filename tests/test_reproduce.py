@@ -1,0 +1,148 @@
+"""Bundle, reproduce, compare, as a user runs them. An EMT run (float64) is bundled in a
+home of its own, reproduced from the bundle alone into a fresh results folder with its
+image removed, and compared: identical. The bundle with one structure's result edited:
+differs, naming it. A bundle made by an older checkout rebuilds the older image."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, bench_command, make, project_copy
+from test_pipeline import emt_dataset
+
+pytestmark = pytest.mark.docker
+SECRET = "hf_never_in_a_bundle_0123"
+
+
+def cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env or os.environ.copy(), timeout=1800)
+
+
+def last_line(done: subprocess.CompletedProcess) -> str:
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def emt_run(tmp_path_factory):
+    """An EMT run made in a home of its own (HF_TOKEN set), and its bundle with the data."""
+    home = tmp_path_factory.mktemp("home")
+    (home / "data").mkdir()
+    emt_dataset(home / "data" / "emt.extxyz")
+    env = {**os.environ, "HOME": str(home), "HF_TOKEN": SECRET}
+    done = subprocess.run(bench_command("--models", "emt", "--dataset", str(home / "data" / "emt.extxyz"),
+                                        "--set", "shard_size=2", results=home / "results"),
+                          cwd=REPO, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = Path(last_line(done))
+    made = cli("bundle", str(run_dir), "--with-data", env=env)
+    assert made.returncode == 0, made.stderr[-3000:]
+    return run_dir, Path(last_line(made)), env
+
+
+def test_a_bundle_holds_what_reruns_and_judges_a_run_and_nothing_private(emt_run, tmp_path):
+    run_dir, archive, env = emt_run
+    assert archive.name == f"{run_dir.name}.bundle.tar.gz"
+    digest = Path(f"{archive}.sha256").read_text().split()
+    assert digest[1] == archive.name and len(digest[0]) == 64
+    again = cli("bundle", str(run_dir), "--with-data", "--out", str(tmp_path), env=env)
+    assert (tmp_path / archive.name).read_bytes() == archive.read_bytes()  # deterministic: same run, same bytes
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        texts = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
+        record = json.loads(tar.extractfile(f"{run_dir.name}/provenance.json").read())
+    inside = {name.split("/", 1)[1] for name in names if "/" in name}
+    assert {"bundle.json", "provenance.json", "build/images/emt/Dockerfile", "build/images/emt/requirements.lock",
+            "build/images/base/requirements-3.11.lock", "build/adapters/relax.py", "build/adapters/calculators/emt.py",
+            "results/results.csv", "results/relaxed.extxyz", "results/raw/emt/shard-0000.jsonl",
+            "results/report/report.md", "data/emt.extxyz"} <= inside
+    assert not any(name.startswith("build/adapters/calculators/mace") for name in inside)  # only its own family
+    assert not any(env["HOME"].encode() in text or SECRET.encode() in text for text in texts)
+    assert record["dataset"]["paths"]["emt.extxyz"] == "~/data/emt.extxyz"
+    assert record["models"]["emt"]["base_image_id"] and "wheelhouse" in record["models"]["emt"]
+    assert record["host"]["cpu_model"]
+    assert again.returncode == 0
+
+
+def test_reproduce_from_the_bundle_alone_then_an_edited_result_is_named(emt_run, engine, tmp_path):
+    run_dir, archive, _ = emt_run
+    recorded = json.loads((run_dir / "provenance.json").read_text())["models"]["emt"]
+    engine.remove_image(recorded["image"])  # rebuilt from the bundle's own inputs
+    fresh = {**os.environ, "UMLIP_RESULTS_DIR": str(tmp_path / "fresh")}
+    done = make("reproduce", f"BUNDLE={archive}", "GPUS=cpu", env=fresh)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert last_line(done).startswith("REPRODUCED: 5 structure(s), identical")
+    assert engine.image_id(recorded["image"])  # the same tag: the same inputs built it
+    (again,) = (tmp_path / "fresh").iterdir()
+    record = json.loads((again / "provenance.json").read_text())
+    assert record["reproduction"]["of"] == run_dir.name and record["reproduction"]["code"] == 0
+    assert "identical" in (again / "reproduction" / "compare.md").read_text()
+    assert f"**reproduces**: {run_dir.name} from bundle {archive.name}: REPRODUCED" in \
+        (again / "report" / "report.md").read_text()
+
+    edited = tmp_path / "edited"
+    with tarfile.open(archive) as tar:
+        tar.extractall(edited, filter="data")
+    table = edited / run_dir.name / "results" / "results.csv"
+    frame = pd.read_csv(table)
+    frame.loc[frame["id"] == "cu-1d", "energy_ev"] += 0.004  # 1 meV/atom on 4 atoms
+    frame.to_csv(table, index=False)
+    done = cli("reproduce", str(edited), "--gpus", "cpu", env=fresh)  # make turns every failure into 2
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert last_line(done).startswith("DIFFERS: emt outside the tolerance (1 structure(s) disagree)")
+    assert "emt cu-1d: |ΔE| 1 meV/atom" in done.stderr
+    assert "results/results.csv" in (again / "reproduction" / "compare.md").read_text()  # changed since made
+    done = cli("compare", str(run_dir), str(edited), env=fresh)
+    assert done.returncode == 1 and "emt cu-1d" in done.stderr
+    assert cli("compare", str(run_dir), str(archive), env=fresh).returncode == 0
+
+    shutil.copytree(run_dir, tmp_path / "fresh" / run_dir.name)
+    assert cli("report", "--set", f"results_dir={tmp_path / 'fresh'}").returncode == 0
+    board = (tmp_path / "fresh" / "leaderboard.md").read_text()
+    assert f"reproduced by {again.name} (DIFFERS)" in board  # the last reproduction compared the edited bundle
+
+
+def test_a_bundle_of_an_older_checkout_rebuilds_its_own_image(engine, builder, tmp_path):
+    older = project_copy(tmp_path)
+    with (older / "images" / "emt" / "Dockerfile").open("a") as dockerfile:
+        dockerfile.write("ENV UMLIP_OLDER_CHECKOUT=1\n")  # a change made since: this checkout's image differs
+    emt_dataset(tmp_path / "emt.extxyz")
+    done = subprocess.run(bench_command("--models", "emt", "--dataset", str(tmp_path / "emt.extxyz"),
+                                        results=tmp_path / "old"), cwd=older, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    made = cli("bundle", last_line(done), "--with-data", cwd=older)
+    old_image = json.loads((Path(last_line(done)) / "provenance.json").read_text())["models"]["emt"]["image"]
+    from orchestrator.images import discover_models
+
+    assert builder.model(discover_models()["emt"]) != old_image
+    again = cli("reproduce", last_line(made), "--gpus", "cpu", "--set", f"results_dir={tmp_path / 'new'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    (run_dir,) = (tmp_path / "new").iterdir()
+    assert json.loads((run_dir / "provenance.json").read_text())["models"]["emt"]["image"] == old_image
+    config = engine.client.images.get(old_image).attrs["Config"]["Env"]
+    assert "UMLIP_OLDER_CHECKOUT=1" in config
+
+
+def test_compare_the_sequential_and_the_batched_engine_on_chgnet(tmp_path):
+    runs = {}
+    for engine_name in ("ase", "batched"):
+        done = subprocess.run(bench_command("--models", "chgnet", "--dataset", "sample", "--engine", engine_name,
+                                            results=tmp_path / "r"), cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[engine_name] = Path(last_line(done))
+    done = make("compare", f"A={runs['ase']}", f"B={runs['batched']}",
+                env={**os.environ, "UMLIP_RESULTS_DIR": str(tmp_path / "r")})
+    tables = {k: pd.read_csv(v / "results.csv", keep_default_na=False).set_index("id") for k, v in runs.items()}
+    a, b = tables["ase"], tables["batched"].loc[tables["ase"].index]
+    same_flag = int((a["converged"] == b["converged"]).sum())
+    assert f"| converged flag identical | {same_flag}/50 | {same_flag / 50:.1%} |" in done.stderr
+    assert "| abs(Δsteps) ≤ max(2, 2 %) |" in done.stderr and "| abs(ΔE) ≤ 1 meV/atom |" in done.stderr
+    assert done.returncode == 0 if last_line(done).startswith("REPRODUCED") else done.returncode == 2  # make's
+    assert "float32" in last_line(done)

@@ -227,7 +227,7 @@ def cmd_compare(args) -> None:
     manifest = load(args.manifest, parse_set(args.set))
     unpack = manifest.cache.root / "bundles"
     comparison = compare_runs(read_side(args.a, unpack), read_side(args.b, unpack))
-    out = args.out or comparison_folder(manifest.path_setting("results_dir"), *comparison.names)
+    out = args.out or comparison_folder(manifest.path_setting("results_dir"), args.a, args.b)
     _show_comparison(comparison, write_comparison(comparison, out))
     raise SystemExit(comparison.verdict.code)
 

@@ -3,6 +3,7 @@ exit code (metrics.compare decides; this reads the runs and writes the documents
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,9 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
     return out_dir / "compare.md"
 
 
-def comparison_folder(results_dir: Path, a: str, b: str) -> Path:
-    slug = lambda s: re.sub(r"[^A-Za-z0-9.-]+", "-", s)[:80]  # noqa: E731
-    return results_dir / "comparisons" / f"{slug(a)}--{slug(b)}"
+def comparison_folder(results_dir: Path, a: Path, b: Path) -> Path:
+    """results_dir/comparisons/<A>--<B>-<hash of both paths> (two runs of one name in two
+    results folders are still two comparisons)."""
+    slug = lambda p: re.sub(r"[^A-Za-z0-9.-]+", "-", Path(p).name.split(".bundle")[0])[:80]  # noqa: E731
+    key = hashlib.sha256(f"{Path(a).resolve()}\0{Path(b).resolve()}".encode()).hexdigest()[:8]
+    return results_dir / "comparisons" / f"{slug(a)}--{slug(b)}-{key}"

@@ -39,8 +39,9 @@ TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".csv", ".txt", ".yaml", ".e
 
 
 def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = False, with_images: bool = False,
-                engine=None, echo=print) -> Path:
-    """Bundle a finished run folder; the archive's path (its sha256 written beside it)."""
+                engine=None, echo=print, label: str | None = None) -> Path:
+    """Bundle a finished run folder into <label, else the run's name>.bundle.tar.gz; the archive's
+    path (its sha256 written beside it)."""
     run_dir = Path(run_dir).resolve()
     record = provenance.read(run_dir / "provenance.json")
     if not record:
@@ -78,7 +79,7 @@ def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = Fa
         _write_json(stage / "bundle.json", {
             "format": FORMAT, "run_id": name, "made": provenance.now(), "tool_commit": provenance.git_commit(),
             "with_data": with_data, "with_images": with_images, "files": files})
-        archive = out_dir / f"{name}{SUFFIX}"
+        archive = out_dir / f"{label or name}{SUFFIX}"
         _deterministic_tar(stage, archive)
     digest = sha256_of(archive)
     Path(f"{archive}.sha256").write_text(f"{digest}  {archive.name}\n")

@@ -202,7 +202,7 @@ def cmd_bundle(args) -> None:
     from orchestrator.workers.docker import DockerEngine
 
     archive = make_bundle(args.run, args.out, with_data=args.with_data, with_images=args.with_images,
-                          engine=DockerEngine() if args.with_images else None, echo=console.print)
+                          engine=DockerEngine() if args.with_images else None, echo=console.print, label=args.name)
     console.print(f"{archive.stat().st_size / 1e6:.2f} MB, sha256 {Path(f'{archive}.sha256').read_text().split()[0]}")
     print(archive)
 
@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundle", help="one archive of a finished run: build inputs, settings, results, report")
     p.add_argument("run", type=Path, help="the run folder (RUN)")
     p.add_argument("--out", type=Path, help="the folder to write it into (default: beside the run folder)")
+    p.add_argument("--name", help="the archive's name, before .bundle.tar.gz (default: the run folder's)")
     p.add_argument("--with-data", action="store_true", help="the dataset's files too")
     p.add_argument("--with-images", action="store_true", help="`docker save` archives of the images too")
     p.set_defaults(func=cmd_bundle)

@@ -67,7 +67,7 @@ def tolerance_for(a: dict, b: dict, model: str) -> Tolerance:
 
 def _device_kind(provenance: dict) -> str:
     devices = provenance.get("devices") or []
-    kinds = sorted({"cpu" if str(d.get("device", "cpu")) == "cpu" else "cuda" for d in devices if isinstance(d, dict)})
+    kinds = sorted({"cpu" if d.get("gpu") is None else "cuda" for d in devices if isinstance(d, dict)})  # workers.Slot
     return ",".join(kinds) or "cpu"
 
 

@@ -62,7 +62,7 @@ def reproduce(manifest_path: Path, bundle_path: Path, overrides: dict, dataset: 
     for key in settings:
         manifest.sources[key] = f"bundle {bundle.origin.name}"
     models = list(bundle.provenance.get("models", {}))
-    run_dir = manifest.path_setting("results_dir") / reproduction_name(bundle.run_id, manifest)
+    run_dir = manifest.path_setting("results_dir") / reproduction_name(bundle.origin.name.split(".bundle")[0], manifest)
     plan = RunPlan.resolve(manifest, models, source=bundle.build, run_dir=run_dir)
     _check_same_structures(bundle, plan)
     plan.images = _load_images(bundle, plan)
@@ -83,12 +83,12 @@ def reproduce(manifest_path: Path, bundle_path: Path, overrides: dict, dataset: 
     return run_dir, comparison
 
 
-def reproduction_name(run_id: str, manifest) -> str:
-    """The reproduction's run folder: the run, the engine and the devices (a rerun of the same
-    command resumes it)."""
+def reproduction_name(bundle_name: str, manifest) -> str:
+    """The reproduction's run folder: the bundle's name (the run's, unless named otherwise),
+    the engine and the devices (a rerun of the same command resumes it)."""
     devices = manifest["devices"]
     where = devices if isinstance(devices, str) else "gpu" + "-".join(str(d) for d in devices)
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", f"{run_id}-reproduced-{manifest['engine']}-{where}")
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", f"{bundle_name}-reproduced-{manifest['engine']}-{where}")
 
 
 def _check_same_structures(bundle: Bundle, plan: RunPlan) -> None:

@@ -10,7 +10,7 @@ from metrics import compare as judge
 from orchestrator.compare import CannotCompare, RunSide, compare_runs
 
 PROVENANCE = {"dataset": {"identity": "abc"}, "protocol": {"variant": "paper"}, "fragmentation_limits_a": {"0D": 20},
-              "engine": "ase", "devices": [{"name": "cpu", "device": "cpu"}],
+              "engine": "ase", "devices": [{"name": "cpu-0", "gpu": None}],
               "models": {"emt": {"dtype": "float64"}, "chgnet": {"dtype": "float32"}}}
 
 
@@ -34,7 +34,7 @@ def side(name, frame, atoms, **changes):
 
 
 def test_the_tolerance_follows_precision_device_and_engine():
-    cuda = {**PROVENANCE, "devices": [{"name": "gpu0", "device": "cuda:0"}]}
+    cuda = {**PROVENANCE, "devices": [{"name": "gpu0-0", "gpu": "0"}]}
     assert judge.tolerance_for(PROVENANCE, PROVENANCE, "emt") is judge.IDENTICAL
     assert judge.tolerance_for(PROVENANCE, {**PROVENANCE, "engine": "batched"}, "emt") is judge.FLOAT64
     assert judge.tolerance_for(PROVENANCE, cuda, "emt") is judge.FLOAT64

@@ -98,7 +98,8 @@ def test_reproduce_from_the_bundle_alone_then_an_edited_result_is_named(emt_run,
     assert done.returncode == 1, done.stderr[-3000:]
     assert last_line(done).startswith("DIFFERS: emt outside the tolerance (1 structure(s) disagree)")
     assert "emt cu-1d: |ΔE| 1 meV/atom" in done.stderr
-    assert "results/results.csv" in (again / "reproduction" / "compare.md").read_text()  # changed since made
+    judged = tmp_path / "fresh" / "edited-reproduced-ase-cpu" / "reproduction" / "compare.md"
+    assert "results/results.csv" in judged.read_text()  # named: changed since the bundle was made
     done = cli("compare", str(run_dir), str(edited), env=fresh)
     assert done.returncode == 1 and "emt cu-1d" in done.stderr
     assert cli("compare", str(run_dir), str(archive), env=fresh).returncode == 0
@@ -106,7 +107,8 @@ def test_reproduce_from_the_bundle_alone_then_an_edited_result_is_named(emt_run,
     shutil.copytree(run_dir, tmp_path / "fresh" / run_dir.name)
     assert cli("report", "--set", f"results_dir={tmp_path / 'fresh'}").returncode == 0
     board = (tmp_path / "fresh" / "leaderboard.md").read_text()
-    assert f"reproduced by {again.name} (DIFFERS)" in board  # the last reproduction compared the edited bundle
+    assert "reproduced by" in board and f"{again.name} (REPRODUCED)" in board
+    assert "edited-reproduced-ase-cpu (DIFFERS)" in board
 
 
 def test_a_bundle_of_an_older_checkout_rebuilds_its_own_image(engine, builder, tmp_path):
@@ -146,3 +148,14 @@ def test_compare_the_sequential_and_the_batched_engine_on_chgnet(tmp_path):
     assert "| abs(Δsteps) ≤ max(2, 2 %) |" in done.stderr and "| abs(ΔE) ≤ 1 meV/atom |" in done.stderr
     assert done.returncode == 0 if last_line(done).startswith("REPRODUCED") else done.returncode == 2  # make's
     assert "float32" in last_line(done)
+
+
+def test_make_selftest_reproduces_the_reference_bundles(tmp_path):
+    done = make("selftest", env={**os.environ, "UMLIP_RESULTS_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert last_line(done) == "selftest: every reference bundle reproduced"
+    reproduced = sorted(path.name for path in tmp_path.iterdir() if path.name != "comparisons")
+    assert len(reproduced) == 3 and all("-reproduced-ase-cpu" in name for name in reproduced)
+    for run_dir in tmp_path.iterdir():
+        if run_dir.name != "comparisons":
+            assert json.loads((run_dir / "provenance.json").read_text())["reproduction"]["code"] == 0

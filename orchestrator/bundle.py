@@ -2,7 +2,7 @@
 
 <run>.bundle.tar.gz (and <run>.bundle.tar.gz.sha256 beside it) holds one folder, <run>/:
 
-    bundle.json        format, when and by which checkout it was made, every file's sha256
+    bundle.json        format, the checkout that made it, every file's sha256
     provenance.json    what ran, where, with which settings (and where each setting came from)
     build/             per image, its build inputs as they built the image that ran: images/base
                        (runtime Dockerfile, constraints, lock), images/<model> (Dockerfile,
@@ -77,10 +77,10 @@ def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = Fa
         _scrub_home(stage)
         files = {p.relative_to(stage).as_posix(): sha256_of(p) for p in sorted(stage.rglob("*")) if p.is_file()}
         _write_json(stage / "bundle.json", {
-            "format": FORMAT, "run_id": name, "made": provenance.now(), "tool_commit": provenance.git_commit(),
+            "format": FORMAT, "run_id": name, "tool_commit": provenance.git_commit(),  # no time: the same bytes
             "with_data": with_data, "with_images": with_images, "files": files})
         archive = out_dir / f"{label or name}{SUFFIX}"
-        _deterministic_tar(stage, archive)
+        _deterministic_tar(stage, archive, level=1 if with_images else 6)  # gigabytes of images: fast beats small
     digest = sha256_of(archive)
     Path(f"{archive}.sha256").write_text(f"{digest}  {archive.name}\n")
     return archive
@@ -128,7 +128,7 @@ def _scrub_home(stage: Path) -> None:
                 path.write_text(text.replace(home, "~"), errors="surrogateescape")
 
 
-def _deterministic_tar(stage: Path, archive: Path) -> None:
+def _deterministic_tar(stage: Path, archive: Path, level: int) -> None:
     """tar.gz of stage with sorted members, no times, no owners: the same files, the same bytes."""
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
@@ -136,7 +136,8 @@ def _deterministic_tar(stage: Path, archive: Path) -> None:
         return info
 
     partial = archive.with_name(f".{archive.name}.partial")
-    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as zipped, \
+    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="",
+                                                           compresslevel=level) as zipped, \
             tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in [stage, *sorted(stage.rglob("*"))]:
             tar.add(path, arcname=path.relative_to(stage.parent).as_posix(), recursive=False, filter=clean)

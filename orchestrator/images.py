@@ -343,13 +343,14 @@ class ImageBuilder:
         return tag
 
     def runtime_record(self, python: str) -> dict:
-        """What the runtime of `python` was built from, for provenance: the base image (its
-        id and registry digests), and every wheel of the wheelhouse it installed (sha256)."""
+        """What the runtime of `python` was built from, for provenance: the runtime image (if
+        this builder built or reused it: a model image loaded from a bundle needs none), the
+        base image (its id and registry digests), every wheel of the wheelhouse (sha256)."""
         from orchestrator.download import sha256_of
 
         base = self.base_image(python)
         base_id = self.engine.image_id(base)
-        return {"runtime_image": self.runtime(python), "base_image": base, "base_image_id": base_id,
+        return {"runtime_image": self._runtime_tags.get(python), "base_image": base, "base_image_id": base_id,
                 "base_image_digests": self.engine.image_digests(base) if base_id else [],
                 "wheelhouse": {wheel.name: sha256_of(wheel) for wheel in wheels_for(self.wheelhouse, python)}}
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, bench_command, make, project_copy
+from orchestrator.download import sha256_of
 from test_pipeline import emt_dataset
 
 pytestmark = pytest.mark.docker
@@ -53,7 +54,7 @@ def test_a_bundle_holds_what_reruns_and_judges_a_run_and_nothing_private(emt_run
     digest = Path(f"{archive}.sha256").read_text().split()
     assert digest[1] == archive.name and len(digest[0]) == 64
     again = cli("bundle", str(run_dir), "--with-data", "--out", str(tmp_path), env=env)
-    assert (tmp_path / archive.name).read_bytes() == archive.read_bytes()  # deterministic: same run, same bytes
+    assert sha256_of(tmp_path / archive.name) == digest[0]  # deterministic: the same run, the same bytes
     with tarfile.open(archive) as tar:
         names = tar.getnames()
         texts = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
@@ -159,3 +160,23 @@ def test_make_selftest_reproduces_the_reference_bundles(tmp_path):
     for run_dir in tmp_path.iterdir():
         if run_dir.name != "comparisons":
             assert json.loads((run_dir / "provenance.json").read_text())["reproduction"]["code"] == 0
+
+
+def test_a_bundle_with_its_image_reruns_without_building(engine, tmp_path):
+    emt_dataset(tmp_path / "emt.extxyz")
+    done = subprocess.run(bench_command("--models", "emt", "--dataset", str(tmp_path / "emt.extxyz"),
+                                        results=tmp_path / "ran"), cwd=REPO, capture_output=True, text=True)
+    run_dir = Path(last_line(done))  # with the image as it is now (an earlier test may have rebuilt it)
+    made = cli("bundle", str(run_dir), "--with-data", "--with-images", "--out", str(tmp_path))
+    assert made.returncode == 0, made.stderr[-3000:]
+    recorded = json.loads((run_dir / "provenance.json").read_text())["models"]["emt"]
+    with tarfile.open(last_line(made)) as tar:
+        listed = json.loads(tar.extractfile(f"{run_dir.name}/bundle.json").read())["files"]
+    assert "images/emt.tar" in listed and len(listed["images/emt.tar"]) == 64
+    engine.remove_image(recorded["image"])
+    done = cli("reproduce", last_line(made), "--gpus", "cpu", "--set", f"results_dir={tmp_path / 'r'}",
+               "--set", f"cache_dir={tmp_path / 'cache'}",  # where the archive unpacks: gone with the test
+               "--set", "base_images={\"3.11\": \"no-such/base:image\"}")  # nothing may be built
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "loading emt.tar from the bundle" in done.stderr and "building" not in done.stderr
+    assert engine.image_id(recorded["image"]) == recorded["image_id"]  # the very image that ran

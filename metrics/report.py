@@ -441,7 +441,7 @@ def reproductions(runs: list[tuple[str, pd.DataFrame, dict]]) -> dict[str, str]:
             verdict = str(record.get("verdict", "not compared yet")).split(":")[0]
             said[name] = f"reproduces {record['of']} ({record.get('bundle')}): {verdict}"
             said.setdefault(str(record["of"]), "reproduced by")
-            said[str(record["of"])] += f" {name} ({verdict})"
+            said[str(record["of"])] += f" {name} ({record.get('bundle')}: {verdict})"
     return said
 
 

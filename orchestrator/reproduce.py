@@ -23,13 +23,10 @@ from orchestrator.manifest import load
 from orchestrator.plan import RunPlan
 from orchestrator.report import write_run_report
 
-#: Settings of the original run that decide its results, taken from the bundle. The user's
-#: manifest and command line keep what the machine decides (devices, workers, caches).
-FROM_BUNDLE = ("subset", "protocol", "fragmentation_limits_a", "engine", "batch_atoms", "structure_timeout_s")
-
-
 def bundle_overrides(bundle: Bundle, dataset: str | None, engine: str | None) -> dict:
-    """The manifest overrides that make this machine's run the bundle's run."""
+    """The manifest overrides that make this machine's run the bundle's run: the settings that
+    decide its results. The user's manifest and command line keep what the machine decides
+    (devices, workers, caches), and may choose another engine."""
     record = bundle.provenance
     values = {"subset": record["dataset"]["subset"], "protocol": record["protocol"],
               "fragmentation_limits_a": record["fragmentation_limits_a"], "engine": engine or record.get("engine", "ase"),
@@ -59,8 +56,9 @@ def reproduce(manifest_path: Path, bundle_path: Path, overrides: dict, dataset: 
                          f"({', '.join(n for n in changed if n.startswith(('build/', 'data/')))}): not the run it records")
     settings = bundle_overrides(bundle, dataset, overrides.get("engine"))
     manifest = load(manifest_path, {**settings, **{k: v for k, v in overrides.items() if k != "engine"}})
-    for key in settings:
-        manifest.sources[key] = f"bundle {bundle.origin.name}"
+    for key in manifest.sources:
+        if key.split(".")[0] in settings and not (key == "engine" and overrides.get("engine")):
+            manifest.sources[key] = f"bundle {bundle.origin.name}"
     models = list(bundle.provenance.get("models", {}))
     run_dir = manifest.path_setting("results_dir") / reproduction_name(bundle.origin.name.split(".bundle")[0], manifest)
     plan = RunPlan.resolve(manifest, models, source=bundle.build, run_dir=run_dir)

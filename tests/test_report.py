@@ -239,9 +239,10 @@ def test_the_leaderboard_says_which_run_reproduces_which(tmp_path):
     write_leaderboard(tmp_path)
     board = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=False).drop_duplicates("run")
     said = dict(zip(board["run"], board["reproduction"]))
-    assert said == {"run-a": "reproduced by run-a-reproduced-ase-cpu (REPRODUCED)",
+    assert said == {"run-a": "reproduced by run-a-reproduced-ase-cpu (run-a.bundle.tar.gz: REPRODUCED)",
                     "run-a-reproduced-ase-cpu": "reproduces run-a (run-a.bundle.tar.gz): REPRODUCED", "run-b": ""}
-    assert "reproduced by run-a-reproduced-ase-cpu (REPRODUCED)" in (tmp_path / "leaderboard.md").read_text()
+    assert "reproduced by run-a-reproduced-ase-cpu (run-a.bundle.tar.gz: REPRODUCED)" in \
+        (tmp_path / "leaderboard.md").read_text()
 
 
 def test_leaderboard_without_finished_runs_is_a_clear_error(tmp_path):

@@ -84,6 +84,9 @@ def test_reproduce_from_the_bundle_alone_then_an_edited_result_is_named(emt_run,
     (again,) = (tmp_path / "fresh").iterdir()
     record = json.loads((again / "provenance.json").read_text())
     assert record["reproduction"]["of"] == run_dir.name and record["reproduction"]["code"] == 0
+    sources = record["settings_sources"]
+    assert sources["protocol.max_steps"] == sources["dataset"] == f"bundle {archive.name}"
+    assert sources["devices"] == "command line"
     assert "identical" in (again / "reproduction" / "compare.md").read_text()
     assert f"**reproduces**: {run_dir.name} from bundle {archive.name}: REPRODUCED" in \
         (again / "report" / "report.md").read_text()
@@ -108,8 +111,8 @@ def test_reproduce_from_the_bundle_alone_then_an_edited_result_is_named(emt_run,
     shutil.copytree(run_dir, tmp_path / "fresh" / run_dir.name)
     assert cli("report", "--set", f"results_dir={tmp_path / 'fresh'}").returncode == 0
     board = (tmp_path / "fresh" / "leaderboard.md").read_text()
-    assert "reproduced by" in board and f"{again.name} (REPRODUCED)" in board
-    assert "edited-reproduced-ase-cpu (DIFFERS)" in board
+    assert "reproduced by" in board and f"{again.name} ({archive.name}: REPRODUCED)" in board
+    assert "edited-reproduced-ase-cpu (edited: DIFFERS)" in board
 
 
 def test_a_bundle_of_an_older_checkout_rebuilds_its_own_image(engine, builder, tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import tarfile
 import tempfile
@@ -121,11 +122,12 @@ def _scrub_home(stage: Path) -> None:
     home = str(Path.home())
     if home in ("/", ""):
         return
+    whole = re.compile(re.escape(home) + r"(?![\w.-])")  # /root, not /rootfs
     for path in stage.rglob("*"):
         if path.is_file() and path.suffix in TEXT_SUFFIXES:
             text = path.read_text(errors="surrogateescape")
             if home in text:
-                path.write_text(text.replace(home, "~"), errors="surrogateescape")
+                path.write_text(whole.sub("~", text), errors="surrogateescape")
 
 
 def _deterministic_tar(stage: Path, archive: Path, level: int) -> None:

@@ -445,7 +445,9 @@ def relax_record(record: dict, calculator, protocol: dict, timeout_s: float | No
 
 
 def write(out, result: dict) -> None:
-    out.write(json.dumps(result) + "\n")
+    """One result line, stamped with when it finished (Unix time): with wall_s, the interval the
+    structure held its worker, from which the host measures how busy each device was."""
+    out.write(json.dumps({**result, "finished_at": time.time()}) + "\n")
     out.flush()
 
 

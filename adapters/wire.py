@@ -205,7 +205,7 @@ def timed_out(timeout_s: float, why: str) -> dict:
 
 
 #: Fields that must be numbers (or null) when present.
-NUMBER_FIELDS = ("energy_ev", "max_force_ev_per_a", "max_atom_force_ev_per_a", "wall_s", "timeout_s")
+NUMBER_FIELDS = ("energy_ev", "max_force_ev_per_a", "max_atom_force_ev_per_a", "wall_s", "finished_at", "timeout_s")
 
 
 @dataclass

@@ -61,11 +61,15 @@ def tolerance_for(a: dict, b: dict, model: str) -> Tolerance:
     dtypes = {_get(p, "models", model, "dtype") for p in (a, b)}
     if dtypes != {"float64"}:
         return FLOAT32  # float32, or not recorded: judged as the looser
-    same = (_device_kind(a) == _device_kind(b) and a.get("engine", "ase") == b.get("engine", "ase"))
-    return IDENTICAL if same else FLOAT64
+    return IDENTICAL if same_arithmetic(a, b) else FLOAT64
 
 
-def _device_kind(provenance: dict) -> str:
+def same_arithmetic(a: dict, b: dict) -> bool:
+    """The same kind of device and the same engine (float64 then gives the same bits)."""
+    return device_kind(a) == device_kind(b) and a.get("engine", "ase") == b.get("engine", "ase")
+
+
+def device_kind(provenance: dict) -> str:
     devices = provenance.get("devices") or []
     kinds = sorted({"cpu" if d.get("gpu") is None else "cuda" for d in devices if isinstance(d, dict)})  # workers.Slot
     return ",".join(kinds) or "cpu"
@@ -258,8 +262,9 @@ def _show(value) -> str:
 
 
 def documents(names: tuple[str, str], rows: pd.DataFrame, result: Verdict, setup: pd.DataFrame,
-              notes: list[str], order: list[str]) -> tuple[str, str]:
-    """compare.md and a self-contained compare.html."""
+              notes: list[str], order: list[str], speed: pd.DataFrame | None = None) -> tuple[str, str]:
+    """compare.md and a self-contained compare.html; `speed`: both runs' speed cards, when
+    they ran on other devices or engines."""
     import html
 
     from metrics.report import HTML_HEAD, html_table, markdown_table
@@ -273,6 +278,9 @@ def documents(names: tuple[str, str], rows: pd.DataFrame, result: Verdict, setup
              ("Agreement", "As `make perf-engine` reports it, over every model.", None),
              ("Failure status changed", "Structures per (status in A, status in B); ok: no failure.", changes),
              ("What ran differently", "Settings, machines, images and package versions that differ.", setup)]
+    if speed is not None:
+        parts.append(("Speed", "Each run's speed card (docs/metrics.md): the two ran on other devices or engines.",
+                      speed))
     md = [f"# {names[0]} vs {names[1]}\n", f"**{result.line}**\n", f"A: `{names[0]}`  \nB: `{names[1]}`\n"]
     md += [f"- {note}" for note in notes] + ([""] if notes else [])
     body = [HTML_HEAD.format(title=html.escape(f"{names[0]} vs {names[1]}")),

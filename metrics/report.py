@@ -18,7 +18,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from metrics import paper, summary
+from metrics import paper, speed, summary
 
 #: Columns a scored results.csv must have for the report and the leaderboard.
 REQUIRED_COLUMNS = ("model", "id", "dimension", "converged", "failure_reason", "steps",
@@ -350,6 +350,7 @@ def run_report_tables(scored: pd.DataFrame, provenance: dict) -> tuple[dict[str,
     run is on the paper's data), and the paper comparison's caption."""
     named = tables(scored)
     named["timing"] = timing(scored)
+    named["speed"] = speed.speed_card(scored, provenance)
     beside = paper_comparison(named["failures"], provenance)
     if beside is not None:
         named["paper"] = beside[0]
@@ -379,7 +380,10 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
         ("Reference structures", "reference",
          "PBE structures per dimensionality; over_own_limit: already wider than the fragmentation limit "
          "(they fail for every model); label_mismatch: the dataset's label disagrees with the geometry."),
-        ("Timing", "timing", f"Worker time spent relaxing; the run's wall time was {wall_time(provenance)}.")]
+        ("Timing", "timing", f"Worker time spent relaxing; the run's wall time was {wall_time(provenance)}."),
+        ("Speed card", "speed", "Per model on this run's devices and engine: µs per atom per step (the devices' "
+         "busy time over Σ atoms × steps), structures per second, and the hours 10,000 structures of each "
+         "dimensionality the run has would take here (projected_from: those dimensionalities).")]
     captions = {"steps": "Steps to converge", "energy_error": "Energy error", "position_mae": "Position error",
                 "dataset_elements": "Dataset: elements per dimensionality",
                 "dataset_distributions": "Dataset: atoms per cell, interatomic distances, PBE energies"}
@@ -428,6 +432,7 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
 LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "failed_pct", "paper_failed",
                        "energy_median_mev",
                        "energy_mae_mev", "position_mae_median_a", "median_steps", "image_id", "packages",
+                       "us_per_atom_step", "projected_h", "devices", "engine",
                        "dataset_sha256", "protocol", "reproduction"]
 
 
@@ -470,6 +475,11 @@ def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
         line["dataset_sha256"] = dataset_sha256(provenance)
         line["protocol"] = protocol_text(provenance)
         line["reproduction"] = reproduced.get(name, "")
+        card = speed.speed_card(scored, provenance).set_index("model")
+        for column in ("us_per_atom_step", "projected_h"):
+            line[column] = [card[column].get(m, np.nan) for m in line["model"]]
+        line["devices"] = speed.devices_text(provenance)
+        line["engine"] = provenance.get("engine", "ase")
         beside = paper_comparison(summary.failures(scored), provenance)
         paper_failed = {} if beside is None else \
             {(r.model, r.dimension): r.paper_failed for r in beside[0].itertuples(index=False)}
@@ -499,8 +509,9 @@ def leaderboard_documents(table: pd.DataFrame, where: str, left_out: list[str]) 
     provenance per run; `left_out`: the incomplete runs (and models) not ranked."""
     ranking_columns = ["model", "run", "structures", "failed", "failed_pct", "paper_failed", "energy_median_mev",
                        "energy_mae_mev",
-                       "position_mae_median_a", "median_steps", "image_id", "packages"]
-    runs = table.drop_duplicates("run")[["run", "dataset_sha256", "protocol", "reproduction"]].sort_values("run")
+                       "position_mae_median_a", "median_steps", "us_per_atom_step", "image_id", "packages"]
+    runs = table.drop_duplicates("run")[["run", "devices", "engine", "dataset_sha256", "protocol",
+                                         "reproduction"]].sort_values("run")
     note = (f"Ranked within each dimensionality by failed %, then energy MAE, then median position MAE. "
             f"paper_failed: the paper's Table II for the same model, of {paper.PAPER_STRUCTURES:,} structures per "
             "dimensionality (runs on its dataset only).")

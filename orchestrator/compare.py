@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from metrics import compare as judge
+from metrics.speed import speed_card
 from metrics.summary import DIMENSIONS
 from orchestrator.bundle import open_bundle
 from orchestrator.errors import BenchError
@@ -84,7 +85,10 @@ def compare_runs(a: RunSide, b: RunSide) -> Comparison:
     result = judge.verdict(rows, tolerances)
     notes = a.notes + b.notes + _left_out(a, b, models)
     setup = judge.setup_differences(a.provenance, b.provenance, models)
-    md, html = judge.documents((a.name, b.name), rows, result, setup, notes, list(DIMENSIONS))
+    speed = None if judge.same_arithmetic(a.provenance, b.provenance) else pd.concat(
+        [speed_card(side.table[side.table["model"].isin(models)], side.provenance).assign(run=label)
+         for label, side in (("A", a), ("B", b))], ignore_index=True)
+    md, html = judge.documents((a.name, b.name), rows, result, setup, notes, list(DIMENSIONS), speed)
     return Comparison((a.name, b.name), rows, result, md, html)
 
 

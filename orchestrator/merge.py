@@ -14,7 +14,7 @@ from metrics.per_structure import MISSING
 from orchestrator.datasets import extxyz_id
 
 COLUMNS = ["model", "id", "dimension", "natoms", "elements", "converged", "failure_reason", "steps", "energy_ev",
-           "energy_ref_ev", "max_force_ev_per_a", "max_atom_force_ev_per_a", "wall_s", "error", "cycles",
+           "energy_ref_ev", "max_force_ev_per_a", "max_atom_force_ev_per_a", "wall_s", "finished_at", "error", "cycles",
            "wire_split_by_reset"]
 
 
@@ -48,7 +48,8 @@ def merge(reference: list[Atoms], results: dict[str, dict[str, dict]]):
                 "energy_ref_ev": ref.info["energy_ref_ev"],
                 "max_force_ev_per_a": record.get("max_force_ev_per_a", np.nan),
                 "max_atom_force_ev_per_a": record.get("max_atom_force_ev_per_a", np.nan),
-                "wall_s": record.get("wall_s", np.nan), "error": record.get("error", ""),
+                "wall_s": record.get("wall_s", np.nan), "finished_at": record.get("finished_at", np.nan),
+                "error": record.get("error", ""),
                 # the authors' variant only: its FIRE cycles, and a wire its own vacuum reset split
                 "cycles": record.get("cycles", np.nan), "wire_split_by_reset": bool(record.get("wire_split_by_reset")),
             })

@@ -17,7 +17,8 @@ PROVENANCE = {"dataset": {"identity": "abc"}, "protocol": {"variant": "paper"}, 
 def table(model="emt", energies=(-4.0, -8.0, -3.0), steps=(10, 20, 30), reasons=("", "", "not_converged")):
     return pd.DataFrame({"model": model, "id": ["a", "b", "c"], "dimension": ["3D", "2D", "0D"], "natoms": [2, 4, 3],
                          "failure_reason": list(reasons), "converged": [r == "" for r in reasons],
-                         "steps": list(steps), "energy_ev": list(energies)})
+                         "steps": list(steps), "energy_ev": list(energies), "wall_s": [1.0, 2.0, 3.0],
+                         "finished_at": [11.0, 13.0, 16.0]})
 
 
 def relaxed(model="emt", shift=0.0):
@@ -56,6 +57,9 @@ def test_float64_across_engines_allows_rounding_but_not_a_step():
     rounding = compare_runs(side("A", table(), relaxed()),
                             side("B", table(energies=(-4.0 + 1e-9, -8.0, -3.0)), relaxed(shift=1e-7), **batched))
     assert rounding.verdict.code == judge.REPRODUCED and "within tolerance" in rounding.verdict.line
+    assert "## Speed" in rounding.markdown and "us_per_atom_step" in rounding.markdown  # other engines: their speed
+    same = compare_runs(side("A", table(), relaxed()), side("B", table(), relaxed()))
+    assert "## Speed" not in same.markdown
     step = compare_runs(side("A", table(), relaxed()), side("B", table(steps=(10, 21, 30)), relaxed(), **batched))
     assert step.verdict.code == judge.DIFFERS and step.verdict.outside == ["emt b: steps 20 -> 21"]
 

@@ -74,6 +74,11 @@ def test_emt_bench_end_to_end_and_reuse(tmp_path):
     assert image["packages"]["ase"] == pinned
     assert provenance["dataset"]["structures"] == 5 and provenance["protocol"]["fmax_ev_per_a"] == 0.04
     assert (run_dir / "report" / "report.html").exists()
+    (card,) = pd.read_csv(run_dir / "report" / "speed.csv").to_dict("records")  # the devices' busy time
+    worker_s = pd.to_numeric(table["wall_s"]).sum()
+    assert card["structures"] == 5 and 0 < card["busy_s"] <= worker_s + 1e-6  # two workers overlap
+    assert card["us_per_atom_step"] > 0 and card["projected_from"] == "0D,1D,2D,3D"
+    assert "## Speed card" in (run_dir / "report" / "report.md").read_text()
 
     raw = {p: p.stat().st_mtime_ns for p in (run_dir / "raw" / "emt").glob("*.jsonl")}
     written = {p: p.stat().st_mtime_ns for p in (run_dir / "results.csv", run_dir / "report" / "report.md")}

@@ -66,7 +66,7 @@ def test_run_report_writes_tables_plots_and_a_self_contained_html(tmp_path):
     failures = pd.read_csv(out / "failures.csv")
     assert failures.set_index(["model", "dimension"]).loc[("poor", "2D"), "fragmented_thickness"] == 1
     page = (out / "report.html").read_text()
-    assert page.count("<table") == 10  # models + nine tables (no paper table: these models are not the paper's)
+    assert page.count("<table") == 11  # models + ten tables (no paper table: these models are not the paper's)
     assert "Beside the paper" not in page
     assert page.count("data:image/png;base64,") == 5  # three box plots, one element map per model
     assert "src=\"energy_error.png\"" not in page  # nothing refers to a file next to it

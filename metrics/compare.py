@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from metrics.report import HTML_HEAD, html_table, lookup, markdown_table
+
 #: The columns of a run's table a comparison reads.
 KEYS = ["model", "id"]
 READ = ["dimension", "natoms", "failure_reason", "converged", "steps", "energy_ev"]
@@ -58,7 +60,7 @@ FLOAT32 = Tolerance("float32", "float32: rounding grows along a relaxation", 1.0
 
 def tolerance_for(a: dict, b: dict, model: str) -> Tolerance:
     """The tolerance for `model` between runs whose provenance is a and b."""
-    dtypes = {_get(p, "models", model, "dtype") for p in (a, b)}
+    dtypes = {lookup(p, "models", model, "dtype") for p in (a, b)}
     if dtypes != {"float64"}:
         return FLOAT32  # float32, or not recorded: judged as the looser
     return IDENTICAL if same_arithmetic(a, b) else FLOAT64
@@ -73,12 +75,6 @@ def device_kind(provenance: dict) -> str:
     devices = provenance.get("devices") or []
     kinds = sorted({"cpu" if d.get("gpu") is None else "cuda" for d in devices if isinstance(d, dict)})  # workers.Slot
     return ",".join(kinds) or "cpu"
-
-
-def _get(mapping, *keys):
-    for key in keys:
-        mapping = mapping.get(key) if isinstance(mapping, dict) else None
-    return mapping
 
 
 def pair(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -245,10 +241,10 @@ SETUP = [("engine", ("engine",)), ("batch atoms", ("batch_atoms",)), ("devices",
 
 def setup_differences(a: dict, b: dict, models: list[str]) -> pd.DataFrame:
     """What ran differently: the settings, machine and, per model, image and package versions."""
-    rows = [(what, _get(a, *path), _get(b, *path)) for what, path in SETUP]
+    rows = [(what, lookup(a, *path), lookup(b, *path)) for what, path in SETUP]
     for model in models:
         for what in ("image", "image_id", "python", "packages", "dtype", "base_image_id"):
-            rows.append((f"{model} {what}", _get(a, "models", model, what), _get(b, "models", model, what)))
+            rows.append((f"{model} {what}", lookup(a, "models", model, what), lookup(b, "models", model, what)))
     table = pd.DataFrame([(w, _show(x), _show(y)) for w, x, y in rows], columns=["what", "A", "B"])
     return table[table["A"] != table["B"]].reset_index(drop=True)
 
@@ -266,8 +262,6 @@ def documents(names: tuple[str, str], rows: pd.DataFrame, result: Verdict, setup
     """compare.md and a self-contained compare.html; `speed`: both runs' speed cards, when
     they ran on other devices or engines."""
     import html
-
-    from metrics.report import HTML_HEAD, html_table, markdown_table
 
     table = side_by_side(rows, order)
     changes = status_changes(rows)

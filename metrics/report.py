@@ -188,7 +188,7 @@ def _markdown_to_html(text: str) -> str:
 
 # ---- provenance -------------------------------------------------------------------
 
-def _get(mapping, *keys, default=None):
+def lookup(mapping, *keys, default=None):
     """mapping[k1][k2]... or default, for whatever shape the JSON has."""
     for key in keys:
         if not isinstance(mapping, dict) or key not in mapping:
@@ -198,7 +198,7 @@ def _get(mapping, *keys, default=None):
 
 
 def packages_text(model_record) -> str:
-    packages = _get(model_record, "packages") or _get(model_record, "versions")
+    packages = lookup(model_record, "packages") or lookup(model_record, "versions")
     if isinstance(packages, dict):
         return ", ".join(f"{name}={version if version is not None else '?'}" for name, version in packages.items())
     return _text(packages) if packages is not None else "-"
@@ -206,20 +206,20 @@ def packages_text(model_record) -> str:
 
 def models_table(provenance: dict) -> pd.DataFrame:
     """One row per model of provenance["models"]: image, image id, python, packages."""
-    models = _get(provenance, "models", default={})
+    models = lookup(provenance, "models", default={})
     if isinstance(models, list):  # a list of records with a name
-        models = {str(_get(m, "name", default=i)): m for i, m in enumerate(models)}
+        models = {str(lookup(m, "name", default=i)): m for i, m in enumerate(models)}
     rows = []
     for name, record in (models.items() if isinstance(models, dict) else []):
-        rows.append({"model": name, "image": _text(_get(record, "image")), "image_id": _text(_get(record, "image_id")),
-                     "calculator": _text(_get(record, "calculator")), "python": _text(_get(record, "python")),
+        rows.append({"model": name, "image": _text(lookup(record, "image")), "image_id": _text(lookup(record, "image_id")),
+                     "calculator": _text(lookup(record, "calculator")), "python": _text(lookup(record, "python")),
                      "packages": packages_text(record)})
     return pd.DataFrame(rows, columns=["model", "image", "image_id", "calculator", "python", "packages"])
 
 
 def dataset_sha256(provenance: dict) -> str:
     """The dataset's sha256 (or the per-file hashes, or its identity), as one string."""
-    dataset = _get(provenance, "dataset", default={})
+    dataset = lookup(provenance, "dataset", default={})
     if not isinstance(dataset, dict):
         return _text(dataset)
     if dataset.get("sha256"):
@@ -231,7 +231,7 @@ def dataset_sha256(provenance: dict) -> str:
 
 
 def protocol_text(provenance: dict) -> str:
-    protocol = _get(provenance, "protocol")
+    protocol = lookup(provenance, "protocol")
     if isinstance(protocol, dict):
         return ", ".join(f"{k}={_text(v)}" for k, v in protocol.items())
     return _text(protocol)
@@ -261,17 +261,17 @@ def wall_time(provenance: dict) -> str:
 
 def run_facts(run_name: str, provenance: dict) -> list[tuple[str, str]]:
     """(label, value) lines describing the run, from whatever provenance holds."""
-    dataset = _get(provenance, "dataset", default={})
+    dataset = lookup(provenance, "dataset", default={})
     facts = [("run", _text(provenance.get("run_id", run_name))),
              ("started", _text(provenance.get("started", provenance.get("start")))),
              ("finished", _text(provenance.get("finished", provenance.get("end")))),
              ("wall time", wall_time(provenance)),
-             ("dataset", _text(_get(dataset, "name") if isinstance(dataset, dict) else dataset)),
+             ("dataset", _text(lookup(dataset, "name") if isinstance(dataset, dict) else dataset)),
              ("dataset sha256", dataset_sha256(provenance)),
-             ("protocol", mapping_text(_get(provenance, "protocol"))),
+             ("protocol", mapping_text(lookup(provenance, "protocol"))),
              ("fragmentation limits (Å)", mapping_text(provenance.get("fragmentation_limits_a"))),
-             ("tool commit", _text(_get(provenance, "host", "tool_commit")))]
-    reproduction = _get(provenance, "reproduction")
+             ("tool commit", _text(lookup(provenance, "host", "tool_commit")))]
+    reproduction = lookup(provenance, "reproduction")
     if isinstance(reproduction, dict):
         facts.append(("reproduces", f"{_text(reproduction.get('of'))} from bundle {_text(reproduction.get('bundle'))}: "
                                     f"{_text(reproduction.get('verdict', 'not compared yet'))}"))
@@ -327,7 +327,7 @@ def authors_split_note(scored: pd.DataFrame) -> str | None:
 def paper_comparison(failures: pd.DataFrame, provenance: dict) -> tuple[pd.DataFrame, str] | None:
     """This run's failures beside the paper's Table II, with a caption; None unless the
     run is on the paper's dataset and has models the paper has."""
-    dataset = _get(provenance, "dataset", default={})
+    dataset = lookup(provenance, "dataset", default={})
     if not isinstance(dataset, dict) or dataset.get("name") != paper.PAPER_DATASET:
         return None
     table = paper.beside_paper(failures)
@@ -441,7 +441,7 @@ def reproductions(runs: list[tuple[str, pd.DataFrame, dict]]) -> dict[str, str]:
     which run and the verdict; a run reproduced by another run here says by which."""
     said = {}
     for name, _, provenance in runs:
-        record = _get(provenance, "reproduction")
+        record = lookup(provenance, "reproduction")
         if isinstance(record, dict) and record.get("of"):
             verdict = str(record.get("verdict", "not compared yet")).split(":")[0]
             said[name] = f"reproduces {record['of']} ({record.get('bundle')}): {verdict}"
@@ -468,9 +468,9 @@ def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
             continue
         line = summary.summary(scored)
         line["run"] = name
-        records = _get(provenance, "models", default={})
+        records = lookup(provenance, "models", default={})
         records = records if isinstance(records, dict) else {}
-        line["image_id"] = [_text(_get(records, m, "image_id")) for m in line["model"]]
+        line["image_id"] = [_text(lookup(records, m, "image_id")) for m in line["model"]]
         line["packages"] = [packages_text(records.get(m)) for m in line["model"]]
         line["dataset_sha256"] = dataset_sha256(provenance)
         line["protocol"] = protocol_text(provenance)

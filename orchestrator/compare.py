@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from metrics import compare as judge
+from metrics.report import lookup
 from metrics.speed import speed_card
 from metrics.summary import DIMENSIONS
 from orchestrator.bundle import open_bundle
@@ -64,7 +65,7 @@ def compare_runs(a: RunSide, b: RunSide) -> Comparison:
     runs of the same data with the same protocol and at least one model in common."""
     for what, key in (("dataset", ("dataset", "identity")), ("protocol", ("protocol",)),
                       ("fragmentation limits", ("fragmentation_limits_a",))):
-        left, right = _get(a.provenance, *key), _get(b.provenance, *key)
+        left, right = lookup(a.provenance, *key), lookup(b.provenance, *key)
         if left != right:
             raise CannotCompare(f"{a.name} and {b.name} differ in their {what} ({left} vs {right})")
     models = [m for m in dict.fromkeys(a.table["model"]) if m in set(b.table["model"])]
@@ -110,12 +111,6 @@ def _left_out(a: RunSide, b: RunSide, models: list[str]) -> list[str]:
 
 class CannotCompare(BenchError):
     """Two runs that are not of the same data, protocol or models (exit 2)."""
-
-
-def _get(mapping, *keys):
-    for key in keys:
-        mapping = mapping.get(key) if isinstance(mapping, dict) else None
-    return mapping
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> Path:

@@ -146,10 +146,15 @@ def _deterministic_tar(stage: Path, archive: Path, level: int) -> None:
     partial.replace(archive)
 
 
+def label_of(path: Path) -> str:
+    """A bundle's name without its suffix (a run folder's name as it is)."""
+    return Path(path).name.removesuffix(SUFFIX)
+
+
 class Bundle:
     """An unpacked bundle: its folder and what it recorded."""
 
-    def __init__(self, folder: Path, origin: Path):
+    def __init__(self, folder: Path, origin: Path, sha256: str | None = None):
         self.folder = folder
         self.origin = origin            # the archive (or folder) the user named
         meta = folder / "bundle.json"
@@ -160,7 +165,7 @@ class Bundle:
             raise BenchError(f"{origin}: bundle format {self.meta.get('format')}; this tool reads format {FORMAT}")
         self.provenance = json.loads((folder / "provenance.json").read_text())
         self.run_id = self.meta["run_id"]
-        self.sha256 = sha256_of(origin) if origin.is_file() else None
+        self.sha256 = sha256             # the archive's, as open_bundle read it (None: a folder)
 
     @property
     def build(self) -> Path:
@@ -208,4 +213,4 @@ def open_bundle(path: Path, unpack_dir: Path) -> Bundle:
     folders = [p for p in target.iterdir() if p.is_dir()]
     if len(folders) != 1:
         raise BenchError(f"{path}: a bundle holds one run folder; this one holds {len(folders)}")
-    return Bundle(folders[0], path)
+    return Bundle(folders[0], path, digest)

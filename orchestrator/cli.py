@@ -252,6 +252,7 @@ def cmd_reproduce(args) -> None:
 def cmd_selftest(args) -> None:
     import time
 
+    from orchestrator.bundle import label_of
     from orchestrator.console import console, show_table
     from orchestrator.reproduce import reproduce
 
@@ -266,7 +267,7 @@ def cmd_selftest(args) -> None:
         start = time.perf_counter()
         run_dir, comparison = reproduce(args.manifest, bundle, _reproduce_overrides(args))
         worst = max(worst, comparison.verdict.code)
-        rows.append([bundle.name.split(".bundle")[0], comparison.verdict.line.split(". Tolerances")[0],
+        rows.append([label_of(bundle), comparison.verdict.line.split(". Tolerances")[0],
                      f"{time.perf_counter() - start:.0f}", str(run_dir / "reproduction" / "compare.md")])
     show_table("selftest: the reference bundles rerun on this machine", ["bundle", "verdict", "seconds", "details"],
                rows)

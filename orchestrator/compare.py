@@ -14,7 +14,7 @@ from metrics import compare as judge
 from metrics.report import lookup
 from metrics.speed import speed_card
 from metrics.summary import DIMENSIONS
-from orchestrator.bundle import open_bundle
+from orchestrator.bundle import Bundle, label_of, open_bundle
 from orchestrator.errors import BenchError
 from orchestrator.report import read_provenance, read_results
 
@@ -35,8 +35,12 @@ def read_side(path: Path, unpack_dir: Path) -> RunSide:
         return RunSide(path.name, read_results(path / "results.csv"), read_relaxed(path / "relaxed.extxyz"),
                        read_provenance(path / "provenance.json"))
     bundle = open_bundle(path, unpack_dir)
-    changed = bundle.changed_files()
-    notes = [f"{path.name}: changed since the bundle was made: {', '.join(changed)}"] if changed else []
+    return bundle_side(bundle, bundle.changed_files())
+
+
+def bundle_side(bundle: Bundle, changed: list[str]) -> RunSide:
+    """The run a bundle records; `changed`: its files that differ from their recorded sha256."""
+    notes = [f"{bundle.origin.name}: changed since the bundle was made: {', '.join(changed)}"] if changed else []
     return RunSide(bundle.run_id, read_results(bundle.results / "results.csv"),
                    read_relaxed(bundle.results / "relaxed.extxyz"), bundle.provenance, notes)
 
@@ -95,7 +99,7 @@ def compare_runs(a: RunSide, b: RunSide) -> Comparison:
 
 def _left_out(a: RunSide, b: RunSide, models: list[str]) -> list[str]:
     notes = []
-    for side, other in ((a, b), (b, a)):
+    for side in (a, b):
         only = sorted(set(side.table["model"]) - set(models))
         if only:
             notes.append(f"only in {side.name}: {', '.join(only)}")
@@ -128,6 +132,6 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
 def comparison_folder(results_dir: Path, a: Path, b: Path) -> Path:
     """results_dir/comparisons/<A>--<B>-<hash of both paths> (two runs of one name in two
     results folders are still two comparisons)."""
-    slug = lambda p: re.sub(r"[^A-Za-z0-9.-]+", "-", Path(p).name.split(".bundle")[0])[:80]  # noqa: E731
+    slug = lambda p: re.sub(r"[^A-Za-z0-9.-]+", "-", label_of(p))[:80]  # noqa: E731
     key = hashlib.sha256(f"{Path(a).resolve()}\0{Path(b).resolve()}".encode()).hexdigest()[:8]
     return results_dir / "comparisons" / f"{slug(a)}--{slug(b)}-{key}"

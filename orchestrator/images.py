@@ -297,6 +297,7 @@ class ImageBuilder:
         self.log_dir = log_dir
         self.echo = echo
         self._runtime_tags: dict[str, str] = {}
+        self._wheel_sums: dict[Path, str] = {}  # a torch wheel is hundreds of MB: hashed once per run
 
     @classmethod
     def from_manifest(cls, engine, manifest, log_dir: Path | None = None, echo=print,
@@ -346,13 +347,18 @@ class ImageBuilder:
         """What the runtime of `python` was built from, for provenance: the runtime image (if
         this builder built or reused it: a model image loaded from a bundle needs none), the
         base image (its id and registry digests), every wheel of the wheelhouse (sha256)."""
-        from orchestrator.download import sha256_of
-
         base = self.base_image(python)
         base_id = self.engine.image_id(base)
         return {"runtime_image": self._runtime_tags.get(python), "base_image": base, "base_image_id": base_id,
                 "base_image_digests": self.engine.image_digests(base) if base_id else [],
-                "wheelhouse": {wheel.name: sha256_of(wheel) for wheel in wheels_for(self.wheelhouse, python)}}
+                "wheelhouse": {wheel.name: self._wheel_sha256(wheel) for wheel in wheels_for(self.wheelhouse, python)}}
+
+    def _wheel_sha256(self, wheel: Path) -> str:
+        from orchestrator.download import sha256_of
+
+        if wheel not in self._wheel_sums:
+            self._wheel_sums[wheel] = sha256_of(wheel)
+        return self._wheel_sums[wheel]
 
     def _base_image_id(self, base: str) -> str:
         """Id of the base image if present locally; else its name (pulled by the build)."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from orchestrator import provenance
 from orchestrator.bench import run_plan
-from orchestrator.bundle import Bundle, open_bundle
-from orchestrator.compare import Comparison, compare_runs, read_side, write_comparison
+from orchestrator.bundle import Bundle, label_of, open_bundle
+from orchestrator.compare import Comparison, bundle_side, compare_runs, read_side, write_comparison
 from orchestrator.console import console
 from orchestrator.errors import BenchError
 from orchestrator.manifest import load
@@ -60,7 +60,7 @@ def reproduce(manifest_path: Path, bundle_path: Path, overrides: dict, dataset: 
         if key.split(".")[0] in settings and not (key == "engine" and overrides.get("engine")):
             manifest.sources[key] = f"bundle {bundle.origin.name}"
     models = list(bundle.provenance.get("models", {}))
-    run_dir = manifest.path_setting("results_dir") / reproduction_name(bundle.origin.name.split(".bundle")[0], manifest)
+    run_dir = manifest.path_setting("results_dir") / reproduction_name(label_of(bundle.origin), manifest)
     plan = RunPlan.resolve(manifest, models, source=bundle.build, run_dir=run_dir)
     _check_same_structures(bundle, plan)
     plan.images = _load_images(bundle, plan)
@@ -68,12 +68,12 @@ def reproduce(manifest_path: Path, bundle_path: Path, overrides: dict, dataset: 
     console.print(f"reproducing {bundle.run_id} from {bundle.origin.name}: images from the bundle's build inputs"
                   f"{' (archives)' if plan.images else ''}, {len(plan.structures)} structures x {len(models)} model(s)")
     run_dir = run_plan(plan)
-    comparison = compare_runs(read_side(bundle.origin, manifest.cache.root / "bundles"),
-                              read_side(run_dir, manifest.cache.root / "bundles"))
-    for line in _version_changes(bundle.provenance, provenance.read(run_dir / "provenance.json")):
+    rerun = read_side(run_dir, manifest.cache.root / "bundles")
+    comparison = compare_runs(bundle_side(bundle, changed), rerun)  # the bundle as opened and checked above
+    for line in _version_changes(bundle.provenance, rerun.provenance):
         console.print(f"[yellow]package differs[/yellow]: {line}")
     write_comparison(comparison, run_dir / "reproduction")
-    record = provenance.read(run_dir / "provenance.json")
+    record = rerun.provenance
     record["reproduction"] = {**record.get("reproduction", {}), "verdict": comparison.verdict.line,
                               "code": comparison.verdict.code}
     provenance.write(run_dir / "provenance.json", record)

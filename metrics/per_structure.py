@@ -25,6 +25,10 @@ score() adds to the merged results table, one row per (model, structure):
 - `fragments`, `fragments_ref`, `disconnected`: covalently bonded pieces
   (geometry.fragments) of the final and of the PBE structure, and whether the final one
   has more. A diagnostic only: the paper does not count it as a failure.
+- `symmetry_kind`, `symmetry_group_ref`, `symmetry_group`, `symmetry_ops_ref`,
+  `symmetry_ops`, `symmetry` (match / decrease / increase / changed), and the same at
+  symprec 1e-5 with the suffix `_1e-05`: the space group (3D) or layer group (2D) of the
+  PBE and of the relaxed structure (metrics.symmetry). Empty for 0D and 1D.
 
 and sets `failure_reason`, the paper's failures (Table II) and only those, by this
 precedence, first match wins (mutually exclusive):
@@ -46,7 +50,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from metrics import geometry
+from metrics import geometry, symmetry
 
 CONTAINER_REASONS = ("model_error", "diverged", "not_converged")
 #: The reason of a structure without a result (an incomplete run): not a failure.
@@ -60,7 +64,8 @@ FRAGMENTED = {"2D": "fragmented_thickness", "1D": "fragmented_width", "0D": "fra
 FAILURE_REASONS = (*CONTAINER_REASONS, "fragmented_thickness", "fragmented_width", "fragmented_diameter")
 SCORE_COLUMNS = ("periodic_axes", "dimension_label", "dimension_mismatch", "energy_error_mev_per_atom",
                  "position_mae_a", "position_rmsd_a", "cell_change_rel", "extent_a", "extent_ref_a",
-                 "reference_over_limit", "fragments", "fragments_ref", "disconnected", "extent_ambiguous")
+                 "reference_over_limit", "fragments", "fragments_ref", "disconnected", "extent_ambiguous",
+                 "symmetry_kind", *(name for symprec in symmetry.SYMPRECS for name in symmetry.columns(symprec)))
 
 
 def reference_axes(atoms) -> str:
@@ -118,6 +123,7 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
                                                           "extent_a")}
     pieces = np.full(n_rows, -1)
     ambiguous = np.zeros(n_rows, bool)
+    relaxed_symmetry = {}  # row -> symmetry.groups() of its relaxed structure
     groups = defaultdict(list)  # (natoms, axes) -> rows with a usable final structure
     for row, (model, sid) in enumerate(zip(models, ids)):
         if _usable(relaxed.get((model, sid)), reference[sid]):
@@ -135,13 +141,19 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
         columns["cell_change_rel"][rows] = geometry.cell_change(cell, ref_cell, axes)
         columns["extent_a"][rows] = geometry.followed_extent(followed, cell, axes)
         pieces[rows] = _pieces(finals, axes)
+        for row, atoms, where, box in zip(rows, finals, followed, cell):
+            relaxed_symmetry[row] = symmetry.groups(atoms.numbers, where, box, axes)
 
     ref_ids = defaultdict(list)  # (natoms, axes) -> PBE structures of the run
     for sid in sorted(set(ids)):
         ref_ids[(len(reference[sid]), axes_of[sid])].append(sid)
-    ref_extent, ref_pieces = {}, {}
+    ref_extent, ref_pieces, ref_symmetry = {}, {}, {}
     for (natoms, axes), wanted in ref_ids.items():
         refs = [reference[sid] for sid in wanted]
+        contiguous = geometry.unwrap_vacuum(np.stack([a.positions for a in refs]),
+                                            np.stack([a.cell.array for a in refs]), axes)
+        for sid, atoms, where in zip(wanted, refs, contiguous):
+            ref_symmetry[sid] = symmetry.groups(atoms.numbers, where, atoms.cell.array, axes)
         ref_extent.update(zip(wanted, np.atleast_1d(geometry.extent(
             np.stack([a.positions for a in refs]), np.stack([a.cell.array for a in refs]), axes))))
         ref_pieces.update(zip(wanted, _pieces(refs, axes)))
@@ -156,6 +168,8 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
     table["fragments_ref"] = pd.array(ref_count, dtype="Int64")
     table["disconnected"] = (pieces >= 0) & (pieces > ref_count)
     table["extent_ambiguous"] = ambiguous
+    for name, values in symmetry.table_columns(ids, dims, ref_symmetry, relaxed_symmetry).items():
+        table[name] = values
 
     fragmented = (reason == "") & (columns["extent_a"] > limit)
     reason[fragmented] = [FRAGMENTED[d] for d in dims[fragmented]]

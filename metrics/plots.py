@@ -110,6 +110,39 @@ def plot_all(scored: pd.DataFrame) -> dict:
     return {metric: box_plot(scored, metric, titles[metric]) for metric in METRICS}
 
 
+OUTCOME_COLOURS = {"match": "#55A868", "decrease": "#C44E52", "increase": "#4C72B0", "changed": "#8C8C8C"}
+
+
+def symmetry_bars(table: pd.DataFrame):
+    """metrics.summary.symmetry as stacked horizontal bars: per (model, dimensionality),
+    the fractions that match, decrease, increase or change; one panel per tolerance.
+    None when no structure has a group (a run of 0D and 1D only)."""
+    table = table[table["n"] > 0]
+    if table.empty:
+        return None
+    precisions = list(dict.fromkeys(table["symprec"]))
+    labels = list(dict.fromkeys(f"{m} {d}" for m, d in zip(table["model"], table["dimension"])))
+    fig, axes = plt.subplots(1, len(precisions), figsize=(4.2 * len(precisions) + 1.5, 1.6 + 0.35 * len(labels)),
+                             squeeze=False, sharey=True)
+    for ax, symprec in zip(axes[0], precisions):
+        rows = table[table["symprec"] == symprec]
+        rows = rows.set_index(rows["model"] + " " + rows["dimension"])
+        left = np.zeros(len(labels))
+        for outcome, colour in OUTCOME_COLOURS.items():
+            values = np.array([rows[outcome].get(label, 0.0) for label in labels], dtype=float) * 100
+            ax.barh(labels, values, left=left, color=colour, label=outcome)
+            left += values
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% of successful relaxations")
+        ax.set_title(f"symprec {symprec:g} Å", fontsize=10)
+    axes[0, 0].invert_yaxis()  # the axes share y: the first model on top
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, frameon=False, fontsize=8, ncol=len(OUTCOME_COLOURS), loc="lower center")
+    fig.suptitle("Symmetry of the relaxed vs the PBE structure (3D: space group, 2D: layer group)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
 # ---- periodic tables and the dataset's figures ------------------------------------------
 
 def ptable_position(z: int) -> tuple[int, int]:

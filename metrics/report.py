@@ -23,9 +23,11 @@ from metrics import paper, speed, summary
 #: Columns a scored results.csv must have for the report and the leaderboard.
 REQUIRED_COLUMNS = ("model", "id", "dimension", "converged", "failure_reason", "steps",
                     "energy_error_mev_per_atom", "position_mae_a")
-TABLES = ("summary", "failures", "steps", "energy", "positions", "connectivity", "reference", "energy_by_element")
+TABLES = ("summary", "failures", "steps", "energy", "positions", "connectivity", "reference", "energy_by_element",
+          "symmetry")
 #: The report's tables whose numbers a user's time limit changes (see time_limit_note).
-TIME_LIMITED = ("summary", "failures", "paper", "steps", "energy", "positions", "energy_by_element", "connectivity")
+TIME_LIMITED = ("summary", "failures", "paper", "steps", "energy", "positions", "energy_by_element", "connectivity",
+                "symmetry")
 #: Elements per (model, dimensionality) shown in the report's per-element table (all in the CSV).
 WORST_ELEMENTS = 5
 DEFINITIONS = """\
@@ -46,6 +48,11 @@ DEFINITIONS = """\
   MAE is the mean of its absolute value; `within_10_mev` the fraction with |error| < 10 meV/atom.
 - **Position MAE**: mean |x_model - x_PBE| over the 3N Cartesian components (Å) after undoing
   periodic wrapping and a Kabsch superposition, over successful relaxations.
+- **Symmetry**: the space group (3D) or layer group (2D) of the PBE and of the relaxed structure
+  (moyopy) at symprec 1e-2 Å (the headline) and 1e-5 Å: `match` the same group, `decrease` another
+  with fewer symmetry operations, `increase` with more, `changed` another of the same order; over
+  successful relaxations whose two groups were determined. None for 0D and 1D (the libraries see a
+  molecule or a wire through its box).
 """
 
 
@@ -63,7 +70,7 @@ def tables(scored: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"summary": summary.summary(scored), "failures": summary.failures(scored), "steps": summary.steps(scored),
             "energy": summary.energy(scored), "positions": summary.positions(scored),
             "connectivity": summary.connectivity(scored), "reference": summary.reference(scored),
-            "energy_by_element": summary.energy_by_element(scored)}
+            "energy_by_element": summary.energy_by_element(scored), "symmetry": summary.symmetry(scored)}
 
 
 def worst_elements(by_element: pd.DataFrame, keep: int = WORST_ELEMENTS) -> pd.DataFrame:
@@ -375,6 +382,8 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
         ("Energy error per element (meV/atom)", "energy_by_element",
          f"The {WORST_ELEMENTS} elements with the largest MAE per model and dimensionality, over successful "
          "relaxations containing them (every element: energy_by_element.csv; maps below)."),
+        ("Symmetry kept", "symmetry", "Space group (3D) and layer group (2D) of the relaxed structure against the "
+         "PBE one, at two tolerances (Å), over successful relaxations; fractions of n (none for 0D and 1D)."),
         ("Connectivity (diagnostic, not a failure)", "connectivity",
          "Relaxed structures with more covalently bonded pieces than their PBE structure."),
         ("Reference structures", "reference",
@@ -386,7 +395,8 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
          "dimensionality the run has would take here (projected_from: those dimensionalities).")]
     captions = {"steps": "Steps to converge", "energy_error": "Energy error", "position_mae": "Position error",
                 "dataset_elements": "Dataset: elements per dimensionality",
-                "dataset_distributions": "Dataset: atoms per cell, interatomic distances, PBE energies"}
+                "dataset_distributions": "Dataset: atoms per cell, interatomic distances, PBE energies",
+                "symmetry": "Symmetry kept"}
     captions.update({name: f"Energy error per element: {name[len('energy_by_element_'):]}"
                      for name in figures if name.startswith("energy_by_element_")})
     facts = run_facts(run_name, provenance)
@@ -431,7 +441,8 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
 
 LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "failed_pct", "paper_failed",
                        "energy_median_mev",
-                       "energy_mae_mev", "position_mae_median_a", "median_steps", "image_id", "packages",
+                       "energy_mae_mev", "position_mae_median_a", "symmetry_match", "median_steps", "image_id",
+                       "packages",
                        "us_per_atom_step", "projected_h", "devices", "engine",
                        "dataset_sha256", "protocol", "reproduction"]
 

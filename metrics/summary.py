@@ -16,6 +16,8 @@ Which structures enter which numbers:
   as a failure.
 - connectivity (a diagnostic, never a failure): every structure with a final structure.
 - reference: every PBE structure of the run once, per dimensionality.
+- symmetry: successful relaxations whose PBE and relaxed groups were both determined
+  (3D and 2D; metrics.symmetry), as matbench-discovery counts them.
 
 Rows are ordered by model (first appearance in the table) and dimensionality 0D..3D;
 a (model, dimensionality) pair without structures has no row.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from metrics import symmetry as symmetry_groups
 from metrics.per_structure import FAILURE_REASONS, NOT_FAILURES
 
 DIMENSIONS = ("0D", "1D", "2D", "3D")
@@ -166,6 +169,33 @@ def reference(scored: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dimension", "structures", "over_own_limit", "label_mismatch"])
 
 
+def symmetry(scored: pd.DataFrame) -> pd.DataFrame:
+    """Symmetry kept per (model, dimension) with a group and per tolerance: n (successful
+    relaxations with both groups determined), the fractions that match, decrease,
+    increase or change to another group of the same order, and the mean |change| of the
+    number of symmetry operations (matbench-discovery's n_sym_ops_mae)."""
+    columns = [*KEYS, "group", "symprec", "n", *symmetry_groups.OUTCOMES, "ops_mae"]
+    ok = successful(scored)
+    rows = []
+    for model, dim in _groups(scored).itertuples(index=False):
+        if dim not in symmetry_groups.KIND:
+            continue
+        group = ok[(ok["model"].astype(str) == model) & (ok["dimension"].astype(str) == dim)]
+        for symprec in symmetry_groups.SYMPRECS:
+            _, _, ops_ref, ops, change = symmetry_groups.columns(symprec)
+            if change not in group:
+                continue
+            known = group[group[change].fillna("").astype(str) != ""]
+            outcome = known[change].astype(str)
+            rows.append({"model": model, "dimension": dim, "group": symmetry_groups.KIND[dim], "symprec": symprec,
+                         "n": len(known),
+                         **{name: float((outcome == name).mean()) if len(known) else np.nan
+                            for name in symmetry_groups.OUTCOMES},
+                         "ops_mae": float((known[ops].astype(float) - known[ops_ref].astype(float)).abs().mean())
+                         if len(known) else np.nan})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def energy_by_element(scored: pd.DataFrame) -> pd.DataFrame:
     """Energy error (meV/atom) of successful relaxations per (model, dimension, element):
     each structure counts once for every element it contains (column `elements`)."""
@@ -183,12 +213,16 @@ def energy_by_element(scored: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(scored: pd.DataFrame) -> pd.DataFrame:
-    """One line per (model, dimension): the headline number of each table."""
+    """One line per (model, dimension): the headline number of each table (symmetry: the
+    fraction that match at the headline tolerance, NaN where there is no group)."""
     fail, st, en, pos = failures(scored), steps(scored), energy(scored), positions(scored)
+    sym = symmetry(scored)
+    sym = sym[sym["symprec"] == symmetry_groups.SYMPRECS[0]].set_index(KEYS)["match"]
+    kept = [sym.get((model, dim), np.nan) for model, dim in zip(fail["model"], fail["dimension"])]
     return pd.DataFrame({
         "model": fail["model"], "dimension": fail["dimension"], "structures": fail["structures"],
         "finished": fail["finished"], "failed": fail["failed"], "failed_pct": fail["failed_pct"],
         "median_steps": st["median"],
         "energy_mae_mev": en["mae"], "energy_median_mev": en["median"], "energy_within_10_mev": en["within_10_mev"],
-        "position_mae_median_a": pos["median"],
+        "position_mae_median_a": pos["median"], "symmetry_match": kept,
     })

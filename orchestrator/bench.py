@@ -120,7 +120,7 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
                     "structures": len(plan.structures), "skipped": dataset.skipped},
         "protocol": manifest["protocol"], "engine": plan.engine, "batch_atoms": manifest["batch_atoms"],
         "structure_timeout_s": timeout_s, "stall_timeout_s": manifest.stall_timeout_s(),
-        "fragmentation_limits_a": manifest["fragmentation_limits_a"],
+        "fragmentation_limits_a": manifest["fragmentation_limits_a"], "symmetry": symmetry_record(),
         **backend.provenance(), "devices": [s.__dict__ for s in slots],
         "worker_threading": worker_threading(slots[0].threads), "settings_sources": manifest.sources,
         "models": model_records,
@@ -156,8 +156,16 @@ def scoring_key(run_dir: Path, manifest: Manifest) -> str:
                         REPO / "orchestrator" / "merge.py", REPO / "adapters" / "wire.py"]):
         code.update(path.read_bytes())
     return json.dumps({"raw": raw, "fragmentation_limits_a": manifest["fragmentation_limits_a"],
-                       "structure_timeout_s": manifest["structure_timeout_s"], "code": code.hexdigest()},
+                       "structure_timeout_s": manifest["structure_timeout_s"], "code": code.hexdigest(),
+                       "symmetry": symmetry_record()},
                       sort_keys=True) + "\n"
+
+
+def symmetry_record() -> dict:
+    """Which library and tolerances gave the symmetry columns (its version changes them)."""
+    from metrics import symmetry
+
+    return {"library": "moyopy", "version": symmetry.version(), "symprec_a": list(symmetry.SYMPRECS)}
 
 
 def scored_already(run_dir: Path, key: str) -> bool:

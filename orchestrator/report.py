@@ -109,6 +109,9 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
         table.to_parquet(out / f"{name}.parquet", index=False)
     documents.models_table(provenance).to_csv(out / "models.csv", index=False)
     figures = {name: save_figure(fig, out, name) for name, fig in plots.plot_all(scored).items()}
+    symmetry_figure = plots.symmetry_bars(named["symmetry"])
+    if symmetry_figure is not None:
+        figures["symmetry"] = save_figure(symmetry_figure, out, "symmetry")
     figures.update(dataset_figures(run_dir, out))
     for model in dict.fromkeys(named["energy_by_element"]["model"]):
         name = plots.element_figure_name(model)

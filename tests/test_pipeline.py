@@ -79,6 +79,13 @@ def test_emt_bench_end_to_end_and_reuse(tmp_path):
     assert card["structures"] == 5 and 0 < card["busy_s"] <= worker_s + 1e-6  # two workers overlap
     assert card["us_per_atom_step"] > 0 and card["projected_from"] == "0D,1D,2D,3D"
     assert "## Speed card" in (run_dir / "report" / "report.md").read_text()
+    assert dict(by_id["symmetry_kind"]) == {"cu-3d": "space group", "al-2d": "layer group", "cu-1d": "",
+                                            "co-0d": "", "si-3d": "space group"}
+    # the rattled PBE copper is read as a low group; EMT relaxes it back towards fcc
+    assert by_id.loc["cu-3d", "symmetry"] == "increase"
+    assert int(by_id.loc["cu-3d", "symmetry_ops"]) > int(by_id.loc["cu-3d", "symmetry_ops_ref"])
+    assert by_id.loc["co-0d", "symmetry"] == "" and by_id.loc["si-3d", "symmetry"] == ""  # no relaxed silicon
+    assert provenance["symmetry"]["library"] == "moyopy" and provenance["symmetry"]["symprec_a"] == [1e-2, 1e-5]
 
     raw = {p: p.stat().st_mtime_ns for p in (run_dir / "raw" / "emt").glob("*.jsonl")}
     written = {p: p.stat().st_mtime_ns for p in (run_dir / "results.csv", run_dir / "report" / "report.md")}

@@ -24,6 +24,18 @@ PROVENANCE = {
 }
 
 
+def symmetry_columns(dim, kept: bool) -> dict:
+    """Space group 221 (48 operations) kept or lost to 123 (16); layer group 80 (24) kept or lost to
+    65 (8), at 1e-2; at 1e-5 always lost; none for 0D."""
+    if dim == "0D":
+        return {"symmetry": "", "symmetry_1e-05": ""}
+    ref, ops_ref, lower, ops_lower = (221, 48, 123, 16) if dim == "3D" else (80, 24, 65, 8)
+    return {"symmetry_group_ref": ref, "symmetry_ops_ref": ops_ref,
+            "symmetry_group": ref if kept else lower, "symmetry_ops": ops_ref if kept else ops_lower,
+            "symmetry": "match" if kept else "decrease", "symmetry_group_ref_1e-05": ref, "symmetry_ops_ref_1e-05": ops_ref,
+            "symmetry_group_1e-05": lower, "symmetry_ops_1e-05": ops_lower, "symmetry_1e-05": "decrease"}
+
+
 def scored_rows(energy_scale=1.0):
     rng = np.random.default_rng(0)
     rows = []
@@ -39,7 +51,8 @@ def scored_rows(energy_scale=1.0):
                              "position_mae_a": scale * 0.01 * rng.random(), "position_rmsd_a": 0.02,
                              "cell_change_rel": 0.01, "extent_a": 3.0, "elements": "Mo S" if dim == "2D" else "C H",
                              "disconnected": k == 1, "reference_over_limit": False,
-                             "dimension_mismatch": k == 2 and model == "good"})
+                             "dimension_mismatch": k == 2 and model == "good",
+                             **symmetry_columns(dim, kept=not (model == "poor" and k == 3))})
     return pd.DataFrame(rows)
 
 
@@ -66,15 +79,23 @@ def test_run_report_writes_tables_plots_and_a_self_contained_html(tmp_path):
     failures = pd.read_csv(out / "failures.csv")
     assert failures.set_index(["model", "dimension"]).loc[("poor", "2D"), "fragmented_thickness"] == 1
     page = (out / "report.html").read_text()
-    assert page.count("<table") == 11  # models + ten tables (no paper table: these models are not the paper's)
+    assert page.count("<table") == 12  # models + eleven tables (no paper table: these models are not the paper's)
     assert "Beside the paper" not in page
-    assert page.count("data:image/png;base64,") == 5  # three box plots, one element map per model
+    assert page.count("data:image/png;base64,") == 6  # three box plots, symmetry, one element map per model
     assert "src=\"energy_error.png\"" not in page  # nothing refers to a file next to it
     for text in ("goodpkg=1.2.3", "poorpkg=?", "sha256:" + "1" * 64, "ab" * 32, "max steps 15000",
                  "2025-01-01T10:00:00+00:00", "fragmented_thickness", "0123d"):
         assert text in page, text
     md = md_path.read_text()
     assert "| model | dimension | structures | finished | failed |" in md
+    assert "![Symmetry kept](symmetry.png)" in md
+    kept = pd.read_csv(out / "symmetry.csv").set_index(["model", "dimension", "symprec"])
+    assert len(kept) == 8  # 2 models x (2D, 3D) x 2 tolerances; none for 0D
+    # poor 2D: its first structure failed (not counted), the last lost its symmetry
+    assert kept.loc[("poor", "2D", 1e-2), ["n", "match", "decrease", "ops_mae"]].tolist() == [3, 2 / 3, 1 / 3, 16 / 3]
+    assert kept.loc[("good", "3D", 1e-5), "decrease"] == 1.0
+    assert pd.read_csv(out / "summary.csv").set_index(["model", "dimension"]).loc[("poor", "3D"),
+                                                                                  "symmetry_match"] == 0.75
     assert "![Energy error](energy_error.png)" in md
     assert "goodpkg=1.2.3" in md
 

@@ -6,8 +6,8 @@ Builds N synthetic PBE structures (default 40,000: a quarter each 0D, 1D, 2D, 3D
 40 atoms, cells with 15 Å of vacuum along the non-periodic axes), a "relaxed" copy of each
 per model (positions rattled by ~0.02 Å, some atoms wrapped across the periodic boundaries,
 the periodic cell strained by 1 %, one structure in 47 pulled apart by
-8 Å into the vacuum), then times score()
-and prints structures/s and the total seconds.
+8 Å into the vacuum), then times score() (symmetry included) and the report's tables
+(metrics.report.tables) and prints structures/s and the seconds of each.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ase import Atoms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from metrics import report  # noqa: E402
 from metrics.per_structure import score  # noqa: E402
 
 AXES = {"0D": "", "1D": "c", "2D": "ab", "3D": "abc"}
@@ -93,6 +94,11 @@ def main() -> None:
     print("failures:", scored["failure_reason"].replace("", "success").value_counts().to_dict())
     print(f"median position MAE {scored['position_mae_a'].median():.4f} Å, "
           f"median |cell change| {scored['cell_change_rel'].abs().median():.4f}")
+    print("symmetry at 1e-2:", scored["symmetry"].replace("", "none (0D, 1D)").value_counts().to_dict())
+    t0 = time.perf_counter()
+    tables = report.tables(scored)
+    tables_s = time.perf_counter() - t0
+    print(f"report tables: {len(tables)} in {tables_s:.2f} s; scoring and tables {seconds + tables_s:.1f} s")
 
 
 if __name__ == "__main__":

@@ -234,6 +234,9 @@ def test_leaderboard_over_two_runs_skips_unfinished_ones(tmp_path):
     assert "goodpkg=1.2.3, torch=2.4.0" in set(board["packages"])
     assert set(board["protocol"]) == {"optimizer=FIRE, fmax_ev_per_a=0.04, max_steps=15000", "max_steps=500"}
     assert board["dataset_sha256"].str.contains("ab" * 32).all()
+    kept = board.set_index(["run", "model", "dimension"])["symmetry_match"]
+    assert kept[("run-a", "poor", "3D")] == 0.75 and kept[("run-a", "good", "2D")] == 1.0
+    assert kept[("run-a", "good", "0D")] != kept[("run-a", "good", "0D")]  # no group for molecules: NaN
     md = md_path.read_text()
     assert "## 0D" in md and "## Runs" in md and "run-b" in md and "sha256:111111111111 " in md
     page = (tmp_path / "leaderboard.html").read_text()

@@ -444,7 +444,7 @@ LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "fai
                        "energy_mae_mev", "position_mae_median_a", "symmetry_match", "median_steps", "image_id",
                        "packages",
                        "us_per_atom_step", "projected_h", "devices", "engine",
-                       "dataset_sha256", "protocol", "reproduction"]
+                       "dataset", "dataset_sha256", "protocol", "reproduction"]
 
 
 def reproductions(runs: list[tuple[str, pd.DataFrame, dict]]) -> dict[str, str]:
@@ -483,6 +483,7 @@ def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
         records = records if isinstance(records, dict) else {}
         line["image_id"] = [_text(lookup(records, m, "image_id")) for m in line["model"]]
         line["packages"] = [packages_text(records.get(m)) for m in line["model"]]
+        line["dataset"] = str(lookup(provenance, "dataset", "name", default="") or "")
         line["dataset_sha256"] = dataset_sha256(provenance)
         line["protocol"] = protocol_text(provenance)
         line["reproduction"] = reproduced.get(name, "")

@@ -4,18 +4,21 @@ this module reads the run folders and writes the files.
 
 write_run_report(run_dir) reads run_dir/results.csv (the scored table) and
 run_dir/provenance.json, and writes run_dir/report/: report.md, a self-contained
-report.html, every table as CSV and parquet, and the plots as PNG and SVG.
-write_leaderboard(results_dir) ranks every finished run (a folder with both files).
+report.html, every table as CSV and parquet, the plots as PNG and SVG, and explore.html,
+the report to explore in a browser (metrics.explore).
+write_leaderboard(results_dir) ranks every finished run (a folder with both files), and
+writes explore.html beside it: every run in one filterable page.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from metrics import plots
+from metrics import explore, plots
 from metrics import report as documents
 from orchestrator.errors import BenchError
 
@@ -121,7 +124,33 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
                                         for name, (png, svg) in figures.items()})
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(body)
+    write_explore_page(run_dir, scored, named, out)
     return out / "report.md"
+
+
+def _frames(path: Path):
+    """(id, Atoms) of every frame of an extxyz file of the run folder (none if absent)."""
+    from ase.io import iread
+
+    from orchestrator.datasets import id_from_extxyz
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    for atoms in iread(path, format="extxyz"):
+        yield id_from_extxyz(atoms.info["id"]), atoms
+
+
+def write_explore_page(run_dir: Path, scored: pd.DataFrame, named: dict, out: Path) -> Path:
+    """report/explore.html (metrics.explore): the PBE structures for formulas and the
+    gallery, and of the relaxed ones only the gallery's cases."""
+    reference = dict(_frames(run_dir / "reference.extxyz"))
+    cases = explore.gallery_cases(scored, {})
+    wanted = set(zip(cases["model"].astype(str), cases["id"].astype(str)))
+    relaxed = {key: atoms for sid, atoms in _frames(run_dir / "relaxed.extxyz")
+               if (key := (str(atoms.info["model"]), sid)) in wanted}
+    path = out / "explore.html"
+    path.write_text(explore.run_page(run_dir.name, scored, named, reference, relaxed))
+    return path
 
 
 def finished_runs(results_dir: Path, *, complete: bool = True) -> list[Path]:
@@ -164,4 +193,6 @@ def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
     md, body = documents.leaderboard_documents(table, str(results_dir), left_out)
     (out / "leaderboard.md").write_text(md)
     (out / "leaderboard.html").write_text(body)
+    reports = {d.name: os.path.relpath(d / "report" / "explore.html", out) for d in finished_runs(results_dir)}
+    (out / "explore.html").write_text(explore.leaderboard_page(table, reports))
     return out / "leaderboard.md"

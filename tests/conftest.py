@@ -115,3 +115,37 @@ def slurm_node():
             raise RuntimeError("CI starts SLURM (.ci/slurm start), but sinfo finds no node")
         pytest.skip("no SLURM here: `.ci/slurm start` (as root) makes a local one")
     return listing.stdout.split()[0]
+
+
+#: Where the browser tests leave their screenshots (a CI artifact; ignored by git).
+SCREENSHOTS = REPO / "test-artifacts" / "browser"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium from the system's packages, driven by selenium through the
+    system's chromedriver, in a 1280-pixel window; skipped without one, a failure in CI
+    (.ci/run installs both)."""
+    import shutil
+
+    chromium = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                     if shutil.which(name)), None)
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI installs chromium and chromium-driver, but neither chromium nor chromedriver is here")
+        pytest.skip("no headless browser here: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    # SwiftShader: WebGL (the 3-D viewer) in software, as on a machine without a GPU
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                     "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--hide-scrollbars"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()

@@ -9,7 +9,8 @@
                        model.yaml, requirements.lock), adapters/ (the worker code the image held)
     results/           results.csv, results.parquet, relaxed.extxyz, sharding.json, raw/<model>/
                        (the per-structure result lines and the image record), report/ (its
-                       Markdown, tables and self-contained HTML; the figures are inside that)
+                       Markdown, tables and self-contained HTML; the figures are inside that;
+                       not explore.html, which `make report` writes again)
     data/              the dataset's files (only with --with-data)
     images/            `docker save` archives of the model images (only with --with-images)
 
@@ -64,8 +65,10 @@ def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = Fa
         for file in RESULT_FILES:
             if (run_dir / file).is_file():
                 shutil.copyfile(run_dir / file, results / file)
-        # the report's text, tables and its self-contained HTML (which holds the figures)
-        shutil.copytree(run_dir / "report", results / "report", ignore=shutil.ignore_patterns("*.png", "*.svg"))
+        # the report's text, tables and its self-contained HTML (which holds the figures); not the
+        # page to explore, 5 MB of plotly.js that `make report` writes again from the results
+        shutil.copytree(run_dir / "report", results / "report",
+                        ignore=shutil.ignore_patterns("*.png", "*.svg", "explore.html"))
         for model_dir in sorted(p for p in (run_dir / "raw").iterdir() if p.is_dir()):
             (results / "raw" / model_dir.name).mkdir(parents=True)
             for path in [*sorted(model_dir.glob("shard-*.jsonl")), model_dir / "image.json"]:

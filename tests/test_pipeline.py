@@ -73,7 +73,7 @@ def test_emt_bench_end_to_end_and_reuse(tmp_path):
     pinned = (REPO / "images" / "base" / "constraints.txt").read_text().split("ase==")[1].split()[0]
     assert image["packages"]["ase"] == pinned
     assert provenance["dataset"]["structures"] == 5 and provenance["protocol"]["fmax_ev_per_a"] == 0.04
-    assert (run_dir / "report" / "report.html").exists()
+    assert (run_dir / "report" / "report.html").exists() and (run_dir / "report" / "explore.html").exists()
     (card,) = pd.read_csv(run_dir / "report" / "speed.csv").to_dict("records")  # the devices' busy time
     worker_s = pd.to_numeric(table["wall_s"]).sum()
     assert card["structures"] == 5 and 0 < card["busy_s"] <= worker_s + 1e-6  # two workers overlap

@@ -65,6 +65,7 @@ def test_a_bundle_holds_what_reruns_and_judges_a_run_and_nothing_private(emt_run
             "results/results.csv", "results/relaxed.extxyz", "results/raw/emt/shard-0000.jsonl",
             "results/report/report.md", "data/emt.extxyz"} <= inside
     assert not any(name.startswith("build/adapters/calculators/mace") for name in inside)  # only its own family
+    assert (run_dir / "report" / "explore.html").is_file() and "results/report/explore.html" not in inside
     assert not any(env["HOME"].encode() in text or SECRET.encode() in text for text in texts)
     assert record["dataset"]["paths"]["emt.extxyz"] == "~/data/emt.extxyz"
     assert record["models"]["emt"]["base_image_id"] and "wheelhouse" in record["models"]["emt"]

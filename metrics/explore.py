@@ -24,7 +24,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from metrics import geometry, paper, summary
+from metrics import geometry, summary
 from metrics.plots import COLOURS, ptable_position
 from metrics.report import formatted
 
@@ -332,17 +332,11 @@ def run_page(run_name: str, scored: pd.DataFrame, named: dict[str, pd.DataFrame]
     return page(f"0123D benchmark: {run_name} (explore)", body)
 
 
-def model_group(model: str) -> str:
-    """`paper`: one of the paper's eleven models; `other` any other."""
-    return "paper" if paper.paper_tag(model) else "other"
-
-
 def leaderboard_page(table: pd.DataFrame, reports: dict[str, str]) -> str:
     """results/explore.html: every (run, model, dimensionality) of the leaderboard table
     (metrics.report.leaderboard) in one sortable table, filtered by dimensionality, model
     group and dataset; each run linking to its explore.html (`reports`: run -> path)."""
     view = table.copy()
-    view.insert(2, "group", [model_group(m) for m in view["model"].astype(str)])
     view["report"] = view["run"].map(reports).fillna("")
     columns = ["dimension", "model", "group", "run", "dataset", "structures", "failed", "failed_pct", "paper_failed",
                "energy_mae_mev", "position_mae_median_a", "symmetry_match", "median_steps", "us_per_atom_step",

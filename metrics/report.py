@@ -439,7 +439,7 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
 
 # ---- leaderboard ------------------------------------------------------------------
 
-LEADERBOARD_COLUMNS = ["dimension", "model", "run", "structures", "failed", "failed_pct", "paper_failed",
+LEADERBOARD_COLUMNS = ["dimension", "model", "group", "run", "structures", "failed", "failed_pct", "paper_failed",
                        "energy_median_mev",
                        "energy_mae_mev", "position_mae_median_a", "symmetry_match", "median_steps", "image_id",
                        "packages",
@@ -483,6 +483,7 @@ def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
         records = records if isinstance(records, dict) else {}
         line["image_id"] = [_text(lookup(records, m, "image_id")) for m in line["model"]]
         line["packages"] = [packages_text(records.get(m)) for m in line["model"]]
+        line["group"] = [model_group(records.get(m)) for m in line["model"]]
         line["dataset"] = str(lookup(provenance, "dataset", "name", default="") or "")
         line["dataset_sha256"] = dataset_sha256(provenance)
         line["protocol"] = protocol_text(provenance)
@@ -505,6 +506,14 @@ def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
     table = table.sort_values(["_d", "dimension", "failed_pct", "energy_mae_mev", "position_mae_median_a"],
                               na_position="last", kind="stable")
     return table[LEADERBOARD_COLUMNS].reset_index(drop=True)
+
+
+def model_group(model_record) -> str:
+    """The model's group as its run recorded it (paper, current), else "paper" for a
+    record with the paper's tag (runs from before groups), else "other"."""
+    record = model_record if isinstance(model_record, dict) else {}
+    named = [g for g in record.get("groups") or [] if g != "all"]
+    return named[0] if named else "paper" if record.get("paper_tag") else "other"
 
 
 def _short(value: str, keep: int = 12) -> str:

@@ -63,6 +63,7 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
                                          "calculator": model.calculator,
                                          "options": model.options, "description": model.description,
                                          "dtype": model.dtype, "paper_tag": model.paper_tag,
+                                         "groups": model.groups,
                                          "weights": weights[model.name],
                                          **builder.runtime_record(model.python),
                                          **provenance.image_versions(engine, image, model.packages)}
@@ -123,7 +124,7 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
         "fragmentation_limits_a": manifest["fragmentation_limits_a"], "symmetry": symmetry_record(),
         **backend.provenance(), "devices": [s.__dict__ for s in slots],
         "worker_threading": worker_threading(slots[0].threads), "settings_sources": manifest.sources,
-        "models": model_records,
+        "models": model_records, "models_requested": list(manifest["models"]),
         **({"reproduction": {**record.get("reproduction", {}), **plan.reproduces}} if plan.reproduces else {}),
     })
     from orchestrator.report import write_run_report

@@ -144,18 +144,20 @@ def cmd_models(args) -> None:
     import sys
 
     from orchestrator.console import show_table
-    from orchestrator.images import discover_models, has_batched_forward
+    from orchestrator.images import GROUPS, discover_models, has_batched_forward
     from orchestrator.weights import missing_weights
 
     manifest = load(args.manifest, parse_set(args.set))
+    available = discover_models()
     weights_dir = manifest.cache.weights
     built = _built_models()
     rows = []
-    for name, model in discover_models().items():
+    for name, model in available.items():
         missing = missing_weights(model, weights_dir)
         needs = sorted({{"token": "HF_TOKEN", "manual": "the file"}.get(w.get("access", "public"), "")
                         for w in model.weights if w["file"] in missing} - {""})
-        rows.append({"model": name, "paper tag": model.paper_tag or "-", "aliases": ", ".join(model.aliases) or "-",
+        rows.append({"model": name, "group": ", ".join(g for g in model.groups if g != "all") or "-",
+                     "paper tag": model.paper_tag or "-", "aliases": ", ".join(model.aliases) or "-",
                      "forces": model.forces or "-",
                      "batched forward": "yes" if has_batched_forward(model.calculator) else "no (one by one)",
                      "image": "built" if (model.image or name) in built else "not built",
@@ -172,6 +174,8 @@ def cmd_models(args) -> None:
         show_table("models (folders of images/); MODEL= takes the folder, the paper tag or an alias; every model "
                    "runs both engines, those with a batched forward one model call per batch",
                    columns, [[row[c] for c in columns] for row in rows], file=sys.stdout)
+        counts = {group: sum(group in m.groups for m in available.values()) for group in GROUPS}
+        print("groups (MODEL=<group>): " + ", ".join(f"{group} ({n})" for group, n in counts.items()))
 
 
 def _built_models() -> set[str]:

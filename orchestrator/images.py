@@ -40,7 +40,7 @@ ADAPTERS_DIR = REPO / "adapters"
 IMAGE_PREFIX = "umlip-0123d"
 MODEL_KEYS = {"description": str, "calculator": str, "options": dict, "packages": list, "paper_tag": str,
               "aliases": list, "forces": str, "weights": list, "citation": str, "python": str, "image": str,
-              "dtype": str}
+              "dtype": str, "group": str}
 #: A model's Python when its model.yaml does not say.
 DEFAULT_PYTHON = "3.11"
 WEIGHT_KEYS = {"file": str, "url": str, "sha256": str, "licence": str, "access": str, "note": str}
@@ -72,6 +72,13 @@ class Model:
     dtype: str | None = None         # the precision it computes in, as its package runs it
     image: str | None = None         # the model folder whose image it runs in, if not its own
     image_of: "Model | None" = None  # that folder's model (set by discover_models)
+    group: str | None = None         # "current" (model.yaml); the paper's models are the ones with a paper_tag
+
+    @property
+    def groups(self) -> list[str]:
+        """The groups MODEL= can name that hold this model (see GROUPS)."""
+        own = [PAPER] if self.paper_tag else ([self.group] if self.group else [])
+        return [*own, ALL] if own else []
 
     @property
     def names(self) -> list[str]:
@@ -117,6 +124,9 @@ def discover_models(images_dir: Path = IMAGES_DIR) -> dict[str, Model]:
                 raise BenchError(f"{meta}: missing key {key!r}")
         if not re.fullmatch(r"3\.\d+", data.get("python", DEFAULT_PYTHON)):
             raise BenchError(f"{meta}: python must be a quoted version like \"3.11\", not {data['python']!r}")
+        if data.get("group", CURRENT) != CURRENT or ("group" in data and "paper_tag" in data):
+            raise BenchError(f"{meta}: group may only be {CURRENT!r}, for a model outside the paper (the paper's "
+                             "models are those with a paper_tag)")
         if data.get("forces", "conservative") not in ("conservative", "direct"):
             raise BenchError(f"{meta}: forces must be conservative or direct, not {data['forces']!r}")
         _check_weights(meta, data.get("weights", []))
@@ -136,23 +146,40 @@ def discover_models(images_dir: Path = IMAGES_DIR) -> dict[str, Model]:
     return models
 
 
-#: MODEL=paper: every model of Benedini et al.
-PAPER = "paper"
+#: The groups MODEL= can name: every model of Benedini et al. (those with a paper_tag), the
+#: current generation (model.yaml `group: current`), and both. The tool's own small models
+#: (EMT, CHGNet, SevenNet-0) are in none.
+PAPER, CURRENT, ALL = "paper", "current", "all"
+GROUPS = (PAPER, CURRENT, ALL)
+
+
+def _paper_models(available: dict[str, Model], paper_tags: list[str]) -> list[Model]:
+    by_tag = {m.paper_tag.lower(): m for m in available.values() if m.paper_tag}
+    absent = [tag for tag in paper_tags if tag.lower() not in by_tag]
+    if absent:
+        raise BenchError(f"MODEL=paper runs the paper's {len(paper_tags)} models, but images/ has no "
+                         f"folder for {', '.join(absent)} yet")
+    return [by_tag[tag.lower()] for tag in paper_tags]
+
+
+def group_models(group: str, available: dict[str, Model], paper_tags: list[str]) -> list[Model]:
+    """The models of a group (GROUPS), the paper's in its Table order, the others by name."""
+    current = [m for m in available.values() if m.group == CURRENT]
+    if group == CURRENT and not current:
+        raise BenchError("MODEL=current: no model folder says `group: current` yet")
+    return {PAPER: lambda: _paper_models(available, paper_tags), CURRENT: lambda: current,
+            ALL: lambda: _paper_models(available, paper_tags) + current}[group]()
 
 
 def resolve_models(names: list[str], available: dict[str, Model], paper_tags: list[str]) -> list[Model]:
-    """The models meant by `names`: a folder name, a paper tag or an alias (any case), or
-    `paper` for every model of the paper (`paper_tags`, all of which must have a folder).
-    An unknown or ambiguous name is an error listing the choices."""
+    """The models meant by `names`: a folder name, a paper tag or an alias (any case), or a
+    group (GROUPS: `paper` for every model of the paper, `paper_tags`, all of which must
+    have a folder; `current`; `all`). An unknown or ambiguous name is an error listing the
+    choices."""
     chosen: list[Model] = []
     for name in names:
-        if name.lower() == PAPER:
-            by_tag = {m.paper_tag.lower(): m for m in available.values() if m.paper_tag}
-            absent = [tag for tag in paper_tags if tag.lower() not in by_tag]
-            if absent:
-                raise BenchError(f"MODEL=paper runs the paper's {len(paper_tags)} models, but images/ has no "
-                                 f"folder for {', '.join(absent)} yet")
-            matches = [by_tag[tag.lower()] for tag in paper_tags]
+        if name.lower() in GROUPS:
+            matches = group_models(name.lower(), available, paper_tags)
         else:
             matches = [m for m in available.values() if name.lower() in (n.lower() for n in m.names)]
             exact = [m for m in matches if m.name == name]
@@ -161,7 +188,7 @@ def resolve_models(names: list[str], available: dict[str, Model], paper_tags: li
                 choices = ", ".join(f"{m.name} ({'/'.join(m.names[1:])})" if m.names[1:] else m.name
                                     for m in (matches or available.values()))
                 what = "is ambiguous" if matches else "is not a model"
-                raise BenchError(f"MODEL {name!r} {what}; choose from: {choices}, or {PAPER}")
+                raise BenchError(f"MODEL {name!r} {what}; choose from: {choices}, or a group: {', '.join(GROUPS)}")
         chosen += [m for m in matches if m not in chosen]
     return chosen
 

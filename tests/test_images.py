@@ -207,7 +207,8 @@ def test_a_model_asking_for_python_3_13_runs_on_a_runtime_built_for_it(engine, b
 def zoo(tmp_path):
     for name, extra in (("mace-mpa-0", "paper_tag: MACE\naliases: [mace]\n"),
                         ("orb-v3-conservative-inf-mpa", "paper_tag: ORB-3c\naliases: [orb]\n"),
-                        ("orb-v3-direct-inf-mpa", "paper_tag: ORB-3d\naliases: [orb]\n"), ("emt", "")):
+                        ("orb-v3-direct-inf-mpa", "paper_tag: ORB-3d\naliases: [orb]\n"), ("emt", ""),
+                        ("mace-mh-1", "group: current\n"), ("mace-omat-0", "group: current\n")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.yaml").write_text(f"description: {name}\ncalculator: x\n{extra}")
         (tmp_path / name / "Dockerfile").write_text("FROM x\n")
@@ -223,9 +224,10 @@ def test_a_model_answers_to_its_folder_its_paper_tag_and_its_aliases(tmp_path):
     assert [m.name for m in resolve_models(["ORB-3d", "emt", "orb-3D"], models, [])] == \
         ["orb-v3-direct-inf-mpa", "emt"]
     with pytest.raises(BenchError, match=r"MODEL 'orb' is ambiguous; choose from: orb-v3-conservative-inf-mpa "
-                                         r"\(ORB-3c/orb\), orb-v3-direct-inf-mpa \(ORB-3d/orb\), or paper"):
+                                         r"\(ORB-3c/orb\), orb-v3-direct-inf-mpa \(ORB-3d/orb\), or a group: "
+                                         r"paper, current, all"):
         resolve_models(["orb"], models, [])
-    with pytest.raises(BenchError, match=r"MODEL 'macey' is not a model; choose from: emt, mace-mpa-0 \(MACE/mace\)"):
+    with pytest.raises(BenchError, match=r"MODEL 'macey' is not a model; choose from: emt, mace-mh-1, mace-mpa-0 \(MACE/mace\)"):
         resolve_models(["macey"], models, [])
 
 
@@ -237,6 +239,43 @@ def test_paper_means_every_model_of_the_paper(tmp_path):
         ["mace-mpa-0", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa"]
     with pytest.raises(BenchError, match="no folder for DPA3, eqV2 yet"):
         resolve_models(["paper"], models, ["MACE", "DPA3", "eqV2"])
+
+
+def test_groups_current_and_all_come_from_the_model_folders(tmp_path):
+    from orchestrator.images import resolve_models
+
+    models = zoo(tmp_path)
+    tags = ["MACE", "ORB-3c", "ORB-3d"]
+    assert [m.name for m in resolve_models(["current"], models, tags)] == ["mace-mh-1", "mace-omat-0"]
+    assert [m.name for m in resolve_models(["ALL"], models, tags)] == \
+        ["mace-mpa-0", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa", "mace-mh-1", "mace-omat-0"]
+    assert models["emt"].groups == [] and models["mace-mh-1"].groups == ["current", "all"]
+    assert resolve_models(["current", "mace-mh-1", "emt"], models, tags)[-1].name == "emt"  # no model twice
+    (tmp_path / "mace-mh-1" / "model.yaml").write_text("description: x\ncalculator: x\ngroup: newest\n")
+    with pytest.raises(BenchError, match=r"mace-mh-1/model.yaml: group may only be 'current'"):
+        discover_models(tmp_path)
+    (tmp_path / "mace-mh-1" / "model.yaml").write_text("description: x\ncalculator: x\n")
+    (tmp_path / "mace-omat-0" / "model.yaml").write_text("description: x\ncalculator: x\n")
+    with pytest.raises(BenchError, match="no model folder says `group: current` yet"):
+        resolve_models(["current"], discover_models(tmp_path), tags)
+
+
+def test_the_shipped_groups(tmp_path, capsys):
+    from orchestrator.cli import main
+    from orchestrator.images import GROUPS, discover_models, group_models
+    from metrics.paper import table_ii
+
+    models = discover_models()
+    tags = list(dict.fromkeys(table_ii()["tag"]))
+    paper, current, every = (group_models(group, models, tags) for group in GROUPS)
+    assert len(paper) == 11 and every == paper + current
+    assert {"mace-mh-1", "mace-omat-0"} <= {m.name for m in current}
+    assert not {"emt", "chgnet", "sevennet-0"} & {m.name for m in every}
+    manifest = tmp_path / "benchmark.yaml"
+    manifest.write_text(f"cache_dir: {tmp_path / 'cache'}\n")
+    assert main(["models", "--manifest", str(manifest)]) == 0
+    assert f"groups (MODEL=<group>): paper (11), current ({len(current)}), all ({11 + len(current)})" \
+        in capsys.readouterr().out
 
 
 def test_make_models_says_what_is_present_and_what_the_user_supplies(tmp_path, capsys):

@@ -3,7 +3,9 @@ energy, forces and stress on a bulk crystal, a 2D layer and a molecule; for a mo
 conservative forces, forces match -dE/dx and the stress matches the strain derivative of
 the energy by central finite differences (this catches unit slips such as a stress in GPa);
 for a family with a batched forward, that forward on all three at once matches the
-calculator one by one.
+calculator one by one; for a multi-head checkpoint (a family with HEAD_OPTION, the option
+set), the chosen head is the checkpoint's, gives other energies than its other heads, and
+an unknown head name is refused.
 
     python -m adapters.contract --job JOB_JSON   ->  one JSON report on stdout, exit 0 if passed
 
@@ -112,12 +114,40 @@ def check(job: dict) -> dict:
         report["force_deviation_ev_per_a"] = max(worst for worst, _ in forces)
         report["stress_deviation_ev_per_a3"] = stress
         passed &= all(ok for _, ok in forces) and stress_ok
+    head_option = getattr(family_module(job["calculator"]), "HEAD_OPTION", None)
+    if head_option and job.get("options", {}).get(head_option):
+        report["head"] = head_check(job, calculator, head_option)
+        passed &= report["head"]["passed"]
     if has_batched_forward(job["calculator"]):
         deviation = batched_deviation(job, calculator)
         report["batched_deviation"] = deviation
         passed &= all(deviation[key] <= limit for key, limit in BATCHED_TOL.items())
     report["passed"] = bool(passed)
     return report
+
+
+#: Energies of two heads closer than this (eV) count as the same head.
+HEAD_ENERGY_TOL = 1e-6
+
+
+def head_check(job: dict, calculator, head_option: str) -> dict:
+    """A multi-head (multi-fidelity, multi-task) checkpoint: the chosen head is one of the
+    checkpoint's, its energy on the bulk crystal differs from every other head's (so the
+    option reaches the model), and a head name the checkpoint lacks is refused."""
+    options = job.get("options", {})
+    chosen = options[head_option]
+    available = family_module(job["calculator"]).heads(calculator)
+    crystal = structures()["bulk Cu"]
+    energies = {head: energy(crystal.copy(), calculator if head == chosen else make_calculator(
+        job["calculator"], job.get("device", "cpu"), {**options, head_option: head})) for head in available}
+    try:
+        make_calculator(job["calculator"], job.get("device", "cpu"), {**options, head_option: "no-such-head"})
+        refused = False
+    except ValueError:
+        refused = True
+    distinct = all(abs(e - energies[chosen]) > HEAD_ENERGY_TOL for head, e in energies.items() if head != chosen)
+    return {"chosen": chosen, "heads": available, "energy_ev": energies, "unknown_head_refused": refused,
+            "passed": bool(chosen in available and len(available) > 1 and distinct and refused)}
 
 
 #: Allowed |batched forward - calculator| (eV/atom, eV/Å, eV/Å³): float32 summation order only.

@@ -120,6 +120,35 @@ def test_make_bench_model_mace_relaxes_with_the_preseeded_checkpoint(mace_weight
     assert provenance["packages"]["mace-torch"] == "0.3.16"
 
 
+@pytest.mark.parametrize("folder", ["mace-mh-1", "mace-omat-0"])
+def test_current_mace_models_in_the_mace_image_with_their_heads(engine, model_image, tmp_path, folder):
+    """MACE-MH-1 (its omat_pbe head) and MACE-OMAT-0 run in MACE-MPA-0's image; MH-1's stand-in
+    is multi-head (mace's own constructor), and the contract checks that the chosen head is
+    the one used (its energy differs from the other head's) and that a wrong name is refused."""
+    model = discover_models()[folder]
+    image = model_image(folder)
+    assert image == model_image("mace-mpa-0")  # no image of its own
+    assert make_stand_in(engine, image, model, tmp_path / "weights") == {}
+    report = run_contract(engine, image, model, tmp_path / "weights",
+                          {**model.options, "checkpoint": checkpoint_path(model)})
+    assert report["passed"], report
+    if folder == "mace-mh-1":
+        head = report["head"]
+        assert head["chosen"] == "omat_pbe" and head["heads"] == ["omat_pbe", "other"]
+        assert abs(head["energy_ev"]["omat_pbe"] - head["energy_ev"]["other"]) > 1e-3
+        assert head["unknown_head_refused"]
+        with pytest.raises(BenchError, match=r"head 'omol' is not in .*mace-mh-1.model; its heads: omat_pbe, other"):
+            run_contract(engine, image, model, tmp_path / "weights",
+                         {**model.options, "head": "omol", "checkpoint": checkpoint_path(model)})
+    else:
+        assert "head" not in report
+    table = bench_sample(folder, cache=tmp_path, results=tmp_path / "r")
+    assert list(table["model"]) == [folder]
+    record = json.loads(next((tmp_path / "r").glob("*/provenance.json")).read_text())
+    assert record["models"][folder]["groups"] == ["current", "all"]
+    assert record["models"][folder]["options"] == model.options and record["models_requested"] == [folder]
+
+
 # eqV2 and eSEN are checked by `make test-zoo` only: their image compiles torch_scatter (8 min here)
 @pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa",
                                     "mattersim-v1-5m", "m3gnet", "grace-2l-oam", "dpa3-v1-openlam"])

@@ -1,18 +1,36 @@
 """MACE (Batatia et al., NeurIPS 2022; MACE-MP foundation models, arXiv:2401.00096)."""
 
 
-def make_calculator(device: str, checkpoint: str, dtype: str = ""):
+#: The option naming the head of a multi-head checkpoint (checked by adapters.contract).
+HEAD_OPTION = "head"
+
+
+def make_calculator(device: str, checkpoint: str, dtype: str = "", head: str = ""):
+    """head: the head of a multi-head checkpoint (MACE-MH-1's "omat_pbe"); without one,
+    MACECalculator's own choice, as the paper's models ran. A name the checkpoint does not
+    have is an error: MACECalculator itself would fall back to its last head."""
     from mace.calculators import MACECalculator
 
     # dtype "" keeps the precision the checkpoint was saved in (MACECalculator's own default,
     # and what the authors' code used); "float64" is what MACE advises for optimisation
-    return MACECalculator(model_paths=checkpoint, device=device, default_dtype=dtype)
+    calculator = MACECalculator(model_paths=checkpoint, device=device, default_dtype=dtype,
+                                **({"head": head} if head else {}))
+    if head and head not in calculator.available_heads:
+        raise ValueError(f"head {head!r} is not in {checkpoint}; its heads: {', '.join(calculator.available_heads)}")
+    return calculator
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def heads(calculator) -> list[str]:
+    """The heads of the calculator's checkpoint."""
+    return list(calculator.available_heads)
+
+
+def make_test_checkpoint(path: str, head: str = "", **options) -> dict:
     """A small MACE built with mace's own constructor (random weights, float64), saved the
     way its .model files are (a pickled module): the stand-in for a checkpoint that cannot
-    be had here. Returns the options to use with it (none to change)."""
+    be had here. With `head`, a multi-head one (that head and a second, "other", with their
+    own atomic energies and shifts, as mace's multi-head fine-tuning makes them). Returns
+    the options to use with it (none to change)."""
     import numpy as np
     import torch
     from mace import modules, tools  # first: it lets torch.load read e3nn's own constants
@@ -22,17 +40,20 @@ def make_test_checkpoint(path: str, **options) -> dict:
     torch.manual_seed(0)
     table = tools.AtomicNumberTable(list(range(1, 90)))
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    per_head = {"heads": [head, "other"], "atomic_energies": np.stack([np.full(len(table), -1.0),
+                                                                        np.full(len(table), -1.5)]),
+                "atomic_inter_scale": [0.1, 0.2], "atomic_inter_shift": [0.0, 0.05]} if head else \
+        {"atomic_energies": np.full(len(table), -1.0), "atomic_inter_scale": 0.1, "atomic_inter_shift": 0.0}
     model = modules.ScaleShiftMACE(
         r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block,
         interaction_cls_first=block, num_interactions=2, num_elements=len(table),
         hidden_irreps=o3.Irreps("8x0e + 8x1o"), MLP_irreps=o3.Irreps("8x0e"), gate=torch.nn.functional.silu,
-        atomic_energies=np.full(len(table), -1.0), avg_num_neighbors=10.0, atomic_numbers=table.zs, correlation=2,
-        radial_type="bessel", atomic_inter_scale=0.1, atomic_inter_shift=0.0)
+        avg_num_neighbors=10.0, atomic_numbers=table.zs, correlation=2, radial_type="bessel", **per_head)
     torch.save(model, path)
     return {}
 
 
-def make_batched(device: str, checkpoint: str, dtype: str = ""):
+def make_batched(device: str, checkpoint: str, dtype: str = "", head: str = ""):
     """evaluate(frames) for the batched engine: each structure's graph made by
     MACECalculator itself, all of them in one batch and one forward pass of its model."""
     import numpy as np
@@ -43,7 +64,7 @@ def make_batched(device: str, checkpoint: str, dtype: str = ""):
 
     from adapters.batched import isolate_failures
 
-    calculator = make_calculator(device, checkpoint, dtype)
+    calculator = make_calculator(device, checkpoint, dtype, head)
     model = calculator.models[0]
     model_dtype = next(model.parameters()).dtype
     energy_unit = calculator.energy_units_to_eV

@@ -62,6 +62,22 @@ def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(
                         tmp_path / "typo", tmp_path / "weights", bulk("Si", "diamond", 5.43))
 
 
+def test_sevennet_omni_contract_checks_the_fidelity(engine, model_image, tmp_path):
+    """SevenNet-Omni runs in SevenNet-0's image; with the wheel's multi-fidelity checkpoint
+    standing in (fidelities PBE and R2SCAN: Omni's own, mpa among them, cannot be had), the
+    contract checks that the chosen fidelity is the one used and a wrong one is refused."""
+    model = discover_models()["sevennet-omni"]
+    image = model_image("sevennet-omni")
+    assert image == model_image("sevennet-0")
+    overrides = make_stand_in(engine, image, model, tmp_path / "weights")
+    assert overrides == {"modal": "PBE"}
+    report = run_contract(engine, image, model, tmp_path / "weights",
+                          {**model.options, **overrides, "checkpoint": checkpoint_path(model)})
+    assert report["passed"], report
+    assert sorted(report["head"]["heads"]) == ["PBE", "R2SCAN"] and report["head"]["unknown_head_refused"]
+    assert abs(report["head"]["energy_ev"]["PBE"] - report["head"]["energy_ev"]["R2SCAN"]) > 1e-3
+
+
 @pytest.mark.parametrize("folder", ["chgnet", "sevennet-0"])
 def test_contract_with_the_weights_inside_the_wheel_and_the_batched_forward(engine, model_image, tmp_path,
                                                                             folder):
@@ -151,7 +167,8 @@ def test_current_mace_models_in_the_mace_image_with_their_heads(engine, model_im
 
 # eqV2 and eSEN are checked by `make test-zoo` only: their image compiles torch_scatter (8 min here)
 @pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa",
-                                    "mattersim-v1-5m", "m3gnet", "grace-2l-oam", "dpa3-v1-openlam"])
+                                    "mattersim-v1-5m", "m3gnet", "grace-2l-oam", "dpa3-v1-openlam",
+                                    "orb-v3-conservative-inf-omat", "grace-3l-oam-l", "matris-10m-oam"])
 def test_contract_and_bench_with_checkpoints_made_by_the_models_package(engine, model_image, tmp_path,
                                                                         folder):
     model = discover_models()[folder]
@@ -162,6 +179,6 @@ def test_contract_and_bench_with_checkpoints_made_by_the_models_package(engine, 
                           {**model.options, "checkpoint": checkpoint_path(model)})
     assert report["passed"], report
     assert ("force_deviation_ev_per_a" in report) == (model.forces == "conservative")
-    # and through make bench, by its paper tag, with the checkpoint pre-seeded (tmp_path/weights)
-    table = bench_sample(model.paper_tag, cache=tmp_path, results=tmp_path / "r")
+    # and through make bench, by its paper tag (or first alias), with the checkpoint pre-seeded (tmp_path/weights)
+    table = bench_sample(model.paper_tag or model.aliases[0], cache=tmp_path, results=tmp_path / "r")
     assert list(table["model"]) == [folder]

@@ -1,5 +1,10 @@
 """SevenNet (Park et al., JCTC 2024); 7net-0, 7net-mf-0 and 7net-l3i5 ship inside the wheel.
-A multi-fidelity model (7net-mf-ompa) takes the fidelity to predict as `modal`."""
+A multi-fidelity model (7net-mf-ompa, 7net-omni) takes the fidelity to predict as `modal`."""
+
+
+#: The option naming the fidelity of a multi-fidelity checkpoint (checked by adapters.contract);
+#: SevenNetCalculator itself refuses one the checkpoint lacks.
+HEAD_OPTION = "modal"
 
 
 def make_calculator(device: str, model: str = "7net-0", modal: str | None = None, checkpoint: str | None = None):
@@ -7,6 +12,11 @@ def make_calculator(device: str, model: str = "7net-0", modal: str | None = None
 
     # an explicit checkpoint (mounted read-only) wins: sevenn would otherwise download into site-packages
     return SevenNetCalculator(model=checkpoint or model, device=device, modal=modal)
+
+
+def heads(calculator) -> list[str]:
+    """The fidelities of the calculator's checkpoint."""
+    return list(calculator.model.modal_map or {})
 
 
 def make_batched(device: str, model: str = "7net-0", modal: str | None = None, checkpoint: str | None = None):

@@ -168,7 +168,7 @@ def test_current_mace_models_in_the_mace_image_with_their_heads(engine, model_im
 # eqV2 and eSEN are checked by `make test-zoo` only: their image compiles torch_scatter (8 min here)
 @pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa",
                                     "mattersim-v1-5m", "m3gnet", "grace-2l-oam", "dpa3-v1-openlam",
-                                    "orb-v3-conservative-inf-omat", "grace-3l-oam-l", "matris-10m-oam"])
+                                    "orb-v3-conservative-inf-omat", "grace-3l-oam-l", "matris-10m-oam", "pet-oam-xl"])
 def test_contract_and_bench_with_checkpoints_made_by_the_models_package(engine, model_image, tmp_path,
                                                                         folder):
     model = discover_models()[folder]

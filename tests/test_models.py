@@ -165,7 +165,8 @@ def test_current_mace_models_in_the_mace_image_with_their_heads(engine, model_im
     assert record["models"][folder]["options"] == model.options and record["models_requested"] == [folder]
 
 
-# eqV2 and eSEN are checked by `make test-zoo` only: their image compiles torch_scatter (8 min here)
+# eqV2 and eSEN are checked by `make test-zoo` only: their image compiles torch_scatter (8 min here); and
+# Nequix: its JAX image brings CUDA's libraries (7.3 GB; its contract and bench passed here in 130 s)
 @pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa",
                                     "mattersim-v1-5m", "m3gnet", "grace-2l-oam", "dpa3-v1-openlam",
                                     "orb-v3-conservative-inf-omat", "grace-3l-oam-l", "matris-10m-oam", "pet-oam-xl"])

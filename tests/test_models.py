@@ -62,6 +62,30 @@ def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(
                         tmp_path / "typo", tmp_path / "weights", bulk("Si", "diamond", 5.43))
 
 
+def test_dpa_3_1_contract_checks_its_branch(engine, model_image, tmp_path):
+    """DPA-3.1-3M runs in the DPA3 image from a multi-task training checkpoint; its stand-in (deepmd's
+    get_model and ModelWrapper) has the Omat24 branch and another: the contract checks that the branch
+    asked for is the one used and that a name the file lacks is refused."""
+    model = discover_models()["dpa-3.1-3m"]
+    image = model_image("dpa-3.1-3m")
+    assert image == model_image("dpa3-v1-openlam")
+    assert make_stand_in(engine, image, model, tmp_path / "weights") == {}
+    report = run_contract(engine, image, model, tmp_path / "weights",
+                          {**model.options, "checkpoint": checkpoint_path(model)})
+    assert report["passed"], report
+    assert report["head"]["heads"] == ["Omat24", "other"] and report["head"]["unknown_head_refused"]
+    # the relaxation entrypoint with that checkpoint and branch, in a least-privilege worker
+    silicon = bulk("Si", "diamond", 5.50)
+    silicon.rattle(0.02, seed=1)
+    (result,) = relax_in_worker(engine, image, "dpa-3.1-3m", {"calculator": "deepmd", **model.options,
+                                                              "checkpoint": checkpoint_path(model)},
+                                tmp_path / "relax", tmp_path / "weights", silicon)
+    assert result["converged"] and result["failure_reason"] is None and result["energy_ev"] is not None, result
+    # its file's sha256 is pinned (deepmd's registry): make bench refuses the stand-in, naming both digests
+    with pytest.raises(AssertionError, match=r"DPA-3.1-3M.pt: sha256 [0-9a-f]{64}, but .*model.yaml pins 86dd3a80"):
+        bench_sample("dpa-3.1", cache=tmp_path, results=tmp_path / "r")
+
+
 def test_sevennet_omni_contract_checks_the_fidelity(engine, model_image, tmp_path):
     """SevenNet-Omni runs in SevenNet-0's image; with the wheel's multi-fidelity checkpoint
     standing in (fidelities PBE and R2SCAN: Omni's own, mpa among them, cannot be had), the

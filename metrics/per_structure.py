@@ -62,6 +62,7 @@ NOT_FAILURES = (MISSING, TIMEOUT)
 FRAGMENTED = {"2D": "fragmented_thickness", "1D": "fragmented_width", "0D": "fragmented_diameter"}
 #: Every failure reason, in order of precedence ("" is success).
 FAILURE_REASONS = (*CONTAINER_REASONS, "fragmented_thickness", "fragmented_width", "fragmented_diameter")
+#: The columns score() adds (see the module docstring).
 SCORE_COLUMNS = ("periodic_axes", "dimension_label", "dimension_mismatch", "energy_error_mev_per_atom",
                  "position_mae_a", "position_rmsd_a", "cell_change_rel", "extent_a", "extent_ref_a",
                  "reference_over_limit", "fragments", "fragments_ref", "disconnected", "extent_ambiguous",

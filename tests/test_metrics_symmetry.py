@@ -15,7 +15,7 @@ from ase.spacegroup import crystal
 from spglib._internal import get_symmetry_layerdataset
 
 from metrics import geometry, summary, symmetry
-from metrics.per_structure import score
+from metrics.per_structure import SCORE_COLUMNS, score
 
 pytestmark = pytest.mark.filterwarnings("ignore:Set OLD_ERROR_HANDLING:DeprecationWarning")
 
@@ -162,6 +162,7 @@ def test_score_adds_the_columns_and_the_report_counts_successes():
                       ("cu-none", cu, None, "model_error"),
                       ("mos2", mos2, _distorted(mos2, "kick"), ""),
                       ("water", water, water.copy(), "")]).set_index("id")
+    assert set(SCORE_COLUMNS) <= set(scored.columns)  # the columns score() says it adds
     assert scored.loc["cu-kept", ["symmetry_kind", "symmetry_group_ref", "symmetry_group", "symmetry"]].tolist() \
         == ["space group", 225, 225, "match"]
     assert scored.loc["cu-kept", "symmetry_1e-05"] == "decrease"

@@ -151,12 +151,10 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
     ref_extent, ref_pieces, ref_symmetry = {}, {}, {}
     for (natoms, axes), wanted in ref_ids.items():
         refs = [reference[sid] for sid in wanted]
-        contiguous = geometry.unwrap_vacuum(np.stack([a.positions for a in refs]),
-                                            np.stack([a.cell.array for a in refs]), axes)
-        for sid, atoms, where in zip(wanted, refs, contiguous):
-            ref_symmetry[sid] = symmetry.groups(atoms.numbers, where, atoms.cell.array, axes)
-        ref_extent.update(zip(wanted, np.atleast_1d(geometry.extent(
-            np.stack([a.positions for a in refs]), np.stack([a.cell.array for a in refs]), axes))))
+        ref_pos, ref_cell = np.stack([a.positions for a in refs]), np.stack([a.cell.array for a in refs])
+        for sid, atoms, where, box in zip(wanted, refs, geometry.unwrap_vacuum(ref_pos, ref_cell, axes), ref_cell):
+            ref_symmetry[sid] = symmetry.groups(atoms.numbers, where, box, axes)
+        ref_extent.update(zip(wanted, np.atleast_1d(geometry.extent(ref_pos, ref_cell, axes))))
         ref_pieces.update(zip(wanted, _pieces(refs, axes)))
 
     for name, values in columns.items():

@@ -102,6 +102,28 @@ def test_sevennet_omni_contract_checks_the_fidelity(engine, model_image, tmp_pat
     assert abs(report["head"]["energy_ev"]["PBE"] - report["head"]["energy_ev"]["R2SCAN"]) > 1e-3
 
 
+def test_uma_contract_checks_its_task_and_batched_forward_and_benches_by_name(engine, model_image, tmp_path):
+    """UMA (fairchem-core 2.x): a small UMA made by fairchem's own hydra model and saved as its
+    inference checkpoints are; the contract checks that the omat task is the one used (each
+    task gives its own energy), that an unknown task is refused, and that the batched forward
+    matches the calculator; UMA-m-1p1 runs in the same image; `make bench MODEL=uma` relaxes."""
+    model = discover_models()["uma-s-1p1"]
+    image = model_image("uma-s-1p1")
+    assert image == model_image("uma-m-1p1")
+    assert make_stand_in(engine, image, model, tmp_path / "weights") == {}
+    report = run_contract(engine, image, model, tmp_path / "weights",
+                          {**model.options, "checkpoint": checkpoint_path(model)})
+    assert report["passed"], report
+    head = report["head"]
+    assert head["chosen"] == "omat" and set(head["heads"]) == {"oc20", "omat", "omol", "odac", "omc"}
+    assert head["unknown_head_refused"] and len({round(e, 6) for e in head["energy_ev"].values()}) == 5
+    assert set(report["batched_deviation"]) == {"energy_ev_per_atom", "force_ev_per_a", "stress_ev_per_a3"}
+    table = bench_sample("uma", cache=tmp_path, results=tmp_path / "r")
+    assert list(table["model"]) == ["uma-s-1p1"]
+    record = json.loads(next((tmp_path / "r").glob("*/provenance.json")).read_text())
+    assert record["models"]["uma-s-1p1"]["options"] == {"task": "omat", "inference_settings": "batch"}
+
+
 @pytest.mark.parametrize("folder", ["chgnet", "sevennet-0"])
 def test_contract_with_the_weights_inside_the_wheel_and_the_batched_forward(engine, model_image, tmp_path,
                                                                             folder):

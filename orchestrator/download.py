@@ -238,6 +238,18 @@ def list_index(url: str) -> list[tuple[str, str, str]]:
     return parse_index(html, base if base.endswith("/") else base + "/")
 
 
+def fetch_json(url: str):
+    """The JSON document at `url` (a registry's answer), with the downloads' retries."""
+    response = _with_retries(url, lambda: _open_classified(url, {}, None))
+    with response:
+        try:
+            return json.loads(response.read())
+        except (OSError, http.client.HTTPException) as err:
+            raise NetworkError(str(err)) from None
+        except ValueError:
+            raise NetworkError(f"{url} did not answer with JSON") from None
+
+
 # --------------------------------------------------------------------------- one file
 
 def _obtain(dataset: str, item: Item, folder: Path, record: dict, progress) -> str:

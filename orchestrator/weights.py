@@ -16,6 +16,10 @@ resume, atomic rename). Access:
   user's environment, which never enters an image, a log, provenance or an error message;
 - manual: no public copy; the user puts the file in place.
 
+A url may also name a model in a registry (`nequip.net:mir-group/NequIP-OAM-XL:0.1`, as the
+model's own package names it): the host asks the registry's API for the file's address, as
+that package does, and downloads it from there (WEIGHTS.json keeps both).
+
 Air-gapped machines pre-seed the folder; a present file is never downloaded again, and
 a pinned one is verified against its pin.
 """
@@ -26,10 +30,10 @@ import json
 import logging
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from adapters.wire import CACHE_MOUNT
-from orchestrator.download import sha256_of
-from orchestrator.download import NetworkError, download, locked, progress_bar
+from orchestrator.download import NetworkError, download, fetch_json, locked, progress_bar, sha256_of
 from orchestrator.errors import BenchError
 from orchestrator.images import Model
 
@@ -37,6 +41,9 @@ log = logging.getLogger("orchestrator.weights")
 
 RECORD = "WEIGHTS.json"
 TOKEN_VARIABLE = "HF_TOKEN"
+#: Registries a weights url may name (`<registry>:<model id>`): the API that answers with the
+#: file's address (JSON, artifact.downloadUrl), as nequip 0.19's NequIPNetAPIClient asks it.
+REGISTRIES = {"nequip.net": "https://www.nequip.net/api/models/download/{id}"}
 
 
 def weights_folder(weights_dir: Path, model: Model) -> Path:
@@ -74,13 +81,16 @@ def ensure_weights(model: Model, weights_dir: Path, *, environ=os.environ, show_
     with locked(folder), progress_bar(show_progress) as progress:
         for entry in model.weights:
             path = folder / entry["file"]
+            download_url = None
             if not path.is_file():
-                _fetch(model, entry, path, environ, progress)
+                download_url = _fetch(model, entry, path, environ, progress)
             sha = sha256_of(path)
             if entry.get("sha256") and sha != entry["sha256"]:
                 raise BenchError(f"{path}: sha256 {sha}, but {model.folder / 'model.yaml'} pins {entry['sha256']}; "
                                  "delete the file to download it again, or correct the pin")
             record[entry["file"]] = {"sha256": sha, "url": entry.get("url"), "bytes": path.stat().st_size}
+            if download_url and download_url != entry.get("url"):
+                record[entry["file"]]["download_url"] = download_url
         if record:
             try:
                 (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
@@ -89,7 +99,25 @@ def ensure_weights(model: Model, weights_dir: Path, *, environ=os.environ, show_
     return record
 
 
-def _fetch(model: Model, entry: dict, path: Path, environ, progress) -> None:
+def registry_url(model: Model, url: str) -> str:
+    """The address of the file a registry's model id names (an ordinary address as it is)."""
+    registry, _, model_id = url.partition(":")
+    if registry not in REGISTRIES:
+        return url
+    api = REGISTRIES[registry].format(id=quote(model_id, safe=""))
+    try:
+        answer = fetch_json(api)
+    except NetworkError as err:
+        raise BenchError(f"{model.name}: cannot ask {registry} for {model_id} at {api} ({err}). Without network "
+                         "access, download the file elsewhere and put it in the weights folder") from None
+    address = (answer.get("artifact") or {}).get("downloadUrl") if isinstance(answer, dict) else None
+    if not address:
+        raise BenchError(f"{model.name}: {registry} names no file for {model_id} ({api})")
+    return address
+
+
+def _fetch(model: Model, entry: dict, path: Path, environ, progress) -> str:
+    """Download the entry's file to `path`; the address it came from."""
     access, url = entry.get("access", "public"), entry.get("url")
     if access == "manual":
         note = f" ({entry['note']})" if entry.get("note") else ""
@@ -101,6 +129,7 @@ def _fetch(model: Model, entry: dict, path: Path, environ, progress) -> None:
             raise BenchError(f"{model.name}: {url} is gated: accept its licence on its page, then set "
                              f"{TOKEN_VARIABLE} in your environment (or put the file at {path})")
         headers["Authorization"] = f"Bearer {token}"
+    url = registry_url(model, url)
     part = path.with_name(path.name + ".part")
     try:
         download(url, part, progress, headers=headers)
@@ -117,3 +146,4 @@ def _fetch(model: Model, entry: dict, path: Path, environ, progress) -> None:
                          f"{entry['sha256']}; the file was removed")
     os.replace(part, path)
     log.info("%s: downloaded %s (%d bytes, sha256 %s)", model.name, entry["file"], path.stat().st_size, sha)
+    return url

@@ -215,7 +215,8 @@ def test_current_mace_models_in_the_mace_image_with_their_heads(engine, model_im
 # Nequix: its JAX image brings CUDA's libraries (7.3 GB; its contract and bench passed here in 130 s)
 @pytest.mark.parametrize("folder", ["orb-v2", "orb-v3-conservative-inf-mpa", "orb-v3-direct-inf-mpa",
                                     "mattersim-v1-5m", "m3gnet", "grace-2l-oam", "dpa3-v1-openlam",
-                                    "orb-v3-conservative-inf-omat", "grace-3l-oam-l", "matris-10m-oam", "pet-oam-xl"])
+                                    "orb-v3-conservative-inf-omat", "grace-3l-oam-l", "matris-10m-oam", "pet-oam-xl",
+                                    "nequip-oam-xl"])
 def test_contract_and_bench_with_checkpoints_made_by_the_models_package(engine, model_image, tmp_path,
                                                                         folder):
     model = discover_models()[folder]

@@ -2,6 +2,7 @@
 127.0.0.1: public and token-gated files, Range requests, a connection that breaks off."""
 
 import hashlib
+import json
 import logging
 import socket
 import ssl
@@ -15,6 +16,7 @@ import pytest
 import orchestrator.download as download
 from orchestrator.errors import BenchError
 from orchestrator.images import Model
+import orchestrator.weights as weights
 from orchestrator.weights import RECORD, checkpoint_option, ensure_weights, missing_weights
 
 TOKEN = "hf_test_secret_4f1e"  # what a user's HF_TOKEN would hold
@@ -192,6 +194,29 @@ def test_the_token_goes_to_its_host_only_never_across_a_redirect_or_over_http(ga
         assert len(cdn.requests) == asked
     finally:
         server.shutdown()
+
+
+def test_a_registry_model_id_is_asked_for_its_file_address_then_downloaded(host, tmp_path, monkeypatch):
+    """nequip.net:group/model:version, as nequip names its packaged models: the registry's API
+    (a thread here) answers with the file's address, and the file comes from there."""
+    monkeypatch.setitem(weights.REGISTRIES, "nequip.net", host.url + "/api/models/download/{id}")
+    api = "/api/models/download/mir-group%2FNequIP-OAM-XL%3A0.1"
+    host.files[api] = json.dumps({"modelId": "mir-group/NequIP-OAM-XL:0.1", "artifact": {
+        "downloadUrl": host.url + "/releases/model.ckpt", "hostName": "a stand-in"}}).encode()
+    m = model(tmp_path, [{"file": "NequIP-OAM-XL-0.1.nequip.zip", "url": "nequip.net:mir-group/NequIP-OAM-XL:0.1"}])
+    record = ensure_weights(m, tmp_path / "w", environ={})
+    assert (tmp_path / "w" / "mace-mpa-0" / "NequIP-OAM-XL-0.1.nequip.zip").read_bytes() == CHECKPOINT
+    assert [path for path, _ in host.requests] == [api, "/releases/model.ckpt"]
+    assert record["NequIP-OAM-XL-0.1.nequip.zip"]["url"] == "nequip.net:mir-group/NequIP-OAM-XL:0.1"
+    assert record["NequIP-OAM-XL-0.1.nequip.zip"]["download_url"] == host.url + "/releases/model.ckpt"
+    # a model the registry does not know, or an answer without a file: one line naming the model id
+    unknown = model(tmp_path, [{"file": "x.nequip.zip", "url": "nequip.net:mir-group/NoSuchModel:0.1"}])
+    with pytest.raises(BenchError, match=r"cannot ask nequip.net for mir-group/NoSuchModel:0.1 at .*HTTP 404"):
+        ensure_weights(unknown, tmp_path / "w2", environ={})
+    host.files["/api/models/download/mir-group%2FEmpty%3A0.1"] = b'{"artifact": null}'
+    empty = model(tmp_path, [{"file": "x.nequip.zip", "url": "nequip.net:mir-group/Empty:0.1"}])
+    with pytest.raises(BenchError, match=r"nequip.net names no file for mir-group/Empty:0.1"):
+        ensure_weights(empty, tmp_path / "w3", environ={})
 
 
 def test_a_manual_file_names_the_exact_place_to_put_it(tmp_path):

@@ -16,6 +16,11 @@ Each model folder has a requirements.lock, and images/base one per Python versio
 written by `make lock` from what pip resolved then. The image keeps it at LOCK_PATH,
 which PIP_CONSTRAINT names, so its installs resolve to those versions: an image
 rebuilt next year has the packages this one has.
+
+Between the runtime and a model image whose packages include torch sits a torch layer
+(images/base/Dockerfile.torch): the torch release its lock pins, installed once and shared
+by every model image that pins the same one, instead of a copy of torch and its CUDA
+libraries in each image.
 """
 
 from __future__ import annotations
@@ -216,6 +221,17 @@ def runtime_lock(python: str, images_dir: Path = IMAGES_DIR) -> Path:
 
 #: What the runtime image of a Python version is built from, in images/base/.
 RUNTIME_FILES = ("Dockerfile", "constraints.txt")
+#: The torch layer's Dockerfile, in images/base/.
+TORCH_DOCKERFILE = "Dockerfile.torch"
+
+
+def torch_pin(model: Model) -> str | None:
+    """`torch==<version>` as the model image's lock pins it, for a model whose packages
+    include torch; None for the others (TensorFlow, JAX, ase alone) and an unpinned lock."""
+    lock = model.folder / LOCK
+    if "torch" not in model.packages or not lock.exists():
+        return None
+    return next((line.strip() for line in lock.read_text().splitlines() if line.startswith("torch==")), None)
 
 
 def _place_lock(dockerfile: Path, lock: Path, dest: Path, unlocked: bool, command: str) -> None:
@@ -301,7 +317,7 @@ def copy_build_inputs(dest: Path, model: Model, models: dict[str, Model], source
     image = model.image_of or model
     base = dest / "images" / "base"
     base.mkdir(parents=True, exist_ok=True)
-    for path in [*(source / "images" / "base" / name for name in RUNTIME_FILES),
+    for path in [*(source / "images" / "base" / name for name in (*RUNTIME_FILES, TORCH_DOCKERFILE)),
                  runtime_lock(image.python, source / "images")]:
         shutil.copyfile(path, base / path.name)
     for folder in {image.folder, model.folder}:
@@ -362,12 +378,26 @@ class ImageBuilder:
         if model.image_of:
             return self.model(model.image_of, unlocked)
         runtime = self.runtime(model.python)
+        labels = {f"{LABEL}.model": model.name, f"{LABEL}.runtime": runtime}
+        pin = None if unlocked else torch_pin(model)
+        if pin and (self.source / "images" / "base" / TORCH_DOCKERFILE).exists():  # (a bundle from before it: none)
+            labels[f"{LABEL}.torch-layer"] = self.torch_layer(runtime, pin)
         with tempfile.TemporaryDirectory() as tmp:
             context = model_context(Path(tmp) / "ctx", model, families_in_image(model, self.models), unlocked,
                                     self.source / "adapters")
-            args = {"RUNTIME_IMAGE": runtime}
+            args = {"RUNTIME_IMAGE": labels.get(f"{LABEL}.torch-layer", runtime)}
             tag = f"{IMAGE_PREFIX}/{model.name}:{content_hash(context, args)}"
-            self._ensure(tag, context, args, {f"{LABEL}.model": model.name, f"{LABEL}.runtime": runtime})
+            self._ensure(tag, context, args, labels)
+        return tag
+
+    def torch_layer(self, runtime: str, pin: str) -> str:
+        """The runtime with torch at `pin` (built if absent): the base of every model image
+        whose lock pins that torch."""
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(self.source / "images" / "base" / TORCH_DOCKERFILE, Path(tmp) / "Dockerfile")
+            args = {"RUNTIME_IMAGE": runtime, "TORCH": pin}
+            tag = f"{IMAGE_PREFIX}/torch:{pin.split('==')[1]}-{content_hash(Path(tmp), args)}"
+            self._ensure(tag, Path(tmp), args, {f"{LABEL}.runtime": runtime, f"{LABEL}.torch": pin})
         return tag
 
     def runtime_record(self, python: str) -> dict:

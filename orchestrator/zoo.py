@@ -41,9 +41,9 @@ COLUMNS = ("model", "paper_tag", "result", "build_s", "size_gb", "python", "torc
 
 
 def remove_model_images(engine, name: str | None = None) -> None:
-    """Every image of the model (or of every model and runtime, untagged ones that earlier
-    builds left included), models before the runtimes they are built on, and the build cache."""
-    kinds = [f"{LABEL}.model={name}"] if name else [f"{LABEL}.model", f"{LABEL}.base-image"]
+    """Every image of the model (or of every model, torch layer and runtime, untagged ones that
+    earlier builds left included), each before the images it is built on, and the build cache."""
+    kinds = [f"{LABEL}.model={name}"] if name else [f"{LABEL}.model", f"{LABEL}.torch", f"{LABEL}.base-image"]
     for kind in kinds:
         for image_id in engine.labelled_images(kind):
             engine.remove_image(image_id)

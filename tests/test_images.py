@@ -11,8 +11,7 @@ import pytest
 from conftest import REPO
 from orchestrator.errors import BenchError
 from orchestrator.images import (LABEL, LOCK, ImageBuilder, content_hash, discover_models, families_in_image, freeze,
-                                 model_context,
-                                 runtime_lock, wheels_for, write_lock)
+                                 model_context, runtime_lock, torch_pin, wheels_for, write_lock)
 
 
 def test_repository_models_are_valid():
@@ -137,6 +136,52 @@ def test_a_lock_decides_the_versions_and_make_lock_resolves_them_afresh(engine, 
     assert not any("+" in pin for pin in pins)  # a wheelhouse's torch 2.13.0+cpu is locked as 2.13.0
     # the image built from the new lock has exactly the locked packages
     assert freeze(engine, builder.model(discover_models(tmp_path)["pinned"])) == pins
+
+
+def torch_model_folder(tmp_path, name: str, six: str):
+    """A copy of EMT's folder whose packages include torch and whose image installs six."""
+    folder = tmp_path / name
+    shutil.copytree(discover_models()["emt"].folder, folder)
+    meta = folder / "model.yaml"
+    meta.write_text(meta.read_text().replace("packages: [ase, numpy]", "packages: [torch, ase, numpy]"))
+    (folder / "Dockerfile").write_text("ARG RUNTIME_IMAGE\nFROM ${RUNTIME_IMAGE}\n"
+                                       f"COPY {LOCK} /opt/umlip-0123d/{LOCK}\nRUN pip install six\n")
+    (folder / LOCK).write_text((folder / LOCK).read_text() + f"six=={six}\n")
+    return folder
+
+
+def test_the_torch_pin_is_the_locks_for_a_model_with_torch_among_its_packages(tmp_path):
+    torch_model_folder(tmp_path, "with-torch", "1.15.0")
+    shutil.copytree(discover_models()["emt"].folder, tmp_path / "without")
+    models = discover_models(tmp_path)
+    pinned = [line for line in (tmp_path / "without" / LOCK).read_text().splitlines() if line.startswith("torch==")]
+    assert torch_pin(models["with-torch"]) == (pinned[0] if pinned else None)
+    assert torch_pin(models["without"]) is None  # torch in its lock (a wheelhouse's), not among its packages
+    assert torch_pin(discover_models()["mace-mpa-0"]) == "torch==2.13.0"
+    assert torch_pin(discover_models()["dpa3-v1-openlam"]) == "torch==2.8.0"
+    assert torch_pin(discover_models()["grace-2l-oam"]) is None  # TensorFlow
+
+
+@pytest.mark.docker
+def test_images_that_lock_the_same_torch_share_one_torch_layer_and_keep_their_locks(engine, builder, tmp_path):
+    """Two model images pinning the same torch are built on one torch layer (its layers are
+    the first of both), and each image still holds exactly the packages of its own lock."""
+    torch_model_folder(tmp_path, "first", "1.15.0")
+    torch_model_folder(tmp_path, "second", "1.16.0")
+    models = discover_models(tmp_path)
+    images = {name: engine.client.images.get(builder.model(models[name])) for name in ("first", "second")}
+    layer = images["first"].labels[f"{LABEL}.torch-layer"]
+    assert layer == images["second"].labels[f"{LABEL}.torch-layer"]
+    assert layer.startswith("umlip-0123d/torch:2.13.0-")
+    assert engine.client.images.get(layer).labels[f"{LABEL}.runtime"] == builder.runtime()
+    shared = engine.client.images.get(layer).attrs["RootFS"]["Layers"]
+    for image in images.values():
+        assert image.attrs["RootFS"]["Layers"][:len(shared)] == shared
+        assert image.labels[f"{LABEL}.runtime"] == builder.runtime()
+    for name, image in images.items():
+        pins = [line for line in (tmp_path / name / LOCK).read_text().splitlines() if "==" in line]
+        assert sorted(freeze(engine, image.tags[0])) == sorted(pins), name  # what runs: its lock, exactly
+    assert f"{LABEL}.torch-layer" not in engine.client.images.get(builder.model(discover_models()["emt"])).labels
 
 
 def test_a_model_folder_may_run_in_another_folders_image(tmp_path):

@@ -139,13 +139,14 @@ def test_a_lock_decides_the_versions_and_make_lock_resolves_them_afresh(engine, 
 
 
 def torch_model_folder(tmp_path, name: str, six: str):
-    """A copy of EMT's folder whose packages include torch and whose image installs six."""
+    """A copy of EMT's folder whose packages include torch and whose image installs six and
+    torch (as a model package asking for torch does)."""
     folder = tmp_path / name
     shutil.copytree(discover_models()["emt"].folder, folder)
     meta = folder / "model.yaml"
     meta.write_text(meta.read_text().replace("packages: [ase, numpy]", "packages: [torch, ase, numpy]"))
     (folder / "Dockerfile").write_text("ARG RUNTIME_IMAGE\nFROM ${RUNTIME_IMAGE}\n"
-                                       f"COPY {LOCK} /opt/umlip-0123d/{LOCK}\nRUN pip install six\n")
+                                       f"COPY {LOCK} /opt/umlip-0123d/{LOCK}\nRUN pip install six torch\n")
     (folder / LOCK).write_text((folder / LOCK).read_text() + f"six=={six}\n")
     return folder
 

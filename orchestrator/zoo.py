@@ -196,6 +196,9 @@ def zoo(manifest: Manifest, models: list[Model], keep: bool = False) -> Path:
         writer.writerows({k: row.get(k, "") for k in COLUMNS} for row in rows)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(row.get(k, "")) for k in COLUMNS) + " |" for row in rows]
+    if keep:  # the images are all there: what they take together
+        lines.append(f"\nImages on disk with every image kept: {engine.images_on_disk() / 1e9:.1f} GB (layers shared "
+                     "between images counted once; the base images included)")
     (out / "zoo.md").write_text("\n".join(lines) + "\n")
     print_table(rows)
     console.print(f"zoo table: {out / 'zoo.md'}")

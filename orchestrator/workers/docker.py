@@ -91,6 +91,10 @@ class DockerEngine:
     def image_size(self, tag: str) -> int:
         return self.client.images.get(tag).attrs["Size"]
 
+    def images_on_disk(self) -> int:
+        """Bytes every image of the engine takes, layers shared between images counted once."""
+        return self.client.df()["LayersSize"]
+
     def image_digests(self, tag: str) -> list[str]:
         """The registry digests the engine knows for an image (none for a locally built one)."""
         return list(self.client.images.get(tag).attrs.get("RepoDigests") or [])

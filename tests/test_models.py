@@ -62,17 +62,26 @@ def test_sevennet_mf_ompa_loads_its_checkpoint_by_path_and_selects_the_fidelity(
                         tmp_path / "typo", tmp_path / "weights", bulk("Si", "diamond", 5.43))
 
 
+def contract_on_its_stand_in(engine, model_image, folder: str, weights: Path, image_of: str | None = None):
+    """The model's stand-in checkpoint (make_test_checkpoint of its family: the package's own
+    architecture and file format, random weights) made in its image, then its contract there,
+    passed; with `image_of`, the image is that folder's. Its model, image and report."""
+    model = discover_models()[folder]
+    image = model_image(folder)
+    if image_of:
+        assert image == model_image(image_of)  # no image of its own
+    assert make_stand_in(engine, image, model, weights) == {}
+    report = run_contract(engine, image, model, weights, {**model.options, "checkpoint": checkpoint_path(model)})
+    assert report["passed"], report
+    return model, image, report
+
+
 def test_dpa_3_1_contract_checks_its_branch(engine, model_image, tmp_path):
     """DPA-3.1-3M runs in the DPA3 image from a multi-task training checkpoint; its stand-in (deepmd's
     get_model and ModelWrapper) has the Omat24 branch and another: the contract checks that the branch
     asked for is the one used and that a name the file lacks is refused."""
-    model = discover_models()["dpa-3.1-3m"]
-    image = model_image("dpa-3.1-3m")
-    assert image == model_image("dpa3-v1-openlam")
-    assert make_stand_in(engine, image, model, tmp_path / "weights") == {}
-    report = run_contract(engine, image, model, tmp_path / "weights",
-                          {**model.options, "checkpoint": checkpoint_path(model)})
-    assert report["passed"], report
+    model, image, report = contract_on_its_stand_in(engine, model_image, "dpa-3.1-3m", tmp_path / "weights",
+                                                    image_of="dpa3-v1-openlam")
     assert report["head"]["heads"] == ["Omat24", "other"] and report["head"]["unknown_head_refused"]
     # the relaxation entrypoint with that checkpoint and branch, in a least-privilege worker
     silicon = bulk("Si", "diamond", 5.50)
@@ -107,13 +116,8 @@ def test_uma_contract_checks_its_task_and_batched_forward_and_benches_by_name(en
     inference checkpoints are; the contract checks that the omat task is the one used (each
     task gives its own energy), that an unknown task is refused, and that the batched forward
     matches the calculator; UMA-m-1p1 runs in the same image; `make bench MODEL=uma` relaxes."""
-    model = discover_models()["uma-s-1p1"]
-    image = model_image("uma-s-1p1")
+    _, image, report = contract_on_its_stand_in(engine, model_image, "uma-s-1p1", tmp_path / "weights")
     assert image == model_image("uma-m-1p1")
-    assert make_stand_in(engine, image, model, tmp_path / "weights") == {}
-    report = run_contract(engine, image, model, tmp_path / "weights",
-                          {**model.options, "checkpoint": checkpoint_path(model)})
-    assert report["passed"], report
     head = report["head"]
     assert head["chosen"] == "omat" and set(head["heads"]) == {"oc20", "omat", "omol", "odac", "omc"}
     assert head["unknown_head_refused"] and len({round(e, 6) for e in head["energy_ev"].values()}) == 5
@@ -187,13 +191,8 @@ def test_current_mace_models_in_the_mace_image_with_their_heads(engine, model_im
     """MACE-MH-1 (its omat_pbe head) and MACE-OMAT-0 run in MACE-MPA-0's image; MH-1's stand-in
     is multi-head (mace's own constructor), and the contract checks that the chosen head is
     the one used (its energy differs from the other head's) and that a wrong name is refused."""
-    model = discover_models()[folder]
-    image = model_image(folder)
-    assert image == model_image("mace-mpa-0")  # no image of its own
-    assert make_stand_in(engine, image, model, tmp_path / "weights") == {}
-    report = run_contract(engine, image, model, tmp_path / "weights",
-                          {**model.options, "checkpoint": checkpoint_path(model)})
-    assert report["passed"], report
+    model, image, report = contract_on_its_stand_in(engine, model_image, folder, tmp_path / "weights",
+                                                    image_of="mace-mpa-0")
     if folder == "mace-mh-1":
         head = report["head"]
         assert head["chosen"] == "omat_pbe" and head["heads"] == ["omat_pbe", "other"]
@@ -219,13 +218,7 @@ def test_current_mace_models_in_the_mace_image_with_their_heads(engine, model_im
                                     "nequip-oam-xl"])
 def test_contract_and_bench_with_checkpoints_made_by_the_models_package(engine, model_image, tmp_path,
                                                                         folder):
-    model = discover_models()[folder]
-    image = model_image(folder)
-    # random weights in the package's own architecture and file format (make_test_checkpoint of its family)
-    assert make_stand_in(engine, image, model, tmp_path / "weights") == {}
-    report = run_contract(engine, image, model, tmp_path / "weights",
-                          {**model.options, "checkpoint": checkpoint_path(model)})
-    assert report["passed"], report
+    model, _, report = contract_on_its_stand_in(engine, model_image, folder, tmp_path / "weights")
     assert ("force_deviation_ev_per_a" in report) == (model.forces == "conservative")
     # and through make bench, by its paper tag (or first alias), with the checkpoint pre-seeded (tmp_path/weights)
     table = bench_sample(model.paper_tag or model.aliases[0], cache=tmp_path, results=tmp_path / "r")

@@ -110,7 +110,7 @@ def check_model(engine, builder: ImageBuilder, model: Model, manifest: Manifest,
         real = manifest.cache.weights
         if model.weights and not missing_weights(model, real):
             shutil.copytree(weights_folder(real, model), weights_folder(cache / "weights", model))
-            row["checkpoint"] = "real"
+            row["checkpoint"] = "in the cache"  # the user's file (bench checks a pinned sha256)
         elif model.weights:
             overrides = make_stand_in(engine, image, model, cache / "weights")
             row["checkpoint"] = "stand-in" + (f" with {json.dumps(overrides)}" if overrides else "")

@@ -11,7 +11,7 @@ def test_bench_is_skipped_only_where_it_would_refuse_or_misuse_the_stand_in():
     models = discover_models()
     # DPA-3.1-3M pins its file's sha256: bench refuses a stand-in, but runs the real file
     assert bench_skipped(models["dpa-3.1-3m"], "stand-in", {}) == "skipped: the checkpoint's sha256 is pinned"
-    assert bench_skipped(models["dpa-3.1-3m"], "real", {}) is None
+    assert bench_skipped(models["dpa-3.1-3m"], "in the cache", {}) is None
     # SevenNet-Omni's stand-in needs another fidelity than model.yaml's
     assert bench_skipped(models["sevennet-omni"], "stand-in with {\"modal\": \"PBE\"}", {"modal": "PBE"}) == \
         "skipped: the stand-in needs other options"

@@ -317,9 +317,12 @@ def copy_build_inputs(dest: Path, model: Model, models: dict[str, Model], source
     image = model.image_of or model
     base = dest / "images" / "base"
     base.mkdir(parents=True, exist_ok=True)
-    for path in [*(source / "images" / "base" / name for name in (*RUNTIME_FILES, TORCH_DOCKERFILE)),
+    for path in [*(source / "images" / "base" / name for name in RUNTIME_FILES),
                  runtime_lock(image.python, source / "images")]:
         shutil.copyfile(path, base / path.name)
+    torch_layer = source / "images" / "base" / TORCH_DOCKERFILE
+    if torch_layer.exists():  # (a bundle from before the torch layer has none: its images had none)
+        shutil.copyfile(torch_layer, base / TORCH_DOCKERFILE)
     for folder in {image.folder, model.folder}:
         shutil.copytree(folder, dest / "images" / folder.name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__"))

@@ -68,16 +68,27 @@ def make_batched(device: str, model: str = "7net-0", modal: str | None = None, c
 
 
 def make_test_checkpoint(path: str, modal: str | None = None, **options) -> dict:
-    """The stand-in for a checkpoint that cannot be had here: SevenNet-MF-0, the
-    multi-fidelity checkpoint inside the wheel (the same loader and fidelity selection),
-    predicting its PBE fidelity, or 7net-0 for a single-fidelity model."""
+    """The stand-in for a checkpoint that cannot be had here: for a multi-fidelity model,
+    SevenNet-MF-0, the multi-fidelity checkpoint inside the wheel (the same loader and fidelity
+    selection), with its PBE fidelity renamed `modal`, the one model.yaml asks for (mpa), and its
+    R2SCAN kept; 7net-0 for a single-fidelity model. The options to use: model.yaml's."""
     import shutil
     from pathlib import Path
 
     import sevenn
+    import torch
+    from sevenn import _keys as KEY
 
     wheel = Path(sevenn.__file__).parent / "pretrained_potentials"
-    source = wheel / "SevenNet_MF_0" / "checkpoint_sevennet_mf_0.pth" if modal else \
-        wheel / "SevenNet_0__11Jul2024" / "checkpoint_sevennet_0.pth"
-    shutil.copyfile(source, path)
-    return {"modal": "PBE"} if modal else {}
+    if not modal:
+        shutil.copyfile(wheel / "SevenNet_0__11Jul2024" / "checkpoint_sevennet_0.pth", path)
+        return {}
+    checkpoint = torch.load(wheel / "SevenNet_MF_0" / "checkpoint_sevennet_mf_0.pth", map_location="cpu",
+                            weights_only=False)
+    config = checkpoint["config"]
+    renamed = {"PBE": modal}
+    config[KEY.MODAL_MAP] = {renamed.get(name, name): index for name, index in config[KEY.MODAL_MAP].items()}
+    config[KEY.MODAL_LIST] = [renamed.get(name, name) for name in config[KEY.MODAL_LIST]]
+    config[KEY.DEFAULT_MODAL] = renamed.get(config[KEY.DEFAULT_MODAL], config[KEY.DEFAULT_MODAL])
+    torch.save(checkpoint, path)
+    return {}

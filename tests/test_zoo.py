@@ -12,7 +12,7 @@ def test_bench_is_skipped_only_where_it_would_refuse_or_misuse_the_stand_in():
     # DPA-3.1-3M pins its file's sha256: bench refuses a stand-in, but runs the real file
     assert bench_skipped(models["dpa-3.1-3m"], "stand-in", {}) == "skipped: the checkpoint's sha256 is pinned"
     assert bench_skipped(models["dpa-3.1-3m"], "in the cache", {}) is None
-    # SevenNet-Omni's stand-in needs another fidelity than model.yaml's
+    # a stand-in that needs other options than model.yaml's (make_test_checkpoint returning them)
     assert bench_skipped(models["sevennet-omni"], "stand-in with {\"modal\": \"PBE\"}", {"modal": "PBE"}) == \
         "skipped: the stand-in needs other options"
     # an unpinned stand-in, or no checkpoint at all: bench runs

@@ -274,7 +274,8 @@ def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, batc
                 finish(k, outcome(batch, k, positions, cells, forces, energy, gmax, converged,
                                   None if converged else "not_converged"))
             elif timeout_s and now - member.started > timeout_s:
-                finish(k, timed_out(timeout_s, f"still relaxing after the limit of {timeout_s:g} s"))
+                finish(k, timed_out(timeout_s, f"still relaxing after the limit of {timeout_s:g} s",
+                                    int(batch.steps[k])))
             else:
                 active[k] = True
         batch.fire_step(active, f_atoms, f_cell)

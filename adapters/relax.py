@@ -90,9 +90,10 @@ def outcome(atoms: Atoms, target, converged: bool, failure: str | None, steps: i
     }
 
 
-def relax(atoms: Atoms, calculator, protocol: dict, periodic_axes: str, on_step=lambda: None) -> dict:
+def relax(atoms: Atoms, calculator, protocol: dict, periodic_axes: str, on_step=lambda steps: None) -> dict:
     """Relax atoms in place per the protocol's variant; return the result fields.
-    on_step() is called after every optimizer step (the worker's heartbeat)."""
+    on_step(steps) is called after every optimizer step with the steps made so far (the
+    worker's heartbeat, and what a structure stopped by its time limit had done)."""
     variant = lookup(VARIANTS, protocol.get("variant", "paper"), "protocol variant")
     atoms.calc = calculator
     result = variant(atoms, protocol, periodic_axes, on_step)
@@ -101,7 +102,7 @@ def relax(atoms: Atoms, calculator, protocol: dict, periodic_axes: str, on_step=
     return result
 
 
-def relax_paper(atoms: Atoms, protocol: dict, periodic_axes: str, on_step=lambda: None) -> dict:
+def relax_paper(atoms: Atoms, protocol: dict, periodic_axes: str, on_step=lambda steps: None) -> dict:
     """The paper's text: one FIRE run from the PBE geometry, converged at max |F| < fmax
     (cell forces included), not converged after max_steps, diverged past the limit."""
     rotation, mask = alignment_and_mask(atoms.cell[:], periodic_axes)
@@ -115,7 +116,7 @@ def relax_paper(atoms: Atoms, protocol: dict, periodic_axes: str, on_step=lambda
     try:
         for converged in optimizer.irun(fmax=protocol["fmax_ev_per_a"], steps=protocol["max_steps"]):
             check_forces(atoms.get_forces(), protocol["divergence_limit_ev_per_a"])
-            on_step()
+            on_step(optimizer.nsteps)
     except Diverged:
         failure, converged = "diverged", False
     if failure is None and not converged:
@@ -202,7 +203,7 @@ def reset_vacuum(atoms: Atoms, dims: int, limit: float | None) -> None:
         atoms.set_positions(pos)
 
 
-def relax_authors(atoms: Atoms, protocol: dict, periodic_axes: str, on_step=lambda: None) -> dict:
+def relax_authors(atoms: Atoms, protocol: dict, periodic_axes: str, on_step=lambda steps: None) -> dict:
     """The authors' code: up to 15 cycles, each resetting the vacuum (extent checked at
     1.5 x the limit) and running a fresh FIRE on a fresh cell filter for up to 500 steps
     to fmax/2; stop early once max |F| (cell forces included) < fmax/2; then reset the
@@ -244,7 +245,7 @@ def relax_authors(atoms: Atoms, protocol: dict, periodic_axes: str, on_step=lamb
             optimizer = lookup(OPTIMIZERS, protocol["optimizer"], "optimizer")(target, logfile=None)
             for _ in optimizer.irun(fmax=fmax / 2, steps=AUTHORS_CYCLE_STEPS):
                 check_forces(target.get_forces(), protocol["divergence_limit_ev_per_a"])
-                on_step()
+                on_step(steps + optimizer.nsteps)
             steps += optimizer.nsteps
             cycles += 1
             if max_force(target) < fmax / 2:
@@ -430,12 +431,17 @@ def relax_record(record: dict, calculator, protocol: dict, timeout_s: float | No
     """One structure's result line; a structure over `timeout_s` of wall time (only when
     the user sets a limit) is a `timeout` record, with the limit it ran under (the tool's
     limit, not one of the paper's failures); any exception becomes a model_error record."""
-    start = time.perf_counter()
+    start, made = time.perf_counter(), [0]
+
+    def stepped(steps: int) -> None:
+        made[0] = steps
+        on_step()
+
     try:
         with time_limit(timeout_s):
-            result = relax(structure_from_record(record), calculator, protocol, record["periodic_axes"], on_step)
+            result = relax(structure_from_record(record), calculator, protocol, record["periodic_axes"], stepped)
     except StructureTimeout as exc:
-        result = wire.timed_out(timeout_s, str(exc))
+        result = wire.timed_out(timeout_s, str(exc), made[0])
     except Exception as exc:  # one bad structure must never stop the shard
         result = {"converged": False, "failure_reason": "model_error", "steps": 0,
                   "error": f"{type(exc).__name__}: {exc}",

@@ -198,10 +198,11 @@ def output_cap(shards: list[Path]) -> int:
 
 # ---- result files -----------------------------------------------------------------------
 
-def timed_out(timeout_s: float, why: str) -> dict:
-    """The result of a structure stopped by the user's time limit; the limit is kept so a
-    rerun under another limit relaxes it again (see stale_timeout)."""
-    return {"converged": False, "failure_reason": "timeout", "steps": 0, "error": why, "timeout_s": timeout_s}
+def timed_out(timeout_s: float, why: str, steps: int) -> dict:
+    """The result of a structure stopped by the user's time limit after `steps` optimizer
+    steps; the limit is kept so a rerun under another limit relaxes it again (see
+    stale_timeout)."""
+    return {"converged": False, "failure_reason": "timeout", "steps": steps, "error": why, "timeout_s": timeout_s}
 
 
 #: Fields that must be numbers (or null) when present.

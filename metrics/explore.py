@@ -25,13 +25,16 @@ import numpy as np
 import pandas as pd
 
 from metrics import geometry, summary
+from metrics.labels import labelled
 from metrics.plots import COLOURS, ptable_position
-from metrics.report import formatted
+from metrics.report import BEYOND, formatted
 
 #: Above this many points in one box, only its outliers are drawn (each with its id).
 BOX_POINTS = 2_000
 #: Cases per (model, dimensionality, reason) in the failure gallery.
 GALLERY_CASES = 3
+#: Hard cases (failed by every model, or all but one) whose results join the gallery.
+HARD_CASES = 10
 #: Per reason, the number that made it fail, largest first (the gallery's order).
 SEVERITY = {"fragmented_thickness": "extent_a", "fragmented_width": "extent_a", "fragmented_diameter": "extent_a",
             "diverged": "max_force_ev_per_a", "not_converged": "max_force_ev_per_a", "model_error": "natoms",
@@ -47,8 +50,10 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 76em; padding: 0 1em; color: #222; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: 0.5em 0 1.2em; font-size: 0.8em; }
-th, td { padding: 0.2em 0.5em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; cursor: pointer; user-select: none; }
+th, td { padding: 0.2em 0.35em; border-bottom: 1px solid #ddd; text-align: right; }
+td { white-space: nowrap; max-width: 22em; overflow-wrap: anywhere; }
+td.text { white-space: normal; }
+th { background: #f4f4f4; cursor: pointer; user-select: none; vertical-align: bottom; min-width: 3.5em; }
 th.sorted-asc::after { content: " \\25B2"; } th.sorted-desc::after { content: " \\25BC"; }
 td:first-child, th:first-child { text-align: left; }
 tr.selected td { background: #fff3c4; }
@@ -86,14 +91,16 @@ def plotly_js() -> str:
 
 
 def sortable_table(table: pd.DataFrame, table_id: str = "", links: dict[str, str] | None = None,
-                   raw: tuple[str, ...] = ()) -> str:
-    """A table whose columns sort on a click. `links`: column -> the column holding each
-    cell's link target (not shown itself); `raw`: columns whose cells are HTML already.
-    Rows carry their dimension, group and dataset as data attributes, for filters."""
+                   raw: tuple[str, ...] = (), name: str = "") -> str:
+    """A table whose columns sort on a click, headed by metrics.labels (`name`: the table,
+    for its unit). `links`: column -> the column holding each cell's link target (not shown
+    itself); `raw`: columns whose cells are HTML already. Rows carry their dimension, group
+    and dataset as data attributes, for filters."""
     links = links or {}
     shown = [c for c in table.columns if c not in links.values()]
     cells = formatted(table.drop(columns=list(raw)))
-    head = "".join(f"<th>{html.escape(str(c).replace('_', ' '))}</th>" for c in shown)
+    head = "".join(f"<th>{html.escape(text)}</th>" for text in labelled(shown, name))
+    wraps = {c for c in cells.columns if len(cells) and cells[c].str.len().max() > 14}  # long text: wrap to fit
     rows = []
     for k in range(len(table)):
         tds = []
@@ -101,7 +108,7 @@ def sortable_table(table: pd.DataFrame, table_id: str = "", links: dict[str, str
             text = str(table[c].iloc[k]) if c in raw else html.escape(cells[c].iloc[k])
             if c in links and str(table[links[c]].iloc[k]):
                 text = f"<a href=\"{html.escape(str(table[links[c]].iloc[k]))}\">{text}</a>"
-            tds.append(f"<td>{text}</td>")
+            tds.append(f"<td class=\"text\">{text}</td>" if c in wraps else f"<td>{text}</td>")
         data = "".join(f" data-{c}=\"{html.escape(str(table[c].iloc[k]))}\"" for c in ("dimension", "group", "dataset")
                        if c in table)
         rows.append(f"<tr{data}>{''.join(tds)}</tr>")
@@ -189,15 +196,18 @@ def element_figure(by_element: pd.DataFrame, model: str):
 
 def gallery_cases(scored: pd.DataFrame, formulas: dict[str, str], per_reason: int = GALLERY_CASES) -> pd.DataFrame:
     """Per (model, dimensionality): the `per_reason` worst structures of each failure
-    reason (by SEVERITY) and the largest position errors among the successful ones."""
+    reason (by SEVERITY) and the largest position errors among the successful ones; then
+    every model's result for the HARD_CASES first hard cases (metrics.summary.hard_cases)."""
     reasons = scored["failure_reason"].fillna("").astype(str)
     labelled = scored.assign(reason=np.where(reasons == "", "largest_position_error", reasons))
+    hard = labelled[labelled["id"].astype(str).isin(summary.hard_cases(scored)["id"].head(HARD_CASES))]
     labelled = labelled[labelled["reason"].isin(SEVERITY)]
     picked = []
     for (_, _, reason), group in labelled.groupby(["model", "dimension", "reason"], sort=False):
         order = pd.to_numeric(group[SEVERITY[reason]], errors="coerce").fillna(-np.inf)
         picked.append(group.loc[order.sort_values(ascending=False, kind="stable").index[:per_reason]])
-    cases = pd.concat(picked, ignore_index=True) if picked else labelled.iloc[:0]
+    picked.append(hard.assign(reason=[f"hard case: {r}" for r in hard["reason"]]))
+    cases = pd.concat(picked, ignore_index=True)
     cases = cases.assign(formula=[formulas.get(sid, "") for sid in cases["id"].astype(str)])
     for column in CASE_COLUMNS:
         if column not in cases:
@@ -205,8 +215,16 @@ def gallery_cases(scored: pd.DataFrame, formulas: dict[str, str], per_reason: in
     return cases[CASE_COLUMNS].reset_index(drop=True)
 
 
-def _atoms_traces(atoms, scene: str, name: str) -> list:
-    """Atoms as spheres coloured by element (Jmol colours), and the cell's edges."""
+#: The viewer's scene: the atoms and this much room around them (Å), whatever the cell.
+VIEW_MARGIN_A = 1.5
+#: Pixels per Å at which an atom's sphere is drawn, for a scene VIEW_PIXELS wide.
+VIEW_PIXELS = 420
+
+
+def _atoms_traces(atoms, scene: str, name: str, span: float) -> list:
+    """Atoms as spheres coloured by element (Jmol colours) and sized by covalent radius in
+    a scene `span` Å wide, their bonds (geometry.bonded, as for the fragments, between the
+    atoms as drawn), and the cell's edges, faint."""
     import plotly.graph_objects as go
     from ase.data import covalent_radii
     from ase.data.colors import jmol_colors
@@ -214,27 +232,50 @@ def _atoms_traces(atoms, scene: str, name: str) -> list:
     pos = atoms.positions
     colours = [f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)})" for r, g, b in jmol_colors[atoms.numbers]]
     symbols = atoms.get_chemical_symbols()
+    size = np.clip(2 * 0.5 * covalent_radii[atoms.numbers] / span * VIEW_PIXELS, 4, 60)  # half the covalent sphere
     atoms_trace = go.Scatter3d(
         x=pos[:, 0], y=pos[:, 1], z=pos[:, 2], mode="markers", scene=scene, name=name, showlegend=False,
-        marker={"size": 6 + 10 * covalent_radii[atoms.numbers], "color": colours, "line": {"width": 0}, "opacity": 1},
+        marker={"size": size, "color": colours, "line": {"width": 0}, "opacity": 1},
         text=[f"{s}{i}" for i, s in enumerate(symbols)], hovertemplate="%{text}<br>%{x:.3f} %{y:.3f} %{z:.3f} Å"
                                                                          "<extra>" + name + "</extra>")
+    first, second = np.nonzero(np.triu(geometry.bonded(atoms.numbers, pos, atoms.cell.array, "", unwrap=False)))
+    bonds = [_segments([(pos[i], pos[j]) for i, j in zip(first, second)]), "#555555", 3]
     corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float) @ atoms.cell.array
     edges = [(0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 3), (2, 6), (3, 7), (4, 5), (4, 6), (5, 7), (6, 7)]
+    cell = [_segments([(corners[a], corners[b]) for a, b in edges]), "rgba(150,150,150,0.35)", 1]
+    lines = [go.Scatter3d(x=xs, y=ys, z=zs, mode="lines", scene=scene, showlegend=False, hoverinfo="skip",
+                          line={"color": colour, "width": width}) for (xs, ys, zs), colour, width in (bonds, cell)]
+    return [atoms_trace, *lines]
+
+
+def _segments(pairs) -> tuple[list, list, list]:
+    """x, y, z of line segments for one Scatter3d trace (None between segments)."""
     xs, ys, zs = [], [], []
-    for a, b in edges:
+    for start, end in pairs:
         for axis, out in enumerate((xs, ys, zs)):
-            out += [corners[a, axis], corners[b, axis], None]
-    cell_trace = go.Scatter3d(x=xs, y=ys, z=zs, mode="lines", scene=scene, showlegend=False, hoverinfo="skip",
-                              line={"color": "#999999", "width": 2})
-    return [atoms_trace, cell_trace]
+            out += [float(start[axis]), float(end[axis]), None]
+    return xs, ys, zs
+
+
+def _fitted_scene(positions: np.ndarray) -> tuple[dict, float]:
+    """A scene whose axes span the atoms and VIEW_MARGIN_A around them (the camera fits the
+    structure, not its cell, which for a molecule is mostly vacuum), and that span."""
+    low, high = positions.min(axis=0) - VIEW_MARGIN_A, positions.max(axis=0) + VIEW_MARGIN_A
+    centre, span = (low + high) / 2, float((high - low).max())
+    hidden = {"showbackground": False, "showgrid": False, "zeroline": False, "showticklabels": False, "title": "",
+              "showspikes": False}
+    axes = {f"{axis}axis": {**hidden, "range": [centre[k] - span / 2, centre[k] + span / 2]}
+            for k, axis in enumerate("xyz")}
+    camera = {"eye": {"x": 0.95, "y": 0.95, "z": 0.75}}  # closer than plotly's default: the atoms fill the scene
+    return {"aspectmode": "cube", "camera": camera, **axes}, span
 
 
 def viewer_figure(reference, relaxed, model: str):
     """The PBE structure beside the relaxed one (None: the relaxation left none), each in
-    a 3-D scene to rotate. The PBE structure is drawn contiguous across the vacuum and the
-    relaxed one followed from it (geometry.follow), as the metrics see them: a molecule
-    cut by the cell boundary is whole, a fragment that drifted away is where it went."""
+    a 3-D scene to rotate, fitted to its atoms. The PBE structure is drawn contiguous across
+    the vacuum and the relaxed one followed from it (geometry.follow), as the metrics see
+    them: a molecule cut by the cell boundary is whole, a fragment that drifted away is
+    where it went."""
     from plotly.subplots import make_subplots
 
     axes = geometry.periodic_axes(reference)
@@ -248,14 +289,14 @@ def viewer_figure(reference, relaxed, model: str):
     titles = ["PBE", f"relaxed by {model}" if relaxed is not None else f"{model}: no relaxed structure"]
     fig = make_subplots(rows=1, cols=2, specs=[[{"type": "scene"}, {"type": "scene"}]], subplot_titles=titles,
                         horizontal_spacing=0.02)
-    for trace in _atoms_traces(reference, "scene", "PBE"):
-        fig.add_trace(trace, row=1, col=1)
-    if relaxed is not None:
-        for trace in _atoms_traces(relaxed, "scene2", model):
-            fig.add_trace(trace, row=1, col=2)
-    hidden = {"showbackground": False, "showgrid": False, "zeroline": False, "showticklabels": False, "title": ""}
-    scene = {"aspectmode": "data", "xaxis": hidden, "yaxis": hidden, "zaxis": hidden}
-    fig.update_layout(scene=scene, scene2=scene, height=460, margin={"l": 0, "r": 0, "t": 30, "b": 0})
+    scenes = {}
+    for col, (scene, atoms, name) in enumerate((("scene", reference, "PBE"), ("scene2", relaxed, model)), start=1):
+        if atoms is None:
+            continue
+        scenes[scene], span = _fitted_scene(atoms.positions)
+        for trace in _atoms_traces(atoms, scene, name, span):
+            fig.add_trace(trace, row=1, col=col)
+    fig.update_layout(**scenes, height=460, margin={"l": 0, "r": 0, "t": 30, "b": 0})
     return fig
 
 
@@ -314,7 +355,7 @@ def run_page(run_name: str, scored: pd.DataFrame, named: dict[str, pd.DataFrame]
     for heading, name in (("Summary", "summary"), ("Failures (Table II)", "failures"), ("Symmetry kept", "symmetry"),
                           ("Speed card", "speed")):
         if name in named:
-            body += [f"<h2>{heading}</h2>", sortable_table(named[name], f"table-{name}")]
+            body += [f"<h2>{heading}</h2>", sortable_table(named[name], f"table-{name}", name=name)]
     body.append("<h2>Figures</h2>")
     for metric in BOXES:
         body.append(f"<div class=\"figure\">{_figure_html(box_figure(scored, metric, formulas), f'box-{metric}')}</div>")
@@ -324,7 +365,7 @@ def run_page(run_name: str, scored: pd.DataFrame, named: dict[str, pd.DataFrame]
         for k, model in enumerate(dict.fromkeys(by_element["model"].astype(str))):
             body.append(f"<div class=\"figure\">{_figure_html(element_figure(by_element, model), f'elements-{k}')}"
                         "</div>")
-    body += ["<h2>Failure gallery</h2>",
+    body += ["<h2 id=\"gallery\">Failure gallery</h2>",
              f"<p>Per model and dimensionality, the {GALLERY_CASES} worst structures of each failure reason (the "
              "largest extent, force or size) and the largest position errors among the successful relaxations. "
              "Click a case to see the PBE structure beside the relaxed one; drag to rotate.</p>",
@@ -332,10 +373,13 @@ def run_page(run_name: str, scored: pd.DataFrame, named: dict[str, pd.DataFrame]
     return page(f"0123D benchmark: {run_name} (explore)", body)
 
 
-def leaderboard_page(table: pd.DataFrame, reports: dict[str, str]) -> str:
+def leaderboard_page(table: pd.DataFrame, reports: dict[str, str], beyond: dict[str, pd.DataFrame] | None = None
+                     ) -> str:
     """results/explore.html: every (run, model, dimensionality) of the leaderboard table
     (metrics.report.leaderboard) in one sortable table, filtered by dimensionality, model
-    group and dataset; each run linking to its explore.html (`reports`: run -> path)."""
+    group and dataset; each run linking to its explore.html (`reports`: run -> path); then
+    the views beyond the paper (metrics.report.beyond_the_paper), a hard case linking to its
+    run's failure gallery."""
     view = table.copy()
     view["report"] = view["run"].map(reports).fillna("")
     columns = ["dimension", "model", "group", "run", "dataset", "structures", "failed", "failed_pct", "paper_failed",
@@ -366,4 +410,9 @@ function applyFilters() {
 document.querySelectorAll('select[data-filter]').forEach(s => s.addEventListener('change', applyFilters));
 applyFilters();
 </script>"""]
+    for name, frame in (beyond or {}).items():
+        heading, caption = BEYOND[name]
+        links = {"id": "gallery"} if name == "hard_cases" else None
+        body += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>",
+                 sortable_table(frame, f"leaderboard-{name}", links=links, name=name) if len(frame) else "<p>none</p>"]
     return page("0123D leaderboard (explore)", body)

@@ -292,25 +292,28 @@ def _image_offsets(cell, axes: str, reach: float) -> np.ndarray:
     return np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
 
 
-def bonded(numbers, positions, cell, axes: str, multiplier: float = BOND_MULTIPLIER) -> np.ndarray:
+def bonded(numbers, positions, cell, axes: str, multiplier: float = BOND_MULTIPLIER,
+           unwrap: bool = True) -> np.ndarray:
     """(B, N, N) (or (N, N)) bond matrix: atoms i and j are bonded when some image of j,
     translated along the periodic axes only, lies closer to i than
     multiplier x (r_cov(i) + r_cov(j)) (ASE covalent radii, as natural_cutoffs).
 
-    Positions are first made contiguous across the vacuum (unwrap_vacuum), so a
-    molecule cut by the cell boundary stays in one piece.
+    With `unwrap`, positions are first made contiguous across the vacuum (unwrap_vacuum),
+    so a stored molecule cut by the cell boundary stays in one piece; without, they are
+    taken where they are (a relaxed structure's followed positions: a layer that drifted
+    across the vacuum is not joined again to an image of its partner).
     """
     from ase.data import covalent_radii
 
     positions, cell, single = _batched(positions, cell)
     numbers = np.broadcast_to(np.asarray(numbers), positions.shape[:2])
-    pos = unwrap_vacuum(positions, cell, axes)
+    pos = unwrap_vacuum(positions, cell, axes) if unwrap else positions
     mask = axes_mask(axes)
     frac, ok = _scaled(pos, cell)
     if mask.any() and not ok.all():  # a collapsed cell has no images: bonds within the cell only
         result = np.zeros(pos.shape[:2] + (pos.shape[1],), dtype=bool)
-        result[ok] = bonded(numbers[ok], pos[ok], cell[ok], axes, multiplier)
-        result[~ok] = bonded(numbers[~ok], pos[~ok], cell[~ok], "", multiplier)
+        result[ok] = bonded(numbers[ok], pos[ok], cell[ok], axes, multiplier, unwrap=False)
+        result[~ok] = bonded(numbers[~ok], pos[~ok], cell[~ok], "", multiplier, unwrap=False)
         return result[0] if single else result
     cutoff = multiplier * covalent_radii[numbers]
     n = pos.shape[1]
@@ -361,15 +364,16 @@ def count_components(adjacency) -> np.ndarray | int:
     return int(counts[0]) if single else counts
 
 
-def fragments(numbers, positions, cell, axes: str, multiplier: float = BOND_MULTIPLIER):
-    """Number of covalently bonded pieces (see bonded), per structure. Structures of more
-    than LARGE_STRUCTURE atoms are bonded through a neighbour list, one at a time (the
-    same bonds; memory linear in the atoms)."""
+def fragments(numbers, positions, cell, axes: str, multiplier: float = BOND_MULTIPLIER, unwrap: bool = True):
+    """Number of covalently bonded pieces (see bonded, and its `unwrap`), per structure.
+    Structures of more than LARGE_STRUCTURE atoms are bonded through a neighbour list, one
+    at a time (the same bonds; memory linear in the atoms)."""
     positions, cell, single = _batched(positions, cell)
     numbers = np.broadcast_to(np.asarray(numbers), positions.shape[:2])
     if positions.shape[1] <= LARGE_STRUCTURE:
-        counts = count_components(bonded(numbers, positions, cell, axes, multiplier))
+        counts = count_components(bonded(numbers, positions, cell, axes, multiplier, unwrap))
     else:
+        positions = unwrap_vacuum(positions, cell, axes) if unwrap else positions
         counts = np.array([_pieces_by_neighbour_list(z, p, c, axes, multiplier)
                            for z, p, c in zip(numbers, positions, cell)])
     return int(counts[0]) if single else counts
@@ -378,13 +382,13 @@ def fragments(numbers, positions, cell, axes: str, multiplier: float = BOND_MULT
 def _pieces_by_neighbour_list(numbers, positions, cell, axes: str, multiplier: float) -> int:
     """bonded + count_components for one large structure: the same bonds (an image of j
     along the periodic axes within multiplier x (r_cov(i) + r_cov(j)) of i), found with a
-    k-d tree over the atoms and their images near the cell."""
+    k-d tree over the atoms and their images near the cell; positions taken as they are."""
     from ase.data import covalent_radii
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
-    pos = unwrap_vacuum(positions, cell, axes)
+    pos = positions
     cutoff = multiplier * covalent_radii[numbers]
     reach = 2.0 * float(cutoff.max())
     periodic = axes_mask(axes) if abs(np.linalg.det(cell)) > 1e-6 else np.zeros(3, bool)  # collapsed: no images
@@ -508,3 +512,38 @@ def cell_change(cell, ref_cell, axes: str):
     """Relative change (model - ref) / ref of periodic_measure: volume (3D), periodic
     area (2D), periodic length (1D); NaN for 0D."""
     return periodic_measure(cell, axes) / periodic_measure(ref_cell, axes) - 1.0
+
+
+#: The first coordination shell of an atom: its neighbours within COORDINATION_SHELL of its
+#: shortest distance to a neighbour (pymatgen's MinimumDistanceNN, tol 0.1: Zimmermann et al.,
+#: Front. Mater. 4, 34 (2017)), among the atoms within BOND_MULTIPLIER x the sum of the two
+#: covalent radii (a bond, as for the fragments). Hydrogen is judged apart, since a bond to it is
+#: far shorter than any other: an atom's bonded hydrogens all count, and its shell among the
+#: other elements is measured from its shortest bond to them (ethanol's carbon: 3 H and 1 C).
+COORDINATION_SHELL = 1.10
+
+
+def coordination(numbers, positions, cell, axes: str) -> np.ndarray:
+    """Each atom's coordination number in one structure (see COORDINATION_SHELL), images
+    along the periodic axes included; positions made contiguous across the vacuum first."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import primitive_neighbor_list
+
+    numbers = np.asarray(numbers)
+    cell = np.asarray(cell, float)
+    positions = unwrap_vacuum(np.asarray(positions, float)[None], cell[None], axes)[0]
+    mask = axes_mask(axes)
+    radii = covalent_radii[numbers]
+    box = cell.copy()
+    for k in np.flatnonzero(~mask):  # no images across the vacuum: a box around the structure, with room
+        box[k] = cell[k] / np.linalg.norm(cell[k]) * (np.ptp(positions @ cell[k] / np.linalg.norm(cell[k]))
+                                                      + 4 * BOND_MULTIPLIER * radii.max() + 1.0)
+    first, second, distance = primitive_neighbor_list("ijd", mask, box, positions, BOND_MULTIPLIER * radii,
+                                                      self_interaction=False)
+    hydrogen = numbers[second] == 1
+    # the shell is measured among hydrogen for a hydrogen atom, among the other elements otherwise
+    judged = ~hydrogen | (numbers[first] == 1)
+    shortest = np.full(len(numbers), np.inf)
+    np.minimum.at(shortest, first[judged], distance[judged])
+    shell = (judged & (distance <= COORDINATION_SHELL * shortest[first])) | (hydrogen & (numbers[first] != 1))
+    return np.bincount(first[shell], minlength=len(numbers))

@@ -18,13 +18,18 @@ score() adds to the merged results table, one row per (model, structure):
   its positions followed continuously from the PBE structure (geometry.followed_extent),
   so a fragment that drifted across the vacuum is measured where it went, not next to a
   periodic image of its partner; the PBE one on its own geometry (geometry.extent).
-- `extent_ambiguous`: some atom moved, about the structure's mean, by more than a third
-  of a vacuum lattice vector, where the nearest-image reading may be wrong (a diagnostic).
+- `extent_ambiguous`: some atom moved, about the structure's mean, by more than half
+  of a vacuum lattice vector (geometry.AMBIGUOUS_DISPLACEMENT), where the nearest-image reading may be wrong (a diagnostic).
 - `reference_over_limit`: the PBE structure itself is wider than its limit (it fails for
   every model; counted per dimensionality in the report).
 - `fragments`, `fragments_ref`, `disconnected`: covalently bonded pieces
-  (geometry.fragments) of the final and of the PBE structure, and whether the final one
-  has more. A diagnostic only: the paper does not count it as a failure.
+  (geometry.fragments) of the final structure, on its followed positions (as its extent:
+  a layer that drifted across the vacuum is a piece of its own, not joined again to a
+  periodic image of its partner), and of the PBE structure, and whether the final one has
+  more. A diagnostic only: the paper does not count it as a failure.
+- `coordination`: the PBE structure's mean coordination number (geometry.coordination: each
+  atom's first shell of bonded neighbours), the same for every model: to read errors and
+  failures against how coordinated a structure is, across dimensionalities.
 - `symmetry_kind`, `symmetry_group_ref`, `symmetry_group`, `symmetry_ops_ref`,
   `symmetry_ops`, `symmetry` (match / decrease / increase / changed), and the same at
   symprec 1e-5 with the suffix `_1e-05`: the space group (3D) or layer group (2D) of the
@@ -65,7 +70,7 @@ FAILURE_REASONS = (*CONTAINER_REASONS, "fragmented_thickness", "fragmented_width
 #: The columns score() adds (see the module docstring).
 SCORE_COLUMNS = ("periodic_axes", "dimension_label", "dimension_mismatch", "energy_error_mev_per_atom",
                  "position_mae_a", "position_rmsd_a", "cell_change_rel", "extent_a", "extent_ref_a",
-                 "reference_over_limit", "fragments", "fragments_ref", "disconnected", "extent_ambiguous",
+                 "reference_over_limit", "fragments", "fragments_ref", "disconnected", "extent_ambiguous", "coordination",
                  "symmetry_kind", *(name for symprec in symmetry.SYMPRECS for name in symmetry.columns(symprec)))
 
 
@@ -85,11 +90,6 @@ def _usable(atoms, reference) -> bool:
     """A final structure that can be scored: same size as the reference, finite numbers."""
     return (atoms is not None and len(atoms) == len(reference)
             and np.isfinite(atoms.positions).all() and np.isfinite(atoms.cell.array).all())
-
-
-def _pieces(structures: list, axes: str) -> np.ndarray:
-    return geometry.fragments(np.stack([a.numbers for a in structures]), np.stack([a.positions for a in structures]),
-                              np.stack([a.cell.array for a in structures]), axes)
 
 
 def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -> pd.DataFrame:
@@ -141,21 +141,22 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
             followed, ref_contiguous)
         columns["cell_change_rel"][rows] = geometry.cell_change(cell, ref_cell, axes)
         columns["extent_a"][rows] = geometry.followed_extent(followed, cell, axes)
-        pieces[rows] = _pieces(finals, axes)
+        pieces[rows] = geometry.fragments(np.stack([a.numbers for a in finals]), followed, cell, axes, unwrap=False)
         for row, atoms, where, box in zip(rows, finals, followed, cell):
             relaxed_symmetry[row] = symmetry.groups(atoms.numbers, where, box, axes)
 
     ref_ids = defaultdict(list)  # (natoms, axes) -> PBE structures of the run
     for sid in sorted(set(ids)):
         ref_ids[(len(reference[sid]), axes_of[sid])].append(sid)
-    ref_extent, ref_pieces, ref_symmetry = {}, {}, {}
+    ref_extent, ref_pieces, ref_symmetry, ref_coordination = {}, {}, {}, {}
     for (natoms, axes), wanted in ref_ids.items():
         refs = [reference[sid] for sid in wanted]
         ref_pos, ref_cell = np.stack([a.positions for a in refs]), np.stack([a.cell.array for a in refs])
         for sid, atoms, where, box in zip(wanted, refs, geometry.unwrap_vacuum(ref_pos, ref_cell, axes), ref_cell):
             ref_symmetry[sid] = symmetry.groups(atoms.numbers, where, box, axes)
+            ref_coordination[sid] = float(geometry.coordination(atoms.numbers, where, box, axes).mean())
         ref_extent.update(zip(wanted, np.atleast_1d(geometry.extent(ref_pos, ref_cell, axes))))
-        ref_pieces.update(zip(wanted, _pieces(refs, axes)))
+        ref_pieces.update(zip(wanted, geometry.fragments(np.stack([a.numbers for a in refs]), ref_pos, ref_cell, axes)))
 
     for name, values in columns.items():
         table[name] = values
@@ -167,6 +168,7 @@ def score(results: pd.DataFrame, reference: dict, relaxed: dict, limits: dict) -
     table["fragments_ref"] = pd.array(ref_count, dtype="Int64")
     table["disconnected"] = (pieces >= 0) & (pieces > ref_count)
     table["extent_ambiguous"] = ambiguous
+    table["coordination"] = [ref_coordination[sid] for sid in ids]
     for name, values in symmetry.table_columns(ids, dims, ref_symmetry, relaxed_symmetry).items():
         table[name] = values
 

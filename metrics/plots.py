@@ -143,6 +143,38 @@ def symmetry_bars(table: pd.DataFrame):
     return fig
 
 
+def coordination_lines(table: pd.DataFrame):
+    """metrics.summary.coordination as three panels (failed share, energy MAE, median
+    position MAE) against the PBE structures' mean coordination, every dimensionality on
+    one axis, a line per model; the points are labelled with the dimensionalities they
+    hold. None when no structure has a coordination number."""
+    from metrics.summary import COORDINATION_BINS
+
+    if table.empty:
+        return None
+    order = [label for _, label in COORDINATION_BINS if label in set(table["coordination_bin"].astype(str))]
+    panels = (("failed_share", "failed (share of finished)"), ("energy_mae_mev", "energy MAE (meV/atom)"),
+              ("position_mae_median_a", "position MAE, median (Å)"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), squeeze=False)
+    for ax, (column, title) in zip(axes[0], panels):
+        for model in dict.fromkeys(table["model"].astype(str)):
+            rows = table[table["model"].astype(str) == model].set_index("coordination_bin")
+            values = [float(rows[column].get(label, np.nan)) for label in order]
+            ax.plot(range(len(order)), values, marker="o", label=model)
+        ax.set_xticks(range(len(order)), order)
+        ax.set_xlabel("mean coordination number of the PBE structure")
+        ax.set_title(title, fontsize=10)
+        if column != "failed_share":
+            ax.set_yscale("symlog", linthresh=1.0 if column == "energy_mae_mev" else 0.01)
+    spans = table.drop_duplicates("coordination_bin").set_index("coordination_bin")["dimensions"]
+    axes[0, 0].set_xticks(range(len(order)), [f"{label}\n{spans.get(label, '')}" for label in order], fontsize=8)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, frameon=False, fontsize=8, ncol=min(len(names), 6), loc="lower center")
+    fig.suptitle("Errors and failures against coordination (all dimensionalities on one axis)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
 # ---- periodic tables and the dataset's figures ------------------------------------------
 
 def ptable_position(z: int) -> tuple[int, int]:

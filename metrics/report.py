@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 
 from metrics import paper, speed, summary
+from metrics.labels import labelled
 
 #: Columns a scored results.csv must have for the report and the leaderboard.
 REQUIRED_COLUMNS = ("model", "id", "dimension", "converged", "failure_reason", "steps",
                     "energy_error_mev_per_atom", "position_mae_a")
 TABLES = ("summary", "failures", "steps", "energy", "positions", "connectivity", "reference", "energy_by_element",
-          "symmetry")
+          "symmetry", "coordination", "hard_cases")
 #: The report's tables whose numbers a user's time limit changes (see time_limit_note).
 TIME_LIMITED = ("summary", "failures", "paper", "steps", "energy", "positions", "energy_by_element", "connectivity",
                 "symmetry")
@@ -70,7 +71,8 @@ def tables(scored: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"summary": summary.summary(scored), "failures": summary.failures(scored), "steps": summary.steps(scored),
             "energy": summary.energy(scored), "positions": summary.positions(scored),
             "connectivity": summary.connectivity(scored), "reference": summary.reference(scored),
-            "energy_by_element": summary.energy_by_element(scored), "symmetry": summary.symmetry(scored)}
+            "energy_by_element": summary.energy_by_element(scored), "symmetry": summary.symmetry(scored),
+            "coordination": summary.coordination(scored), "hard_cases": summary.hard_cases(scored)}
 
 
 def worst_elements(by_element: pd.DataFrame, keep: int = WORST_ELEMENTS) -> pd.DataFrame:
@@ -141,19 +143,21 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
                         columns=table.columns)
 
 
-def markdown_table(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame, name: str = "") -> str:
+    """A Markdown table headed by metrics.labels (`name`: the table, for its unit)."""
     cells = formatted(table)
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(esc(c) for c in cells.columns) + " |",
+    lines = ["| " + " | ".join(esc(c) for c in labelled(cells.columns, name)) + " |",
              "| " + " | ".join("---" for _ in cells.columns) + " |"]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
-def html_table(table: pd.DataFrame) -> str:
-    """A table whose headers can wrap at underscores, so wide tables fit the page."""
+def html_table(table: pd.DataFrame, name: str = "") -> str:
+    """An HTML table headed by metrics.labels (`name`: the table, for its unit), its headers
+    wrapping between words so wide tables fit the page."""
     cells = formatted(table)
-    cells.columns = [str(c).replace("_", " ") for c in cells.columns]
+    cells.columns = labelled(cells.columns, name)
     return cells.to_html(index=False, border=0, classes="table", escape=True)
 
 
@@ -384,6 +388,15 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
          "relaxations containing them (every element: energy_by_element.csv; maps below)."),
         ("Symmetry kept", "symmetry", "Space group (3D) and layer group (2D) of the relaxed structure against the "
          "PBE one, at two tolerances (Å), over successful relaxations; fractions of n (none for 0D and 1D)."),
+        ("Errors against coordination (beyond the paper)", "coordination",
+         "Per bin of the PBE structure's mean coordination number (docs/metrics.md), every dimensionality on one "
+         "axis (dimensions: where the bin's structures come from): the failed share of the finished structures, "
+         "and the energy and position errors of the successful ones. The paper ascribes the loss of accuracy in "
+         "lower dimensions to changed coordination: this reads it directly."),
+        ("Hard cases (beyond the paper)", "hard_cases",
+         "Structures that every model, or all but one, failed (of two or more models), with each model's reason: "
+         "a bad reference structure or a blind spot the models share. Each is in the failure gallery of "
+         "explore.html."),
         ("Connectivity (diagnostic, not a failure)", "connectivity",
          "Relaxed structures with more covalently bonded pieces than their PBE structure."),
         ("Reference structures", "reference",
@@ -396,7 +409,7 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
     captions = {"steps": "Steps to converge", "energy_error": "Energy error", "position_mae": "Position error",
                 "dataset_elements": "Dataset: elements per dimensionality",
                 "dataset_distributions": "Dataset: atoms per cell, interatomic distances, PBE energies",
-                "symmetry": "Symmetry kept"}
+                "symmetry": "Symmetry kept", "coordination": "Errors and failures against coordination"}
     captions.update({name: f"Energy error per element: {name[len('energy_by_element_'):]}"
                      for name in figures if name.startswith("energy_by_element_")})
     facts = run_facts(run_name, provenance)
@@ -411,7 +424,7 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
           *[f"- **{label}**: {value}" for label, value in facts], "",
           "## Models\n", markdown_table(models) if len(models) else "(no model records in provenance.json)\n"]
     for heading, name, caption in sections:
-        md += [f"## {heading}\n", caption + "\n", markdown_table(shown[name])]
+        md += [f"## {heading}\n", caption + "\n", markdown_table(shown[name], name)]
     md.append("## Figures\n")
     for name, (png, svg, _) in figures.items():
         md.append(f"### {captions[name]}\n\n![{captions[name]}]({png}) ([SVG]({svg}))\n")
@@ -425,7 +438,7 @@ def run_documents(run_name: str, scored: pd.DataFrame, provenance: dict, named: 
     body += [f"<li><b>{html.escape(label)}</b>: {html.escape(value)}</li>" for label, value in facts]
     body += ["</ul><h2>Models</h2>", html_table(models) if len(models) else "<p>(no model records)</p>"]
     for heading, name, caption in sections:
-        body += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>", html_table(shown[name])]
+        body += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>", html_table(shown[name], name)]
     body.append("<h2>Figures</h2>")
     for name, (_, _, png_bytes) in figures.items():
         data = base64.b64encode(png_bytes).decode()
@@ -491,7 +504,7 @@ def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
         card = speed.speed_card(scored, provenance).set_index("model")
         for column in ("us_per_atom_step", "projected_h"):
             line[column] = [card[column].get(m, np.nan) for m in line["model"]]
-        line["devices"] = speed.devices_text(provenance)
+        line["devices"] = [speed.devices_text(provenance, m) for m in line["model"]]
         line["engine"] = provenance.get("engine", "ase")
         beside = paper_comparison(summary.failures(scored), provenance)
         paper_failed = {} if beside is None else \
@@ -525,16 +538,42 @@ def _short(value: str, keep: int = 12) -> str:
     return text
 
 
-def leaderboard_documents(table: pd.DataFrame, where: str, left_out: list[str]) -> tuple[str, str]:
-    """leaderboard.md and .html: one ranking per dimensionality and one line of
-    provenance per run; `left_out`: the incomplete runs (and models) not ranked."""
+def beyond_the_paper(runs: list[tuple[str, pd.DataFrame, dict]], reports: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """The leaderboard's views beyond the paper, over the finished runs (name, scored,
+    provenance): errors against coordination per run and model, and each run's hard cases
+    with the path of the run's failure gallery (`reports`: run -> its explore.html)."""
+    coordination, hard = [], []
+    for name, scored, _ in runs:
+        scored = scored[~scored["model"].astype(str).isin(unfinished_models(scored))]
+        coordination.append(summary.coordination(scored).assign(run=name))
+        hard.append(summary.hard_cases(scored).assign(run=name, gallery=f"{reports.get(name, '')}#gallery"))
+    columns = {"coordination": ["run", *summary.coordination(pd.DataFrame(columns=["model"])).columns],
+               "hard_cases": ["run", "id", "dimension", "failed", "models", "failure_reasons", "gallery"]}
+    frames = {"coordination": coordination, "hard_cases": hard}
+    return {name: (pd.concat(frames[name], ignore_index=True)[columns[name]] if frames[name]
+                   else pd.DataFrame(columns=columns[name])) for name in columns}
+
+
+BEYOND = {"coordination": ("Errors against coordination (beyond the paper)",
+                           "Per run, model and bin of the PBE structures' mean coordination number, every "
+                           "dimensionality on one axis (docs/metrics.md)."),
+          "hard_cases": ("Hard cases (beyond the paper)",
+                         "Structures that every model of a run, or all but one, failed (two or more failed), with "
+                         "each model's reason; the gallery of the run's explore.html shows each.")}
+
+
+def leaderboard_documents(table: pd.DataFrame, where: str, left_out: list[str],
+                          beyond: dict[str, pd.DataFrame] | None = None) -> tuple[str, str]:
+    """leaderboard.md and .html: one ranking per dimensionality, the views beyond the
+    paper (beyond_the_paper), and one line of provenance per run; `left_out`: the
+    incomplete runs (and models) not ranked."""
     ranking_columns = ["model", "run", "structures", "failed", "failed_pct", "paper_failed", "energy_median_mev",
                        "energy_mae_mev",
                        "position_mae_median_a", "median_steps", "us_per_atom_step", "image_id", "packages"]
     runs = table.drop_duplicates("run")[["run", "devices", "engine", "dataset_sha256", "protocol",
                                          "reproduction"]].sort_values("run")
     note = (f"Ranked within each dimensionality by failed %, then energy MAE, then median position MAE. "
-            f"paper_failed: the paper's Table II for the same model, of {paper.PAPER_STRUCTURES:,} structures per "
+            f"Failed in the paper: the paper's Table II for the same model, of {paper.PAPER_STRUCTURES:,} structures per "
             "dimensionality (runs on its dataset only).")
     if left_out:
         note += f" Left out, incomplete: {', '.join(left_out)}."
@@ -547,6 +586,13 @@ def leaderboard_documents(table: pd.DataFrame, where: str, left_out: list[str]) 
         view["image_id"] = view["image_id"].map(_short)
         md += [f"## {dim}\n", markdown_table(view)]
         body += [f"<h2>{html.escape(str(dim))}</h2>", html_table(view)]
+    for name, frame in (beyond or {}).items():
+        heading, caption = BEYOND[name]
+        shown = frame.assign(gallery=[f"[gallery]({path})" for path in frame["gallery"]]) if name == "hard_cases" \
+            else frame
+        md += [f"## {heading}\n", caption + "\n", markdown_table(shown, name) if len(frame) else "none\n"]
+        body += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>",
+                 html_table(frame.drop(columns="gallery", errors="ignore"), name) if len(frame) else "<p>none</p>"]
     md += ["## Runs\n", markdown_table(runs), "## Definitions\n", DEFINITIONS]
     body += ["<h2>Runs</h2>", html_table(runs), "<h2>Definitions</h2>", _markdown_to_html(DEFINITIONS),
              "</body></html>\n"]

@@ -38,8 +38,9 @@ def busy_seconds(starts: np.ndarray, ends: np.ndarray) -> float:
     return float(total)
 
 
-def devices_text(provenance: dict) -> str:
-    """The run's devices as a reader wants them: the CPU's or the GPUs' names and the workers."""
+def devices_text(provenance: dict, model: str | None = None) -> str:
+    """The run's devices as a reader wants them: the CPU's or the GPUs' names, and the workers
+    that relaxed `model` at a time (as recorded; a run from before that: the slots)."""
     slots = [s for s in provenance.get("devices") or [] if isinstance(s, dict)]
     host = provenance.get("host") if isinstance(provenance.get("host"), dict) else {}
     gpus = sorted({str(s["gpu"]) for s in slots if s.get("gpu") is not None})
@@ -49,9 +50,14 @@ def devices_text(provenance: dict) -> str:
         where = ", ".join(f"GPU {g}" + (f" {names[g]}" if g in names else "") for g in gpus)
     else:
         where = f"CPU {host['cpu_model']}" if host.get("cpu_model") else "CPU"
+    if not slots:
+        return where
+    ran = (provenance.get("workers") or {}).get(model)
+    count = ran if isinstance(ran, int) and ran > 0 else len(slots)
     threads = {s.get("threads") for s in slots}
-    workers = f"{len(slots)} worker(s)" + (f" × {threads.pop()} thread(s)" if len(threads) == 1 else "")
-    return f"{where}; {workers}" if slots else where
+    thread = threads.pop() if len(threads) == 1 else None
+    return f"{where}; {count} worker{'s' if count != 1 else ''}" + (
+        f" × {thread} thread{'s' if thread != 1 else ''}" if isinstance(thread, int) else "")
 
 
 def speed_card(scored: pd.DataFrame, provenance: dict) -> pd.DataFrame:
@@ -73,7 +79,7 @@ def speed_card(scored: pd.DataFrame, provenance: dict) -> pd.DataFrame:
         dims = [d for d in DIMENSIONS if d in set(timed["dimension"])]
         mean_atom_steps = atom_steps.groupby(timed["dimension"]).mean()
         projected = sum(PAPER_STRUCTURES * mean_atom_steps[d] * per_atom_step for d in dims) / 3600.0
-        rows.append({"model": model, "devices": devices_text(provenance), "engine": provenance.get("engine", "ase"),
+        rows.append({"model": model, "devices": devices_text(provenance, model), "engine": provenance.get("engine", "ase"),
                      "structures": len(timed), "busy_s": busy, "us_per_atom_step": per_atom_step * 1e6,
                      "structures_per_s": len(timed) / busy if busy > 0 else np.nan, "projected_h": projected,
                      "projected_from": ",".join(dims)})

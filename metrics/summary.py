@@ -226,3 +226,63 @@ def summary(scored: pd.DataFrame) -> pd.DataFrame:
         "energy_mae_mev": en["mae"], "energy_median_mev": en["median"], "energy_within_10_mev": en["within_10_mev"],
         "position_mae_median_a": pos["median"], "symmetry_match": kept,
     })
+
+
+#: Mean coordination numbers of the PBE structures, binned to read the errors against them:
+#: (upper edge, label); a structure falls in the first bin whose edge is above its value.
+COORDINATION_BINS = ((0.5, "0"), (1.5, "1"), (2.5, "2"), (3.5, "3"), (4.5, "4"), (6.5, "5–6"), (9.5, "7–9"),
+                     (np.inf, "≥10"))
+
+
+def coordination_bin(values: pd.Series) -> pd.Series:
+    edges = [-np.inf, *(edge for edge, _ in COORDINATION_BINS)]
+    return pd.cut(values.astype(float), edges, labels=[label for _, label in COORDINATION_BINS], right=False)
+
+
+def coordination(scored: pd.DataFrame) -> pd.DataFrame:
+    """Beyond the paper: per model and bin of the PBE structure's mean coordination number,
+    every dimensionality on one axis: structures (finished), which dimensionalities they
+    come from, the failed share, the energy MAE (meV/atom) and the median position MAE (Å)
+    of the successful ones. Empty for a table from before the coordination column."""
+    columns = ["model", "coordination_bin", "dimensions", "n", "failed_share", "energy_mae_mev",
+               "position_mae_median_a"]
+    if "coordination" not in scored or scored["coordination"].isna().all():
+        return pd.DataFrame(columns=columns)
+    reasons = scored["failure_reason"].fillna("").astype(str)
+    finished = scored[~reasons.isin(NOT_FAILURES) & scored["coordination"].notna()]
+    bins = coordination_bin(finished["coordination"])
+    rows = []
+    for model in dict.fromkeys(finished["model"].astype(str)):
+        of_model = finished["model"].astype(str) == model
+        for _, label in COORDINATION_BINS:
+            group = finished[of_model & (bins == label)]
+            if group.empty:
+                continue
+            ok = successful(group)
+            rows.append({"model": model, "coordination_bin": label,
+                         "dimensions": ",".join(ordered_dimensions(group["dimension"].astype(str))), "n": len(group),
+                         "failed_share": float((group["failure_reason"].fillna("").astype(str) != "").mean()),
+                         "energy_mae_mev": float(ok["energy_error_mev_per_atom"].abs().mean()) if len(ok) else np.nan,
+                         "position_mae_median_a": float(ok["position_mae_a"].median()) if len(ok) else np.nan})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def hard_cases(scored: pd.DataFrame, spare: int = 1) -> pd.DataFrame:
+    """Beyond the paper: the structures that every model, or all but `spare`, failed (at
+    least two models failed it), with each model's reason: the first
+    place to look for a bad reference structure or a blind spot the models share."""
+    columns = ["id", "dimension", "failed", "models", "failure_reasons"]
+    reasons = scored["failure_reason"].fillna("").astype(str)
+    judged = scored[~reasons.isin(NOT_FAILURES)].assign(reason=reasons)
+    rows = []
+    for sid, group in judged.groupby(judged["id"].astype(str), sort=False):
+        failed = group[group["reason"] != ""]
+        if len(group) >= 2 and len(failed) >= max(2, len(group) - spare):
+            rows.append({"id": sid, "dimension": str(group["dimension"].iloc[0]), "failed": len(failed),
+                         "models": len(group),
+                         "failure_reasons": "; ".join(f"{m}: {r or 'ok'}" for m, r in
+                                                      zip(group["model"].astype(str), group["reason"]))})
+    table = pd.DataFrame(rows, columns=columns)
+    order = {d: i for i, d in enumerate(DIMENSIONS)}
+    return table.sort_values(["failed", "dimension", "id"], ascending=[False, True, True],
+                             key=lambda c: c.map(order) if c.name == "dimension" else c).reset_index(drop=True)

@@ -321,6 +321,7 @@ def test_a_structure_over_the_time_limit_is_a_timeout_and_the_next_one_runs(tmp_
     result = relax_record(record, Slow(), PROTOCOL, timeout_s=0.3)
     assert (result["failure_reason"], result["converged"]) == ("timeout", False)
     assert "0.3 s" in result["error"] and 0.3 <= result["wall_s"] < 2.0
+    assert result["steps"] >= 1  # the steps it made are kept (the audit found 0 recorded)
     assert relax_record(record, EMT(), PROTOCOL, timeout_s=60)["converged"]  # the alarm is gone
 
 

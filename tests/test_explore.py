@@ -201,8 +201,18 @@ def test_the_explore_pages_in_a_real_browser(tmp_path, browser):
         "return Array.from(t.tBodies[0].rows).map(r => parseFloat(r.cells[k].innerText))", header)
     assert column == sorted(column, reverse=True) and column[0] > 0
 
-    # it fits a 1280-pixel window
+    # a molecule fills its scene: the camera fits the atoms, not the 16 Å box around them
+    row = browser.find_element("xpath", "//table[@id='gallery-cases']//tr[td[normalize-space()='co-0d']]")
+    row.find_element("css selector", "button[data-case]").click()
+    time.sleep(0.5)
+    spans = browser.execute_script("const s = document.getElementById('gallery-viewer')._fullLayout.scene;"
+                                   "return ['xaxis', 'yaxis', 'zaxis'].map(a => s[a].range[1] - s[a].range[0])")
+    assert max(spans) < 5.0, spans  # CO is 1.13 Å long, with 1.5 Å around it
+    viewer.screenshot(str(SCREENSHOTS / "gallery-molecule.png"))
+
+    # it fits a 1280-pixel window, every table whole (none cut inside its scrolling box)
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 1280
+    assert _tables_cut(browser) == []
     _save_full_page(browser, "run-explore.png")
     assert _console_errors(browser) == []
 
@@ -220,8 +230,24 @@ def test_the_explore_pages_in_a_real_browser(tmp_path, browser):
     link = browser.find_element("css selector", "#leaderboard a").get_attribute("href")
     assert link.endswith("built-run/report/explore.html") and Path(link.removeprefix("file://")).is_file()
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 1280
+    assert _tables_cut(browser) == []
     _save_full_page(browser, "leaderboard-explore.png")
     assert _console_errors(browser) == []
+
+    for page in (run / "report" / "report.html", tmp_path / "leaderboard.html"):  # the static pages too
+        browser.get(page.as_uri())
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 1280, page
+        assert _tables_cut(browser) == [], page
+    _save_full_page(browser, "run-report.png")
+
+
+def _tables_cut(browser) -> list:
+    """Tables wider than the page, or than the box they scroll in: (index, width, room)."""
+    return browser.execute_script("""
+        return Array.from(document.querySelectorAll('table')).map((t, k) => {
+          const room = Math.min(t.parentElement.clientWidth, document.documentElement.clientWidth);
+          return [k, t.scrollWidth, room];
+        }).filter(([k, width, room]) => width > room + 1);""")
 
 
 def test_the_viewer_shows_a_molecule_cut_by_the_cell_boundary_whole():
@@ -230,3 +256,23 @@ def test_the_viewer_shows_a_molecule_cut_by_the_cell_boundary_whole():
         fig = explore.viewer_figure(co, relaxed, "m")
         for trace in (t for t in fig.data if t.mode == "markers"):
             assert np.ptp(trace.x) == pytest.approx(1.13, abs=1e-6)
+
+
+def test_a_hard_case_on_the_leaderboard_links_to_its_runs_gallery(tmp_path):
+    from metrics.report import beyond_the_paper
+
+    run = built_run(tmp_path)
+    from orchestrator.report import read_results
+
+    scored = read_results(run / "results.csv")
+    third = scored[scored["model"] == "beta"].assign(model="gamma")  # fails what beta fails: hard cases
+    scored = pd.concat([scored, third], ignore_index=True)
+    beyond = beyond_the_paper([("built-run", scored, {})], {"built-run": "built-run/report/explore.html"})
+    hard = beyond["hard_cases"]
+    assert set(hard["id"]) == {"co-0d", "mos2-2d", "nacl-3d"} and set(hard["failed"]) == {2}
+    page = explore.leaderboard_page(pd.DataFrame({"run": ["built-run"], "dimension": ["0D"], "model": ["alpha"]}),
+                                    {"built-run": "built-run/report/explore.html"}, beyond)
+    assert '<a href="built-run/report/explore.html#gallery">nacl-3d</a>' in page
+    assert 'id="gallery"' in (run / "report" / "explore.html").read_text()
+    cases = explore.gallery_cases(scored, {})
+    assert set(cases[cases["reason"].str.startswith("hard case")]["id"]) == {"co-0d", "mos2-2d", "nacl-3d"}

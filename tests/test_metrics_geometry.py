@@ -327,3 +327,28 @@ def test_scoring_memory_of_a_large_molecule_stays_linear():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 200 * 2**20  # all pairs at once would hold 4000^2 x 8 bytes several times over
+
+
+def test_coordination_numbers_of_structures_whose_coordination_is_known():
+    from ase.build import bulk, graphene, molecule
+
+    from metrics.geometry import coordination
+
+    def mean(atoms, axes):
+        return coordination(atoms.numbers, atoms.positions, atoms.cell.array, axes).mean()
+
+    layer = graphene(vacuum=7.5)
+    chain = Atoms("C2", positions=[[5, 5, 0], [5, 5, 1.3]], cell=[10, 10, 2.6], pbc=True)
+    cut_dimer = Atoms("N2", positions=[[5, 5, 0.3], [5, 5, 14.5]], cell=[15, 15, 15], pbc=True)  # across the boundary
+    assert mean(bulk("Cu", "fcc", 3.61) * (2, 2, 2), "abc") == 12
+    for metal, a in (("Fe", 2.87), ("W", 3.16), ("Na", 4.23)):  # the second shell, 15 % further, is not counted
+        assert mean(bulk(metal, "bcc", a), "abc") == 8, metal
+    assert mean(layer, "ab") == 3 and mean(chain, "c") == 2 and mean(cut_dimer, "") == 1
+    assert mean(bulk("Si", "diamond", 5.43), "abc") == 4
+    assert mean(bulk("NaCl", "rocksalt", 5.64), "abc") == 6  # not the like ions of the next shell
+    ethanol = molecule("CH3CH2OH")
+    ethanol.center(vacuum=8)
+    assert coordination(ethanol.numbers, ethanol.positions, ethanol.cell.array, "").tolist() == [4, 4, 2, 1, 1, 1,
+                                                                                              1, 1, 1]
+    lone = Atoms("Au", positions=[[1, 1, 1]], cell=[10, 10, 10], pbc=True)
+    assert mean(lone, "") == 0

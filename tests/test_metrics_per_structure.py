@@ -341,3 +341,16 @@ def test_a_layer_that_went_past_half_the_cell_is_flagged_ambiguous():
     assert not _one(reference, pulled_apart(reference, 3.35 + 2 * 0.45 * 18.3))["extent_ambiguous"]
     row = _one(reference, pulled_apart(reference, 3.35 + 2 * 0.55 * 18.3))  # past its partner's image
     assert row["extent_ambiguous"] and row["failure_reason"] == "fragmented_thickness"
+
+
+def test_a_layer_that_drifted_across_the_vacuum_is_a_piece_of_its_own():
+    # the audit's case: a bilayer whose top layer went 15 Å up, across the vacuum, to sit next to
+    # the periodic image of the bottom one: taken modulo the cell it looked like one piece
+    slab = Atoms("Cu2", positions=[[0, 0, 5.0], [1.25, 1.25, 7.3]], cell=[2.5, 2.5, 20.0], pbc=True,
+                 info={"id": "slab", "dimension": "2D", "energy_ref_ev": -8.0})
+    drifted = slab.copy()
+    drifted.positions[1, 2] += 15.4  # z = 22.7: 2.7 modulo the cell, 2.3 Å below its partner's z
+    rows = [_row("m", "slab", slab)]
+    table = score(pd.DataFrame(rows), {"slab": slab}, {("m", "slab"): drifted}, LIMITS).iloc[0]
+    assert table["fragments_ref"] == 1 and table["fragments"] == 2 and bool(table["disconnected"])
+    assert table["failure_reason"] == "fragmented_thickness" and table["extent_a"] == pytest.approx(17.7)

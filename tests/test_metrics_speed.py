@@ -30,7 +30,7 @@ def test_two_workers_in_parallel_halve_the_time_per_atom_step():
     per = 2.0 / atom_steps
     assert row["projected_h"] == pytest.approx(10_000 * (1000 * per + 505 * per) / 3600)  # 0D mean 505, 3D 1000
     assert row["projected_from"] == "0D,3D"
-    assert row["devices"] == "CPU Example CPU; 2 worker(s) × 1 thread(s)" and row["engine"] == "ase"
+    assert row["devices"] == "CPU Example CPU; 2 workers × 1 thread" and row["engine"] == "ase"
 
 
 def test_a_run_without_finish_times_has_no_speed_card():
@@ -42,4 +42,13 @@ def test_a_run_without_finish_times_has_no_speed_card():
 
 def test_gpus_are_named_from_the_host_record():
     run = {"host": {"gpus": ["0, NVIDIA H200, 560.35"]}, "devices": [{"name": "gpu0-0", "gpu": "0", "threads": 4}]}
-    assert devices_text(run) == "GPU 0 NVIDIA H200; 1 worker(s) × 4 thread(s)"
+    assert devices_text(run) == "GPU 0 NVIDIA H200; 1 worker × 4 threads"
+
+
+def test_the_workers_are_those_that_ran_not_the_slots():
+    # the audit's case: two slots, one shard, so one worker ran; and a slot without threads
+    ran = {**CPU_RUN, "workers": {"m": 1}}
+    assert devices_text(ran, "m") == "CPU Example CPU; 1 worker × 1 thread"
+    assert devices_text(ran, "other") == "CPU Example CPU; 2 workers × 1 thread"  # not recorded: the slots
+    unknown = {"devices": [{"name": "task", "gpu": None, "threads": None}], "workers": {"m": 3}}
+    assert devices_text(unknown, "m") == "CPU; 3 workers"

@@ -133,3 +133,26 @@ def test_steps_count_step_0_and_converged_then_fragmented_relaxations():
     assert (bulk["n"], bulk["at_step_0"], bulk["fragmented"]) == (3, 1, 0)
     assert bulk["median"] == 20
     assert (zero_d["n"], zero_d["at_step_0"], zero_d["fragmented"]) == (2, 0, 1)  # 7 steps, then fragmented
+
+
+def test_errors_and_failures_against_coordination_and_the_hard_cases():
+    from metrics.summary import coordination, hard_cases
+
+    table = pd.DataFrame({
+        "model": ["a", "a", "a", "b", "b", "b", "c", "c", "c"], "id": ["x", "y", "z"] * 3,
+        "dimension": ["0D", "3D", "2D"] * 3, "coordination": [1.0, 12.0, 2.9] * 3,
+        "failure_reason": ["diverged", "", "", "fragmented_diameter", "", "timeout", "", "", "not_converged"],
+        "energy_error_mev_per_atom": [1.0, -2.0, 3.0, 3.0, 4.0, 0.0, 5.0, 6.0, 7.0],
+        "position_mae_a": [0.1, 0.2, 0.3, 0.3, 0.4, 0.0, 0.5, 0.6, 0.7]})
+    bins = coordination(table).set_index(["model", "coordination_bin"])
+    assert bins.loc[("a", "1"), ["n", "failed_share"]].tolist() == [1, 1.0]
+    assert np.isnan(bins.loc[("a", "1"), "energy_mae_mev"])  # no successful relaxation to measure
+    assert bins.loc[("a", "≥10"), ["energy_mae_mev", "position_mae_median_a", "dimensions"]].tolist() == [2.0, 0.2, "3D"]
+    assert ("b", "3") not in bins.index  # a timed-out structure is no outcome
+    assert bins.loc[("c", "3"), "failed_share"] == 1.0
+    # x: failed by a and b, not by c (all but one of three); z: failed by c alone
+    hard = hard_cases(table)
+    assert hard["id"].tolist() == ["x"] and hard.loc[0, "failed"] == 2 and hard.loc[0, "models"] == 3
+    assert hard.loc[0, "failure_reasons"] == "a: diverged; b: fragmented_diameter; c: ok"
+    assert hard_cases(table, spare=0).empty
+    assert coordination(table.drop(columns="coordination")).empty  # a table from before the column

@@ -20,15 +20,18 @@ The archive is deterministic: the same run folder gives the same bytes.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import json
+import os
 import re
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
-from orchestrator import provenance
+from orchestrator import provenance, runfolder
 from orchestrator.download import sha256_of
 from orchestrator.errors import BenchError
 
@@ -53,8 +56,11 @@ def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = Fa
     if not (run_dir / "build").is_dir():
         raise BenchError(f"{run_dir}: holds no build inputs (run folders from before bundles keep none); rerun "
                          "its bench command with this checkout to record them (finished structures are kept)")
+    runfolder.refuse_links(run_dir)  # a planted link would pack a file from elsewhere, readable by anyone
     name = run_dir.name
     out_dir = Path(out_dir) if out_dir else run_dir.parent
+    if not out_dir.is_dir():
+        raise BenchError(f"{out_dir}: no such folder for the bundle (--out); create it first")
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         stage = Path(tmp) / name
         stage.mkdir()
@@ -86,7 +92,7 @@ def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = Fa
         archive = out_dir / f"{label or name}{SUFFIX}"
         _deterministic_tar(stage, archive, level=1 if with_images else 6)  # gigabytes of images: fast beats small
     digest = sha256_of(archive)
-    Path(f"{archive}.sha256").write_text(f"{digest}  {archive.name}\n")
+    runfolder.write_text(Path(f"{archive}.sha256"), f"{digest}  {archive.name}\n")
     return archive
 
 
@@ -140,13 +146,11 @@ def _deterministic_tar(stage: Path, archive: Path, level: int) -> None:
         info.mode = 0o755 if info.isdir() else 0o644
         return info
 
-    partial = archive.with_name(f".{archive.name}.partial")
-    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="",
-                                                           compresslevel=level) as zipped, \
+    with runfolder.replacing(archive) as partial, partial.open("wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=level) as zipped, \
             tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in [stage, *sorted(stage.rglob("*"))]:
             tar.add(path, arcname=path.relative_to(stage.parent).as_posix(), recursive=False, filter=clean)
-    partial.replace(archive)
 
 
 def label_of(path: Path) -> str:
@@ -160,13 +164,13 @@ class Bundle:
     def __init__(self, folder: Path, origin: Path, sha256: str | None = None):
         self.folder = folder
         self.origin = origin            # the archive (or folder) the user named
-        meta = folder / "bundle.json"
-        if not meta.is_file():
-            raise BenchError(f"{origin}: not a run bundle (no bundle.json)")
-        self.meta = json.loads(meta.read_text())
+        self.meta = _read_json(folder / "bundle.json", origin, "not a run bundle (no bundle.json)")
         if self.meta.get("format") != FORMAT:
             raise BenchError(f"{origin}: bundle format {self.meta.get('format')}; this tool reads format {FORMAT}")
-        self.provenance = json.loads((folder / "provenance.json").read_text())
+        self.provenance = _read_json(folder / "provenance.json", origin,
+                                     "its provenance.json is missing: not a whole bundle; ask for it again")
+        if not isinstance(self.meta.get("run_id"), str) or not isinstance(self.meta.get("files"), dict):
+            raise BenchError(f"{origin}: its bundle.json names no run_id or files: not a bundle this tool made")
         self.run_id = self.meta["run_id"]
         self.sha256 = sha256             # the archive's, as open_bundle read it (None: a folder)
 
@@ -178,19 +182,46 @@ class Bundle:
     def results(self) -> Path:
         return self.folder / "results"
 
+    @property
+    def sharding(self) -> dict | None:
+        """The run's shards as recorded (sharding.json), None for a bundle without it."""
+        path = self.results / "sharding.json"
+        return _read_json(path, self.origin, "") if path.is_file() else None
+
     def changed_files(self) -> list[str]:
-        """Files that differ from the sha256 the bundle recorded when it was made."""
-        changed = []
-        for name, digest in self.meta.get("files", {}).items():
-            path = self.folder / name
-            if not path.is_file() or sha256_of(path) != digest:
-                changed.append(name)
-        return changed
+        """What differs from what the bundle recorded when it was made: its files whose sha256
+        changed or that are gone, and files it never listed ("added: <name>")."""
+        listed = self.meta["files"]
+        changed = [name for name, digest in listed.items()
+                   if not (self.folder / name).is_file() or sha256_of(self.folder / name) != digest]
+        present = (p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*") if not p.is_dir())
+        return changed + [f"added: {name}" for name in sorted(present) if name not in listed and name != "bundle.json"]
+
+
+def _read_json(path: Path, origin: Path, missing: str) -> dict:
+    if not path.is_file():
+        raise BenchError(f"{origin}: {missing}")
+    try:
+        data = json.loads(path.read_bytes().decode())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{origin}: its {path.name} is not valid JSON ({exc}): a damaged bundle; ask for it "
+                         "again") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"{origin}: its {path.name} holds no JSON object: a damaged bundle; ask for it again")
+    return data
+
+
+#: What unpacking a received bundle may write: members, bytes, and bytes per byte of archive
+#: (past the first UNPACK_RATIO_FREE bytes: small bundles of text compress well).
+UNPACK_MEMBERS = 200_000
+UNPACK_BYTES = 256 * 1024**3
+UNPACK_RATIO, UNPACK_RATIO_FREE = 100, 64 * 1024**2
 
 
 def open_bundle(path: Path, unpack_dir: Path) -> Bundle:
-    """A bundle given as its archive (checked against the .sha256 beside it, when there,
-    and unpacked once into unpack_dir/<sha256>) or as an unpacked folder."""
+    """A bundle given as its archive (checked against the .sha256 beside it, when there, and
+    unpacked within limits into a folder of unpack_dir removed when this process ends) or as
+    an unpacked folder."""
     path = Path(path).expanduser().resolve()
     if path.is_dir():  # the unpacked folder, or the folder it was unpacked into
         inner = [p for p in path.iterdir() if (p / "bundle.json").is_file()]
@@ -202,18 +233,50 @@ def open_bundle(path: Path, unpack_dir: Path) -> Bundle:
     if recorded.is_file() and recorded.read_text().split()[0] != digest:
         raise BenchError(f"{path}: sha256 {digest} is not the {recorded.read_text().split()[0]} written beside it "
                          f"({recorded.name}): the archive is damaged or was replaced")
-    target = Path(unpack_dir) / digest[:16]
-    if not (target / ".unpacked").is_file():
+    Path(unpack_dir).mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(Path(unpack_dir))
+    target = Path(unpack_dir) / f"{digest[:16]}.{os.getpid()}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    try:
+        _unpack(path, target)
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        try:
-            with tarfile.open(path, "r:gz") as tar:
-                tar.extractall(target, filter="data")  # no links out, no absolute paths, no devices
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
-            shutil.rmtree(target, ignore_errors=True)
-            raise BenchError(f"{path}: not a readable bundle ({exc})") from None
-        (target / ".unpacked").write_text(path.name + "\n")
+        raise BenchError(f"{path}: not a readable bundle ({exc})") from None
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     folders = [p for p in target.iterdir() if p.is_dir()]
     if len(folders) != 1:
         raise BenchError(f"{path}: a bundle holds one run folder; this one holds {len(folders)}")
     return Bundle(folders[0], path, digest)
+
+
+def _unpack(archive: Path, target: Path) -> None:
+    """Extract member by member, each checked before it is written: no links out, no
+    absolute paths, no devices (tarfile's data filter), and within the limits above and
+    the free disk."""
+    size, free = archive.stat().st_size, shutil.disk_usage(target).free
+    members = total = 0
+    with tarfile.open(archive, "r|gz") as tar:
+        for member in tar:
+            members += 1
+            total += max(member.size, 0)
+            why = (f"more than {UNPACK_MEMBERS} members" if members > UNPACK_MEMBERS else
+                   f"more than {UNPACK_BYTES / 1024**3:g} GiB unpacked" if total > UNPACK_BYTES else
+                   f"more than {UNPACK_RATIO} times its own size unpacked"
+                   if total > UNPACK_RATIO_FREE and total > UNPACK_RATIO * size else
+                   f"more than the {free / 1e9:.1f} GB free beside the unpacked bundles" if total > free else "")
+            if why:
+                raise BenchError(f"{archive}: refused while unpacking: {why} "
+                                 f"(at {member.name}); not a bundle this tool made")
+            tar.extract(member, target, filter="data")
+
+
+def _remove_leftovers(unpack_dir: Path) -> None:
+    """Unpacked bundles of processes that ended without removing theirs (killed outright)."""
+    for folder in unpack_dir.iterdir():
+        pid = folder.suffix.lstrip(".")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)

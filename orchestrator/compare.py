@@ -16,7 +16,8 @@ from metrics.speed import speed_card
 from metrics.summary import DIMENSIONS
 from orchestrator.bundle import Bundle, label_of, open_bundle
 from orchestrator.errors import BenchError
-from orchestrator.report import read_provenance, read_results
+from orchestrator import runfolder
+from orchestrator.report import read_provenance, read_results, write_table
 
 
 @dataclass
@@ -26,12 +27,15 @@ class RunSide:
     relaxed: dict            # (model, id) -> relaxed Atoms
     provenance: dict
     notes: list[str] = field(default_factory=list)
+    altered: list[str] = field(default_factory=list)  # why it is not what was recorded (a changed bundle)
 
 
 def read_side(path: Path, unpack_dir: Path) -> RunSide:
     """A run folder (results.csv, relaxed.extxyz, provenance.json) or a bundle."""
     path = Path(path).expanduser()
     if path.is_dir() and (path / "results.csv").is_file():
+        if not (path / "provenance.json").is_file():
+            raise CannotCompare(f"{path}: no provenance.json (which data, protocol and precision ran): cannot compare")
         return RunSide(path.name, read_results(path / "results.csv"), read_relaxed(path / "relaxed.extxyz"),
                        read_provenance(path / "provenance.json"))
     bundle = open_bundle(path, unpack_dir)
@@ -40,9 +44,9 @@ def read_side(path: Path, unpack_dir: Path) -> RunSide:
 
 def bundle_side(bundle: Bundle, changed: list[str]) -> RunSide:
     """The run a bundle records; `changed`: its files that differ from their recorded sha256."""
-    notes = [f"{bundle.origin.name}: changed since the bundle was made: {', '.join(changed)}"] if changed else []
+    altered = [f"{bundle.origin.name} changed since it was made ({', '.join(changed)})"] if changed else []
     return RunSide(bundle.run_id, read_results(bundle.results / "results.csv"),
-                   read_relaxed(bundle.results / "relaxed.extxyz"), bundle.provenance, notes)
+                   read_relaxed(bundle.results / "relaxed.extxyz"), bundle.provenance, altered=altered)
 
 
 def read_relaxed(path: Path) -> dict:
@@ -72,6 +76,10 @@ def compare_runs(a: RunSide, b: RunSide) -> Comparison:
         left, right = lookup(a.provenance, *key), lookup(b.provenance, *key)
         if left != right:
             raise CannotCompare(f"{a.name} and {b.name} differ in their {what} ({left} vs {right})")
+    for side in (a, b):
+        absent = [c for c in judge.KEYS + judge.READ if c not in side.table.columns]
+        if absent:
+            raise CannotCompare(f"{side.name}: results.csv has no column {', '.join(absent)}: cannot compare")
     models = [m for m in dict.fromkeys(a.table["model"]) if m in set(b.table["model"])]
     if not models:
         raise CannotCompare(f"{a.name} and {b.name} have no model in common "
@@ -82,12 +90,20 @@ def compare_runs(a: RunSide, b: RunSide) -> Comparison:
     positions = {}
     for row in pairs.itertuples(index=False):
         key = (row.model, row.id)
-        if row.status_a == judge.SUCCESS == row.status_b and key in a.relaxed and key in b.relaxed:
+        if row.status_a == judge.SUCCESS == row.status_b:
+            for side in (a, b):  # a verdict on missing evidence would be no verdict
+                if key not in side.relaxed:
+                    raise CannotCompare(f"{side.name}: relaxed.extxyz has no relaxed {row.model} {row.id}, which "
+                                        "succeeded in both runs: its positions cannot be compared (a run folder or "
+                                        "bundle missing files)")
+            if row.energy_ev_a != row.energy_ev_a or row.energy_ev_b != row.energy_ev_b:
+                raise CannotCompare(f"{row.model} {row.id} succeeded in both runs but results.csv has no energy for it "
+                                    f"in {a.name if row.energy_ev_a != row.energy_ev_a else b.name}: cannot compare")
             first, second = a.relaxed[key], b.relaxed[key]
             positions[key] = judge.max_displacement(first.positions, second.positions, first.cell, first.pbc)
     tolerances = {m: judge.tolerance_for(a.provenance, b.provenance, m) for m in models}
     rows = judge.differences(pairs, positions, tolerances)
-    result = judge.verdict(rows, tolerances)
+    result = judge.not_verified(judge.verdict(rows, tolerances), a.altered + b.altered)
     notes = a.notes + b.notes + _left_out(a, b, models)
     setup = judge.setup_differences(a.provenance, b.provenance, models)
     speed = None if judge.same_arithmetic(a.provenance, b.provenance) else pd.concat(
@@ -119,13 +135,12 @@ class CannotCompare(BenchError):
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
     """compare.md, compare.html and compare.csv (one row per structure) in out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compare.md").write_text(comparison.markdown)
-    (out_dir / "compare.html").write_text(comparison.html)
+    runfolder.write_text(out_dir / "compare.md", comparison.markdown)
+    runfolder.write_text(out_dir / "compare.html", comparison.html)
     columns = ["model", "id", "dimension", "natoms", "status_a", "status_b", "steps_a", "steps_b", "energy_ev_a",
                "energy_ev_b", "energy_mev", "position_a", "agrees"]
-    comparison.rows[columns].rename(columns={"energy_mev": "abs_dE_mev_per_atom", "position_a": "max_dr_a"}).to_csv(
-        out_dir / "compare.csv", index=False)
+    write_table(comparison.rows[columns].rename(columns={"energy_mev": "abs_dE_mev_per_atom",
+                                                         "position_a": "max_dr_a"}), out_dir / "compare.csv")
     return out_dir / "compare.md"
 
 

@@ -59,6 +59,7 @@ from ase.data import atomic_numbers, chemical_symbols
 from ase.units import GPa
 
 from metrics.geometry import dimension_of, periodic_axes
+from orchestrator import runfolder
 from orchestrator.errors import BenchError
 from orchestrator.download import fetch_dataset, identity_of, is_data_name, sha256_of
 
@@ -599,15 +600,9 @@ def write_extxyz(path: Path, structures) -> None:
         if "dimension_label" in atoms.info:
             copy.info["id_dimension"] = atoms.info["dimension_label"]
         records.append(copy)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with (bz2.open(raw, "wt") if path.name.endswith(".bz2") else io.TextIOWrapper(raw)) as out:
-                write(out, records, format="extxyz")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with runfolder.replacing(path) as tmp, tmp.open("wb") as raw:
+        with (bz2.open(raw, "wt") if path.name.endswith(".bz2") else io.TextIOWrapper(raw)) as out:
+            write(out, records, format="extxyz")
 
 
 # --------------------------------------------------------------------------- ids

@@ -11,6 +11,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from adapters import wire
 from metrics.per_structure import MISSING
+from orchestrator import runfolder
 from orchestrator.datasets import extxyz_id
 
 COLUMNS = ["model", "id", "dimension", "natoms", "elements", "converged", "failure_reason", "steps", "energy_ev",
@@ -73,15 +74,13 @@ def write_relaxed(path: Path, table: pd.DataFrame, relaxed: dict) -> None:
                           failure_reason=row.failure_reason or "none", steps=int(row.steps))
         atoms.calc = SinglePointCalculator(atoms, energy=float(row.energy_ev))
         frames.append(atoms)
-    tmp = path.with_suffix(".tmp.extxyz")
-    write(tmp, frames, format="extxyz")
-    tmp.replace(path)
+    with runfolder.replacing(path) as tmp:
+        write(tmp, frames, format="extxyz")
 
 
 def write_table(run_dir: Path, table: pd.DataFrame) -> None:
     """results.csv and results.parquet, written atomically."""
     for name, writer in (("results.csv", lambda p: table.to_csv(p, index=False)),
                          ("results.parquet", lambda p: table.to_parquet(p, index=False))):
-        tmp = run_dir / f".{name}.tmp"
-        writer(tmp)
-        tmp.replace(run_dir / name)
+        with runfolder.replacing(run_dir / name) as tmp:
+            writer(tmp)

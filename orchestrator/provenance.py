@@ -10,6 +10,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from orchestrator import runfolder
 from orchestrator.images import REPO
 from orchestrator.workers import query_gpus
 from orchestrator.workers.spec import WorkerSpec
@@ -53,10 +54,11 @@ def image_versions(engine, image: str, packages: list[str]) -> dict:
 
 
 def read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    """provenance.json ({} where there is none; one that is not JSON: a one-line error)."""
+    from orchestrator.report import read_provenance
+
+    return read_provenance(path)
 
 
 def write(path: Path, provenance: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(provenance, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    runfolder.write_text(path, json.dumps(provenance, indent=2, default=str) + "\n")

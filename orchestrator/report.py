@@ -20,6 +20,7 @@ import pandas as pd
 
 from metrics import explore, plots
 from metrics import report as documents
+from orchestrator import runfolder
 from orchestrator.errors import BenchError
 
 
@@ -46,10 +47,19 @@ def read_provenance(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BenchError(f"{path}: not valid JSON ({exc})") from exc
     return data if isinstance(data, dict) else {"value": data}
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    """A table as CSV or Parquet (by the suffix), never written through a link."""
+    with runfolder.replacing(path) as tmp:
+        if path.suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
 
 
 def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
@@ -57,11 +67,11 @@ def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=150)
-    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, editable
-        fig.savefig(paths[1])
+    with runfolder.replacing(paths[0]) as png:
+        fig.savefig(png, dpi=150)
+    with plt.rc_context({"svg.fonttype": "none"}), runfolder.replacing(paths[1]) as svg:
+        fig.savefig(svg)  # text stays text: searchable, editable
     plt.close(fig)
     return paths
 
@@ -89,12 +99,12 @@ def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
     for atoms in structures:
         atoms.info["periodic_axes"] = periodic_axes(atoms)
     table = dataset.structure_table(structures)
-    table.to_csv(out / "dataset.csv", index=False)
+    write_table(table, out / "dataset.csv")
     figures = {"dataset_elements": save_figure(plots.dataset_elements(dataset.element_counts(table)), out,
                                                "dataset_elements"),
                "dataset_distributions": save_figure(plots.dataset_distributions(table, dataset.pair_distances(structures)),
                                                     out, "dataset_distributions")}
-    done.write_text(key)
+    runfolder.write_text(done, key)
     return figures
 
 
@@ -102,19 +112,21 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
     """Tables, plots, report.md and a self-contained report.html under `out` (default
     run_dir/report/)."""
     run_dir = Path(run_dir)
+    runfolder.refuse_links(run_dir)
     scored = read_results(run_dir / "results.csv")
     provenance = read_provenance(run_dir / "provenance.json")
     out = Path(out) if out else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    runfolder.mkdir(out)
     named, paper_caption = documents.run_report_tables(scored, provenance)
     for name, table in named.items():
-        table.to_csv(out / f"{name}.csv", index=False)
-        table.to_parquet(out / f"{name}.parquet", index=False)
-    documents.models_table(provenance).to_csv(out / "models.csv", index=False)
+        write_table(table, out / f"{name}.csv")
+        write_table(table, out / f"{name}.parquet")
+    write_table(documents.models_table(provenance), out / "models.csv")
     figures = {name: save_figure(fig, out, name) for name, fig in plots.plot_all(scored).items()}
-    symmetry_figure = plots.symmetry_bars(named["symmetry"])
-    if symmetry_figure is not None:
-        figures["symmetry"] = save_figure(symmetry_figure, out, "symmetry")
+    for name, figure in (("symmetry", plots.symmetry_bars(named["symmetry"])),
+                         ("coordination", plots.coordination_lines(named["coordination"]))):
+        if figure is not None:
+            figures[name] = save_figure(figure, out, name)
     figures.update(dataset_figures(run_dir, out))
     for model in dict.fromkeys(named["energy_by_element"]["model"]):
         name = plots.element_figure_name(model)
@@ -122,8 +134,8 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
     md, body = documents.run_documents(run_dir.name, scored, provenance, named, paper_caption,
                                        {name: (png.name, svg.name, png.read_bytes())
                                         for name, (png, svg) in figures.items()})
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(body)
+    runfolder.write_text(out / "report.md", md)
+    runfolder.write_text(out / "report.html", body)
     write_explore_page(run_dir, scored, named, out)
     return out / "report.md"
 
@@ -149,7 +161,7 @@ def write_explore_page(run_dir: Path, scored: pd.DataFrame, named: dict, out: Pa
     relaxed = {key: atoms for sid, atoms in _frames(run_dir / "relaxed.extxyz")
                if (key := (str(atoms.info["model"]), sid)) in wanted}
     path = out / "explore.html"
-    path.write_text(explore.run_page(run_dir.name, scored, named, reference, relaxed))
+    runfolder.write_text(path, explore.run_page(run_dir.name, scored, named, reference, relaxed))
     return path
 
 
@@ -164,18 +176,19 @@ def finished_runs(results_dir: Path, *, complete: bool = True) -> list[Path]:
     return sorted(d for d in runs if (read_provenance(d / "provenance.json").get("status") != "incomplete") == complete)
 
 
-def leaderboard(results_dir: Path) -> pd.DataFrame:
-    """metrics.report.leaderboard over the finished runs of results_dir."""
-    runs = finished_runs(results_dir)
-    if not runs:
+def leaderboard(results_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame, dict]]]:
+    """metrics.report.leaderboard over the finished runs of results_dir, and those runs as
+    (name, scored table, provenance)."""
+    folders = finished_runs(results_dir)
+    if not folders:
         raise BenchError(f"{results_dir}: no finished run (a folder with results.csv and provenance.json); "
                          "run the benchmark first")
-    table = documents.leaderboard([(d.name, read_results(d / "results.csv"), read_provenance(d / "provenance.json"))
-                                   for d in runs])
+    runs = [(d.name, read_results(d / "results.csv"), read_provenance(d / "provenance.json")) for d in folders]
+    table = documents.leaderboard(runs)
     if table.empty:
         raise BenchError(f"{results_dir}: no finished run: every model of every run has structures without a "
                          "result; rerun those runs to finish them")
-    return table
+    return table, runs
 
 
 def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
@@ -183,16 +196,19 @@ def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
     returns the .md path."""
     results_dir = Path(results_dir)
     out = Path(out) if out else results_dir
-    out.mkdir(parents=True, exist_ok=True)
-    table = leaderboard(results_dir)
-    table.to_csv(out / "leaderboard.csv", index=False)
+    runfolder.mkdir(out)
+    table, runs = leaderboard(results_dir)
+    write_table(table, out / "leaderboard.csv")
+    reports = {d.name: os.path.relpath(d / "report" / "explore.html", out) for d in finished_runs(results_dir)}
+    beyond = documents.beyond_the_paper(runs, reports)
+    for name, frame in beyond.items():
+        write_table(frame, out / f"leaderboard_{name}.csv")
     left_out = [d.name for d in finished_runs(results_dir, complete=False)]
     for run_dir in finished_runs(results_dir):
         left_out += [f"{run_dir.name} ({model})"
                      for model in documents.unfinished_models(read_results(run_dir / "results.csv"))]
-    md, body = documents.leaderboard_documents(table, str(results_dir), left_out)
-    (out / "leaderboard.md").write_text(md)
-    (out / "leaderboard.html").write_text(body)
-    reports = {d.name: os.path.relpath(d / "report" / "explore.html", out) for d in finished_runs(results_dir)}
-    (out / "explore.html").write_text(explore.leaderboard_page(table, reports))
+    md, body = documents.leaderboard_documents(table, str(results_dir), left_out, beyond)
+    runfolder.write_text(out / "leaderboard.md", md)
+    runfolder.write_text(out / "leaderboard.html", body)
+    runfolder.write_text(out / "explore.html", explore.leaderboard_page(table, reports, beyond))
     return out / "leaderboard.md"

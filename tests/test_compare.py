@@ -57,7 +57,7 @@ def test_float64_across_engines_allows_rounding_but_not_a_step():
     rounding = compare_runs(side("A", table(), relaxed()),
                             side("B", table(energies=(-4.0 + 1e-9, -8.0, -3.0)), relaxed(shift=1e-7), **batched))
     assert rounding.verdict.code == judge.REPRODUCED and "within tolerance" in rounding.verdict.line
-    assert "## Speed" in rounding.markdown and "us_per_atom_step" in rounding.markdown  # other engines: their speed
+    assert "## Speed" in rounding.markdown and "µs/atom/step" in rounding.markdown  # other engines: their speed
     same = compare_runs(side("A", table(), relaxed()), side("B", table(), relaxed()))
     assert "## Speed" not in same.markdown
     step = compare_runs(side("A", table(), relaxed()), side("B", table(steps=(10, 21, 30)), relaxed(), **batched))
@@ -102,3 +102,49 @@ def test_an_atom_wrapped_across_the_cell_has_not_moved():
     b = np.array([[4.9 + 0.2, 1.0, 1.0], [2.0, 2.0, 2.3]])  # the first atom: 0.1 -> 5.1, the same site
     assert judge.max_displacement(a, b, cell, [True] * 3) == pytest.approx(0.3)
     assert judge.max_displacement(a, b, cell, [False] * 3) == pytest.approx(5.0)
+
+
+def test_float64_on_gpus_is_not_held_to_bit_equality():
+    # the audit's case: two float64 runs, both on GPUs, same engine: a GPU's sums may round otherwise
+    cuda = {**PROVENANCE, "devices": [{"name": "gpu0-0", "gpu": "0"}]}
+    assert judge.tolerance_for(cuda, cuda, "emt") is judge.FLOAT64
+    assert judge.IDENTICAL.why.startswith("float64, both on the CPU")
+
+
+def test_steps_close_is_the_same_whichever_run_is_a():
+    a, b = pd.Series([100, 3, 150]), pd.Series([102, 5, 153])
+    assert list(judge.steps_close(a, b)) == list(judge.steps_close(b, a)) == [True, True, True]
+    assert list(judge.steps_close(pd.Series([98]), pd.Series([102]))) == [False]
+    # the audit's case: 2 % of A alone let 200 -> 196 agree and 196 -> 200 not
+    assert list(judge.steps_close(pd.Series([196]), pd.Series([200]))) == list(judge.steps_close(
+        pd.Series([200]), pd.Series([196]))) == [True]
+
+
+def test_a_verdict_needs_its_evidence_on_both_sides():
+    # no relaxed structures on one side (relaxed.extxyz removed): not "identical"
+    with pytest.raises(CannotCompare, match=r"B: relaxed.extxyz has no relaxed emt a"):
+        compare_runs(side("A", table(), relaxed()), side("B", table(), {}))
+    # no energy for a structure that succeeded in both
+    with pytest.raises(CannotCompare, match=r"emt b succeeded in both runs but results.csv has no energy for it in A"):
+        compare_runs(side("A", table(energies=(-4.0, np.nan, -3.0)), relaxed()), side("B", table(), relaxed()))
+    # a column the verdict reads
+    with pytest.raises(CannotCompare, match=r"A: results.csv has no column energy_ev"):
+        compare_runs(side("A", table().drop(columns="energy_ev"), relaxed()), side("B", table(), relaxed()))
+
+
+def test_a_run_folder_without_provenance_cannot_be_compared(tmp_path):
+    from orchestrator.compare import read_side
+
+    table().assign(energy_error_mev_per_atom=0.0, position_mae_a=0.0).to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(CannotCompare, match="no provenance.json"):
+        read_side(tmp_path, tmp_path / "unpack")
+
+
+def test_an_altered_side_is_never_a_bare_reproduced():
+    altered = side("B", table(), relaxed())
+    altered.altered = ["b.bundle.tar.gz changed since it was made (results/results.csv)"]
+    result = compare_runs(side("A", table(), relaxed()), altered)
+    assert result.verdict.code == judge.DIFFERS
+    assert result.verdict.line.startswith("NOT VERIFIED: b.bundle.tar.gz changed since it was made "
+                                          "(results/results.csv). The structures alone: REPRODUCED")
+    assert "NOT VERIFIED" in result.markdown and "NOT VERIFIED" in result.html

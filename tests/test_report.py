@@ -52,6 +52,7 @@ def scored_rows(energy_scale=1.0):
                              "cell_change_rel": 0.01, "extent_a": 3.0, "elements": "Mo S" if dim == "2D" else "C H",
                              "disconnected": k == 1, "reference_over_limit": False,
                              "dimension_mismatch": k == 2 and model == "good",
+                             "coordination": {"0D": 1.0 + k, "2D": 3.0, "3D": 12.0}[dim],
                              **symmetry_columns(dim, kept=not (model == "poor" and k == 3))})
     return pd.DataFrame(rows)
 
@@ -79,15 +80,28 @@ def test_run_report_writes_tables_plots_and_a_self_contained_html(tmp_path):
     failures = pd.read_csv(out / "failures.csv")
     assert failures.set_index(["model", "dimension"]).loc[("poor", "2D"), "fragmented_thickness"] == 1
     page = (out / "report.html").read_text()
-    assert page.count("<table") == 12  # models + eleven tables (no paper table: these models are not the paper's)
+    assert page.count("<table") == 14  # models + 13 tables (no paper table: these models are not the paper's)
     assert "Beside the paper" not in page
-    assert page.count("data:image/png;base64,") == 6  # three box plots, symmetry, one element map per model
+    # three box plots, symmetry, coordination, one element map per model
+    assert page.count("data:image/png;base64,") == 7
+    assert "![Errors and failures against coordination](coordination.png)" in md_path.read_text()
+    by_coordination = pd.read_csv(out / "coordination.csv").set_index(["model", "coordination_bin"])
+    assert by_coordination.loc[("poor", "3"), ["n", "failed_share", "dimensions"]].tolist() == [5, 0.2, "0D,2D"]
+    assert pd.read_csv(out / "hard_cases.csv").empty  # one of the two models failed 2D-0: not a hard case
     assert "src=\"energy_error.png\"" not in page  # nothing refers to a file next to it
     for text in ("goodpkg=1.2.3", "poorpkg=?", "sha256:" + "1" * 64, "ab" * 32, "max steps 15000",
                  "2025-01-01T10:00:00+00:00", "fragmented_thickness", "0123d"):
         assert text in page, text
     md = md_path.read_text()
-    assert "| model | dimension | structures | finished | failed |" in md
+    assert ("| model | dim. | structures | finished | failed | failed (%) | steps (median) | ΔE MAE (meV/atom) | "
+            "ΔE median (meV/atom) |") in md
+    # every table is headed for a person (metrics.labels): no column name, a unit where there is one
+    headers = [line for k, line in enumerate(md.splitlines()[:-1]) if md.splitlines()[k + 1].startswith("| ---")]
+    assert headers and not any("_" in header for header in headers)
+    for unit in ("| Δr MAE, median (Å) |", "| median (meV/atom) |", "| µs/atom/step |", "| median (steps) |",
+                 "| Δr RMSD, median (Å) |"):
+        assert unit in md, unit
+    assert "<th>ΔE MAE (meV/atom)</th>" in page and "<th>energy mae mev</th>" not in page
     assert "![Symmetry kept](symmetry.png)" in md
     kept = pd.read_csv(out / "symmetry.csv").set_index(["model", "dimension", "symprec"])
     assert len(kept) == 8  # 2 models x (2D, 3D) x 2 tolerances; none for 0D
@@ -240,7 +254,10 @@ def test_leaderboard_over_two_runs_skips_unfinished_ones(tmp_path):
     md = md_path.read_text()
     assert "## 0D" in md and "## Runs" in md and "run-b" in md and "sha256:111111111111 " in md
     page = (tmp_path / "leaderboard.html").read_text()
-    assert page.count("<table") == 4  # 0D, 2D, 3D and runs
+    assert page.count("<table") == 5  # 0D, 2D, 3D, errors against coordination and runs (no hard case here)
+    assert "## Errors against coordination (beyond the paper)" in md and "## Hard cases (beyond the paper)" in md
+    by_coordination = pd.read_csv(tmp_path / "leaderboard_coordination.csv")
+    assert set(by_coordination["run"]) == {"run-a", "run-b"} and len(pd.read_csv(tmp_path / "leaderboard_hard_cases.csv")) == 0
 
 
 def test_an_incomplete_run_says_so_and_stays_off_the_leaderboard(tmp_path):

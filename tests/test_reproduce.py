@@ -101,7 +101,9 @@ def test_reproduce_from_the_bundle_alone_then_an_edited_result_is_named(emt_run,
     frame.to_csv(table, index=False)
     done = cli("reproduce", str(edited), "--gpus", "cpu", env=fresh)  # make turns every failure into 2
     assert done.returncode == 1, done.stderr[-3000:]
-    assert last_line(done).startswith("DIFFERS: emt outside the tolerance (1 structure(s) disagree)")
+    assert last_line(done).startswith("NOT VERIFIED: edited changed since it was made (results/results.csv). "
+                                      "The structures alone: DIFFERS: emt outside the tolerance (1 structure(s) "
+                                      "disagree)")
     assert "emt cu-1d: |ΔE| 1 meV/atom" in done.stderr
     judged = tmp_path / "fresh" / "edited-reproduced-ase-cpu" / "reproduction" / "compare.md"
     assert "results/results.csv" in judged.read_text()  # named: changed since the bundle was made
@@ -113,7 +115,7 @@ def test_reproduce_from_the_bundle_alone_then_an_edited_result_is_named(emt_run,
     assert cli("report", "--set", f"results_dir={tmp_path / 'fresh'}").returncode == 0
     board = (tmp_path / "fresh" / "leaderboard.md").read_text()
     assert "reproduced by" in board and f"{again.name} ({archive.name}: REPRODUCED)" in board
-    assert "edited-reproduced-ase-cpu (edited: DIFFERS)" in board
+    assert "edited-reproduced-ase-cpu (edited: NOT VERIFIED)" in board
 
 
 def test_a_bundle_of_an_older_checkout_rebuilds_its_own_image(engine, builder, tmp_path):
@@ -184,3 +186,65 @@ def test_a_bundle_with_its_image_reruns_without_building(engine, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loading emt.tar from the bundle" in done.stderr and "building" not in done.stderr
     assert engine.image_id(recorded["image"]) == recorded["image_id"]  # the very image that ran
+
+
+def test_a_bundle_rebuilt_otherwise_than_recorded_is_not_verified(emt_run, tmp_path):
+    """A Dockerfile edited after the bundle was made, with the bundle's list of sha256 updated
+    to match: the rerun builds another image, and the verdict says so, not REPRODUCED."""
+    run_dir, archive, _ = emt_run
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "forged", filter="data")
+    folder = tmp_path / "forged" / run_dir.name
+    dockerfile = folder / "build" / "images" / "emt" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "ENV UMLIP_FORGED=1\n")
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["files"]["build/images/emt/Dockerfile"] = sha256_of(dockerfile)
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    done = cli("reproduce", str(folder), "--gpus", "cpu", "--set", f"results_dir={tmp_path / 'r'}")
+    assert done.returncode == 1, done.stderr[-3000:]
+    recorded = json.loads((run_dir / "provenance.json").read_text())["models"]["emt"]["image"]
+    assert last_line(done).startswith("NOT VERIFIED: emt ran in umlip-0123d/emt:")
+    assert f"not the recorded {recorded}. The structures alone: REPRODUCED" in last_line(done)
+    (rerun,) = (tmp_path / "r").iterdir()
+    assert "NOT VERIFIED" in (rerun / "reproduction" / "compare.md").read_text()
+    assert "NOT VERIFIED" in (rerun / "report" / "report.md").read_text()
+
+
+LINKED = {  # path in a run folder -> the command that writes or packs it (run_dir, results folder)
+    "raw/emt": "bench", "raw/emt/shard-0000.log": "bench", "raw/emt/shard-0000.jsonl": "bench",
+    "raw/emt/image.json": "bench", "scored.key": "bench", "provenance.json": "bench",
+    "report/report.md": "report", "report/summary.csv": "report", "report/report.html": "bench",
+    "build/images/emt/Dockerfile": "bundle", "report/models.csv": "bundle", "leaderboard.md": "report",
+}
+
+
+def test_links_planted_in_a_run_folder_are_never_written_through(emt_run, tmp_path):
+    """A root orchestrator over a run folder seeded with a link at each path it writes or
+    packs: exit 2 naming the link, and what the link points at unchanged (content, owner,
+    mode, and no new file beside it)."""
+    run_dir, _, env = emt_run
+    dataset = Path(env["HOME"]) / "data" / "emt.extxyz"
+    for number, (planted, command) in enumerate(LINKED.items()):
+        target = tmp_path / f"target-{number}" / "file"
+        target.parent.mkdir()
+        target.write_text("untouched")
+        target.chmod(0o600)
+        results = tmp_path / f"results-{number}"
+        copy = results / run_dir.name
+        shutil.copytree(run_dir, copy, symlinks=True)
+        where = results / planted if planted == "leaderboard.md" else copy / planted
+        if where.is_dir():
+            shutil.rmtree(where)
+        else:
+            where.unlink(missing_ok=True)
+        where.symlink_to(target.parent if planted == "raw/emt" else target)
+        args = {"bench": ["bench", "--models", "emt", "--dataset", str(dataset), "--set", "shard_size=2",
+                          "--set", f"results_dir={results}"],
+                "report": ["report", "--set", f"results_dir={results}"],
+                "bundle": ["bundle", str(copy), "--out", str(tmp_path)]}[command]
+        done = cli(*args, env=env)
+        assert done.returncode == 2, (planted, done.stderr[-2000:])
+        assert f"{where}: a symbolic link in the run folder" in done.stderr, (planted, done.stderr[-2000:])
+        info = target.stat()
+        assert (target.read_text(), oct(info.st_mode & 0o777), info.st_uid) == ("untouched", "0o600", os.getuid())
+        assert [p.name for p in target.parent.iterdir()] == ["file"], planted

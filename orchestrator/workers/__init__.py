@@ -26,6 +26,7 @@ from typing import Protocol
 
 from adapters.wire import (CACHE_MOUNT, CANNOT_LOAD, CANNOT_WRITE, GAVE_UP, OUT_MOUNT, OVER_CAP, SHARDS_MOUNT, Job,
                            crash_list_path, in_flight_path, notices, worker_command)
+from orchestrator import runfolder
 from orchestrator.errors import BenchError
 from orchestrator.workers.spec import LABEL, Mount, WorkerSpec, worker_threading, worker_user
 
@@ -158,7 +159,7 @@ def prepare_worker_files(assignment: Assignment) -> None:
     it names a structure (while starting, say, for too little memory) must not blame the
     one an interrupted run left named there. Never follows a symbolic link (the
     orchestrator may be root): one planted in the run folder is refused."""
-    assignment.out_dir.mkdir(parents=True, exist_ok=True)
+    runfolder.mkdir(assignment.out_dir)
     uid, gid = worker_user()
     markers = {in_flight_path(out) for out in assignment.outs}
     for path in worker_files(assignment).values():
@@ -167,8 +168,7 @@ def prepare_worker_files(assignment: Assignment) -> None:
             handle = os.open(path, flags, 0o644)
         except OSError as exc:
             if path.is_symlink():
-                raise BenchError(f"{path}: a symbolic link in the run folder; remove it "
-                                 "(the orchestrator never follows links there)") from None
+                raise runfolder.LinkRefused(path) from None
             raise exc
         try:
             if os.getuid() == 0:

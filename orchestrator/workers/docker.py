@@ -15,13 +15,18 @@ orchestrator of that folder left behind.
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import queue
+import tarfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
 from adapters.wire import KILLED_FROM_OUTSIDE, WORKDIR
+from orchestrator import runfolder
 from orchestrator.errors import BenchError
 from orchestrator.workers import Assignment, Slot, prepare_worker_files, run_key, worker_failures, worker_spec
 from orchestrator.workers.spec import LABEL, SCRATCH_MOUNT, SCRATCH_OPTIONS, SHM_BYTES, WorkerSpec
@@ -105,10 +110,33 @@ class DockerEngine:
             for chunk in self.client.images.get(tag).save(named=True):
                 out.write(chunk)
 
-    def load_image(self, path: Path) -> list[str]:
-        """`docker load` of an archive; the tags it brought."""
-        with path.open("rb") as archive:
-            return [tag for image in self.client.images.load(archive) for tag in image.tags]
+    def load_image(self, path: Path, image_id: str, tag: str) -> None:
+        """`docker load` of an archive from elsewhere (a received bundle) as exactly the image
+        `image_id`, then tagged `tag`: the names the archive carries are never applied (they
+        could repoint any image this engine holds), an archive of another image is refused,
+        and so is a `tag` that already names another image here."""
+        named = archive_image_ids(path)
+        if named != [image_id]:
+            raise BenchError(f"{path}: holds image {', '.join(named) or 'none'}, not the recorded {image_id}: "
+                             "not loaded (the bundle was altered)")
+        held = self.image_id(tag)
+        if held not in (None, image_id):
+            raise BenchError(f"{path}: {tag} already names image {held} here, not the bundle's {image_id}: not "
+                             f"retagged; remove that tag (docker rmi {tag}) if you want the bundle's image")
+        reader, writer = os.pipe()
+        copier = threading.Thread(target=_copy_without_names, args=(path, writer), daemon=True)
+        copier.start()
+        with os.fdopen(reader, "rb") as stream:
+            loaded = self.client.images.load(iter(lambda: stream.read(1 << 20), b""))
+        copier.join()
+        ids = {image.id for image in loaded}
+        if ids != {image_id}:
+            for other in ids - {image_id}:
+                self.remove_image(other)
+            raise BenchError(f"{path}: loaded as {', '.join(sorted(ids)) or 'nothing'}, not the recorded {image_id}: "
+                             "the bundle was altered")
+        repository, version = tag.rsplit(":", 1)
+        self.client.images.get(image_id).tag(repository, version)
 
     def labelled_images(self, label: str) -> dict[str, dict]:
         """Id -> labels of every image that carries `label` (`key` or `key=value`)."""
@@ -165,6 +193,40 @@ class DockerEngine:
             container.kill()
         except docker.errors.APIError:
             pass
+
+
+def archive_image_ids(path: Path) -> list[str]:
+    """The ids of the images a `docker save` archive holds, from its manifest.json."""
+    try:
+        with tarfile.open(path) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))
+        return [f"sha256:{Path(entry['Config']).name.removesuffix('.json')}" for entry in manifest]
+    except (tarfile.TarError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise BenchError(f"{path}: not an image archive (no readable manifest.json: {exc})") from None
+
+
+def _copy_without_names(source: Path, fd: int) -> None:
+    """The archive into a pipe, less every name it gives its images: the repositories file,
+    manifest.json's RepoTags and index.json's name annotations."""
+    names = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
+    try:
+        with os.fdopen(fd, "wb") as sink, tarfile.open(source) as src, tarfile.open(fileobj=sink, mode="w|") as out:
+            for member in src:
+                if member.name == "repositories":
+                    continue
+                if member.name in ("manifest.json", "index.json"):
+                    record = json.load(src.extractfile(member))
+                    for entry in record if isinstance(record, list) else record.get("manifests", []):
+                        entry.pop("RepoTags", None)
+                        for name in names:
+                            (entry.get("annotations") or {}).pop(name, None)
+                    data = json.dumps(record).encode()
+                    member.size = len(data)
+                    out.addfile(member, io.BytesIO(data))
+                else:
+                    out.addfile(member, src.extractfile(member) if member.isfile() else None)
+    except BrokenPipeError:  # the engine stopped reading: its error is the one to report
+        pass
 
 
 class DockerBackend:
@@ -242,7 +304,7 @@ class DockerBackend:
         (self.weights_dir / assignment.model).mkdir(parents=True, exist_ok=True)  # mounted even when empty
         container = self.engine.start(worker_spec(assignment, slot, self.run_key, self.weights_dir, self.owner))
         try:
-            with assignment.log.open("ab") as log:
+            with runfolder.open_append(assignment.log) as log:
                 start = log.tell()
                 for chunk in container.logs(stream=True, follow=True):
                     log.write(chunk)

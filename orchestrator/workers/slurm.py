@@ -180,20 +180,22 @@ def convert_image(image: str, image_id: str, runtime: str, image_dir: Path | Non
         partial = target.with_name(target.name + ".partial")
         archive = target.with_suffix(".tar")
         console.print(f"converting {image} for {runtime} on the nodes: {target}")
-        if runtime == "apptainer" and not shutil.which("docker"):
-            raise BenchError("converting images for Apptainer needs the docker client on this host")
-        if runtime == "apptainer":
-            try:
-                _run(["apptainer", "build", "--force", str(partial), f"docker-daemon://{image}"],
-                     f"converting {image}")
-            except BenchError:  # no daemon socket for apptainer: go through an archive
-                _run(["docker", "save", "-o", str(archive), image], f"saving {image}")
-                _run(["apptainer", "build", "--force", str(partial), f"docker-archive://{archive}"],
-                     f"converting {image}")
-                archive.unlink()
-        else:
-            _run(["docker", "save", "-o", str(partial), image], f"saving {image}")
-        partial.replace(target)
+        try:
+            if runtime == "apptainer":
+                try:
+                    _run(["apptainer", "build", "--force", str(partial), f"docker-daemon://{image}"],
+                         f"converting {image}")
+                except BenchError:  # no daemon socket for apptainer: go through an archive
+                    _run(["docker", "save", "-o", str(archive), image], f"saving {image}")
+                    _run(["apptainer", "build", "--force", str(partial), f"docker-archive://{archive}"],
+                         f"converting {image}")
+            else:
+                _run(["docker", "save", "-o", str(partial), image], f"saving {image}")
+            partial.replace(target)
+        finally:  # a failed conversion leaves nothing behind (an archive is gigabytes)
+            partial.unlink(missing_ok=True)
+            if runtime == "apptainer":
+                archive.unlink(missing_ok=True)
         checksum.write_text(sha256_of(target) + "\n")
     key = "path" if runtime == "apptainer" else "archive"
     return {**record, key: str(target), "sha256": checksum.read_text().strip()}
@@ -314,11 +316,18 @@ class SlurmBackend:
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel")
 
 
-def check_commands() -> None:
+def check_commands(runtime: str) -> None:
+    """The SLURM commands, and the tools that convert images for `runtime`, before anything
+    is converted or submitted."""
     missing = [tool for tool in SLURM_COMMANDS if not shutil.which(tool)]
     if missing:
         raise BenchError(f"backend slurm: {', '.join(missing)} not found on this host; run on the cluster's "
                          "login node (or load its SLURM module), or set backend: docker")
+    if runtime == "apptainer":
+        absent = [tool for tool in ("apptainer", "docker") if not shutil.which(tool)]
+        if absent:
+            raise BenchError(f"slurm.runtime apptainer: {' and '.join(absent)} not found on this host (converting "
+                             "the images to SIF needs both); install them, or set slurm.runtime to docker or podman")
 
 
 def check_shared(settings: dict, folders: dict[str, Path]) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from adapters import wire
 from metrics.per_structure import MISSING
-from orchestrator import merge, provenance
+from orchestrator import merge, provenance, runfolder
 from orchestrator.console import console, show_table
 from orchestrator.datasets import write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
@@ -31,7 +32,8 @@ def run_plan(plan: RunPlan) -> Path:
     """Relax, merge, score and report a resolved plan; its run folder."""
     engine = DockerEngine()
     started = provenance.now()
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    runfolder.mkdir(plan.run_dir)
+    runfolder.refuse_links(plan.run_dir)  # nothing is written through a link planted in the run folder
     console.print(f"run folder {plan.run_dir}: {len(plan.structures)} structures x {len(plan.models)} model(s)")
     with RunLock(plan.run_dir):  # one orchestrator per run folder; released however this process ends
         return _relax_and_score(plan, engine, started)
@@ -40,7 +42,7 @@ def run_plan(plan: RunPlan) -> Path:
 def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
     manifest, run_dir = plan.manifest, plan.run_dir
     backend, slots = make_backend(plan, engine)
-    shards = write_shards(plan.structures, run_dir / "shards", plan.shard_size())
+    shards = write_shards(plan.structures, run_dir / "shards", plan.shard_sizes(len(slots)))
     if not (run_dir / "reference.extxyz").exists():
         write_extxyz(run_dir / "reference.extxyz", plan.structures)
 
@@ -86,9 +88,12 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
     if plan.engine == "batched" and manifest["backend"] == "docker":
         assignments = one_assignment_per_slot(assignments, len(slots))  # a batch refilled across shards stays full
 
+    at_once = len(slots) if manifest["backend"] == "docker" else manifest["slurm"]["max_simultaneous_tasks"]
+    workers = {model: min(n, at_once or n) for model, n in Counter(a.model for a in assignments).items()}
     if assignments:
-        console.print(f"{sum(len(a.shards) for a in assignments)} shard(s) in {len(assignments)} worker(s) on "
-                      f"{len(slots)} slot(s): {', '.join(s.name for s in slots)}")
+        busy = min(len(assignments), at_once or len(assignments))
+        console.print(f"{sum(len(a.shards) for a in assignments)} shard(s) in {len(assignments)} worker(s), "
+                      f"{busy} at a time on {len(slots)} slot(s): {', '.join(s.name for s in slots)}")
         tracker = ResultsProgress(run_dir, totals)
         with tracker.progress:
             backend.run(assignments, on_tick=tracker.update)
@@ -124,6 +129,7 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
         "fragmentation_limits_a": manifest["fragmentation_limits_a"], "symmetry": symmetry_record(),
         **backend.provenance(), "devices": [s.__dict__ for s in slots],
         "worker_threading": worker_threading(slots[0].threads), "settings_sources": manifest.sources,
+        "workers": {**record.get("workers", {}), **workers},  # per model, at a time: what the speed card timed
         "models": model_records, "models_requested": list(manifest["models"]),
         **({"reproduction": {**record.get("reproduction", {}), **plan.reproduces}} if plan.reproduces else {}),
     })
@@ -131,7 +137,7 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
 
     report = write_run_report(run_dir)
     if not missing:
-        (run_dir / SCORED).write_text(scores_key)
+        runfolder.write_text(run_dir / SCORED, scores_key)
     print_summary(table)
     console.print(f"report: {report}")
     if missing:
@@ -184,7 +190,7 @@ def make_backend(plan: RunPlan, engine):
         from orchestrator.workers.slurm import SlurmBackend, check_commands, check_shared, task_slot
 
         settings = manifest["slurm"]
-        check_commands()
+        check_commands(settings["runtime"])
         check_shared(settings, {"results_dir": plan.run_dir, "cache_dir": plan.cache.root})
         image_dir = manifest.path_setting("slurm.image_dir")
         if image_dir is None and settings["runtime"] == "apptainer":

@@ -14,12 +14,13 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from adapters.wire import Job
+from orchestrator import runfolder
 from orchestrator.console import console
 from orchestrator.datasets import Dataset, load_dataset, select, subset_key
 from orchestrator.errors import BenchError
 from orchestrator.images import REPO, Model, discover_models, resolve_models
 from orchestrator.manifest import CacheLayout, Manifest
-from orchestrator.shards import complete_lines
+from orchestrator.shards import complete_lines, cut
 
 
 def pick_models(manifest: Manifest, names: list[str], source: Path = REPO) -> list[Model]:
@@ -57,6 +58,7 @@ class RunPlan:
     source: Path = REPO               # the tree whose images/ and adapters/ build the images
     images: dict = field(default_factory=dict)  # model -> an image to run as it is (a bundle's), not built
     reproduces: dict | None = None    # the bundle this run reproduces (provenance "reproduction")
+    sharding: dict | None = None      # the shards to cut (a bundle's sharding.json), not cut anew
 
     @classmethod
     def resolve(cls, manifest: Manifest, model_names: list[str], source: Path = REPO,
@@ -80,17 +82,27 @@ class RunPlan:
                    batch_atoms=self.manifest["batch_atoms"], structure_timeout_s=self.manifest["structure_timeout_s"],
                    stall_timeout_s=self.manifest.stall_timeout_s(), max_retries=self.manifest["max_worker_retries"])
 
-    def shard_size(self) -> int:
-        """A run folder keeps the sharding it started with, so resumed runs line up."""
+    def shard_sizes(self, slots: int) -> list[int]:
+        """The run's shards, as sizes in order. A run folder keeps the cut it started with, so
+        resumed runs line up; a reproduction takes its bundle's (`sharding`). A folder from
+        before the cut was recorded holds only its shard_size: consecutive shards of that size."""
         path = self.run_dir / "sharding.json"
         wanted = self.manifest["shard_size"]
         if path.exists():
-            size = json.loads(path.read_text())["shard_size"]
-            if size != wanted:
-                console.print(f"keeping shard_size {size} of this run folder (asked: {wanted})")
-            return size
-        path.write_text(json.dumps({"shard_size": wanted}) + "\n")
-        return wanted
+            record = json.loads(path.read_text())
+            if record["shard_size"] != wanted:
+                console.print(f"keeping the shards of this run folder (shard_size {record['shard_size']}, "
+                              f"asked: {wanted})")
+        else:
+            record = self.sharding or {"shard_size": wanted, "slots": slots,
+                                       "sizes": cut([len(a) for a in self.structures], wanted, slots)}
+            runfolder.write_text(path, json.dumps(record) + "\n")
+        size, total = record["shard_size"], len(self.structures)
+        sizes = record.get("sizes") or [min(size, total - start) for start in range(0, total, size)]
+        if sum(sizes) != total:
+            raise BenchError(f"{path}: its shards hold {sum(sizes)} structures, the run {total}; "
+                             "remove the file and the shards/ folder to cut them again")
+        return sizes
 
 
 def check_image(out_dir: Path, image: str, image_id: str) -> None:
@@ -102,8 +114,7 @@ def check_image(out_dir: Path, image: str, image_id: str) -> None:
             raise BenchError(f"{out_dir} holds results of image {previous['image']}, but the model now builds "
                              f"{image} (its Dockerfile, model.yaml or the code it runs changed). Remove {out_dir} "
                              "to relax again with the new image, or restore the old inputs.")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"image": image, "image_id": image_id}) + "\n")
+    runfolder.write_text(record, json.dumps({"image": image, "image_id": image_id}) + "\n")
 
 
 class RunLock:
@@ -114,7 +125,7 @@ class RunLock:
         self.path = Path(run_dir) / ".lock"
 
     def __enter__(self) -> "RunLock":
-        self.handle = self.path.open("a+")
+        self.handle = runfolder.open_append(self.path, "a+")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

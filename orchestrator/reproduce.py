@@ -9,7 +9,6 @@ engine and workers may differ: they are recorded, and the comparison says so.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from orchestrator.bundle import Bundle, label_of, open_bundle
 from orchestrator.compare import Comparison, bundle_side, compare_runs, read_side, write_comparison
 from orchestrator.console import console
 from orchestrator.errors import BenchError
+from orchestrator.images import IMAGE_PREFIX
 from orchestrator.manifest import load
 from orchestrator.plan import RunPlan
 from orchestrator.report import write_run_report
@@ -31,9 +31,8 @@ def bundle_overrides(bundle: Bundle, dataset: str | None, engine: str | None) ->
     values = {"subset": record["dataset"]["subset"], "protocol": record["protocol"],
               "fragmentation_limits_a": record["fragmentation_limits_a"], "engine": engine or record.get("engine", "ase"),
               "batch_atoms": record.get("batch_atoms", 2000), "structure_timeout_s": record.get("structure_timeout_s")}
-    sharding = bundle.results / "sharding.json"
-    if sharding.is_file():
-        values["shard_size"] = json.loads(sharding.read_text())["shard_size"]
+    if bundle.sharding:
+        values["shard_size"] = bundle.sharding["shard_size"]
     values["dataset"] = dataset or _dataset_spec(bundle)
     return values
 
@@ -63,13 +62,16 @@ def reproduce(manifest_path: Path, bundle_path: Path, overrides: dict, dataset: 
     run_dir = manifest.path_setting("results_dir") / reproduction_name(label_of(bundle.origin), manifest)
     plan = RunPlan.resolve(manifest, models, source=bundle.build, run_dir=run_dir)
     _check_same_structures(bundle, plan)
+    plan.sharding = bundle.sharding  # the same structures in each shard, whatever the slots here
     plan.images = _load_images(bundle, plan)
     plan.reproduces = {"of": bundle.run_id, "bundle": bundle.origin.name, "bundle_sha256": bundle.sha256}
     console.print(f"reproducing {bundle.run_id} from {bundle.origin.name}: images from the bundle's build inputs"
                   f"{' (archives)' if plan.images else ''}, {len(plan.structures)} structures x {len(models)} model(s)")
     run_dir = run_plan(plan)
     rerun = read_side(run_dir, manifest.cache.root / "bundles")
-    comparison = compare_runs(bundle_side(bundle, changed), rerun)  # the bundle as opened and checked above
+    recorded = bundle_side(bundle, changed)  # the bundle as opened and checked above
+    recorded.altered += _rebuilt_otherwise(bundle.provenance, rerun.provenance)
+    comparison = compare_runs(recorded, rerun)
     for line in _version_changes(bundle.provenance, rerun.provenance):
         console.print(f"[yellow]package differs[/yellow]: {line}")
     write_comparison(comparison, run_dir / "reproduction")
@@ -111,10 +113,25 @@ def _load_images(bundle: Bundle, plan: RunPlan) -> dict[str, str]:
     for model in plan.models:
         archive = archives / f"{model.name}.tar"
         if archive.is_file():
-            console.print(f"loading {archive.name} from the bundle")
-            engine.load_image(archive)
-            images[model.name] = bundle.provenance["models"][model.name]["image"]
+            record = bundle.provenance["models"][model.name]
+            if not str(record.get("image", "")).startswith(f"{IMAGE_PREFIX}/"):
+                raise BenchError(f"{bundle.origin}: {model.name}'s image is recorded as {record.get('image')!r}, "
+                                 f"not one of this tool's ({IMAGE_PREFIX}/...): not loaded")
+            console.print(f"loading {archive.name} from the bundle as {record['image']}")
+            engine.load_image(archive, record["image_id"], record["image"])
+            images[model.name] = record["image"]
     return images
+
+
+def _rebuilt_otherwise(before: dict, after: dict) -> list[str]:
+    """A model whose image here is not the one the bundle records (its tag is a hash of
+    the build inputs: another tag, other inputs)."""
+    lines = []
+    for model, record in before.get("models", {}).items():
+        here = (after.get("models", {}).get(model) or {}).get("image")
+        if here != record.get("image"):
+            lines.append(f"{model} ran in {here}, not the recorded {record.get('image')}")
+    return lines
 
 
 def _version_changes(before: dict, after: dict) -> list[str]:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from metrics.geometry import periodic_axes
+from orchestrator import runfolder
 
 
 def structure_record(atoms) -> dict:
@@ -26,17 +27,41 @@ def structure_record(atoms) -> dict:
     }
 
 
-def write_shards(structures: list, shard_dir: Path, shard_size: int) -> list[Path]:
-    """Write shard-NNNN.jsonl files; an existing identical shard is left untouched."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for number, start in enumerate(range(0, len(structures), shard_size)):
-        text = "".join(json.dumps(structure_record(a)) + "\n" for a in structures[start:start + shard_size])
+def cut(atoms_counts: list[int], shard_size: int, slots: int) -> list[int]:
+    """The sizes of consecutive shards: as few as `shard_size` allows, but at least one per
+    slot where there are that many structures (so no slot idles while structures wait),
+    cut where the atoms are shared most equally (a structure's cost grows with its atoms).
+    The same counts, size and slots always give the same cut."""
+    total = len(atoms_counts)
+    count = min(total, max(-(-total // shard_size), slots))
+    if count <= 1:
+        return [total] if total else []
+    cumulative, atoms = [], 0
+    for n in atoms_counts:
+        atoms += n
+        cumulative.append(atoms)
+    bounds = [0]
+    for k in range(1, count):
+        wanted = atoms * k / count
+        at = next(i + 1 for i, c in enumerate(cumulative) if c >= wanted)
+        lowest = max(bounds[-1] + 1, total - (count - k) * shard_size)   # the rest must fit in what is left
+        highest = min(bounds[-1] + shard_size, total - (count - k))      # every later shard keeps one
+        bounds.append(min(max(at, lowest), highest))
+    bounds.append(total)
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def write_shards(structures: list, shard_dir: Path, sizes: list[int]) -> list[Path]:
+    """Write shard-NNNN.jsonl files of these sizes, in order; an existing identical shard is
+    left untouched."""
+    runfolder.mkdir(shard_dir)
+    paths, start = [], 0
+    for number, size in enumerate(sizes):
+        text = "".join(json.dumps(structure_record(a)) + "\n" for a in structures[start:start + size])
+        start += size
         path = shard_dir / f"shard-{number:04d}.jsonl"
-        if not path.exists() or path.read_text() != text:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+        if not path.is_file() or path.is_symlink() or path.read_text() != text:
+            runfolder.write_text(path, text)
         paths.append(path)
     return paths
 

@@ -3,6 +3,7 @@
 # make bench MODEL=mace BACKEND=slurm            the same run as array jobs on a SLURM cluster (benchmark.yaml: slurm)
 # make weights MODEL=mace                      download a model's weights into the cache (once)
 # make lock MODEL=mace                         re-resolve a model's packages: images/<model>/requirements.lock
+# make lock HOST=1                             re-resolve the host's packages: requirements.lock (uv, every Python)
 #                                              (PYTHON=3.13: that runtime's; neither: every runtime's and model's)
 # make bundle RUN=results/<run> [WITH=data,images]  one archive of a run: build inputs, settings, results, report
 # make reproduce BUNDLE=<file> [GPUS=0] [ENGINE=batched]  rerun a bundle here from its own inputs, then compare
@@ -26,10 +27,11 @@ BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASE
 
 .PHONY: bench build bundle reproduce compare selftest lock weights report test test-unit test-zoo perf perf-engine doctor models clean-venv
 
-$(VENV)/.installed: requirements.txt
+# the host's scoring stack, exactly as locked (hashes checked): see orchestrator/host.py
+$(VENV)/.installed: requirements.lock
 	$(HOST_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
 	touch $@
 
 bench: $(VENV)/.installed
@@ -39,7 +41,7 @@ build: $(VENV)/.installed
 	$(PY) -m orchestrator build $(BENCH_ARGS)
 
 lock: $(VENV)/.installed
-	$(PY) -m orchestrator lock $(if $(MODEL),--models $(MODEL)) $(if $(PYTHON),--python $(PYTHON))
+	$(PY) -m orchestrator lock $(if $(MODEL),--models $(MODEL)) $(if $(PYTHON),--python $(PYTHON)) $(if $(HOST),--host)
 
 weights: $(VENV)/.installed
 	$(PY) -m orchestrator weights $(BENCH_ARGS)

@@ -256,6 +256,13 @@ SETUP = [("engine", ("engine",)), ("batch atoms", ("batch_atoms",)), ("devices",
 def setup_differences(a: dict, b: dict, models: list[str]) -> pd.DataFrame:
     """What ran differently: the settings, machine and, per model, image and package versions."""
     rows = [(what, lookup(a, *path), lookup(b, *path)) for what, path in SETUP]
+    # the host's scoring stacks side by side (orchestrator.host), where both recorded one
+    stacks = [lookup(p, "scoring", default=None) for p in (a, b)]
+    if all(isinstance(s, dict) for s in stacks):
+        rows.append(("scoring Python", stacks[0].get("python"), stacks[1].get("python")))
+        packages = [s.get("packages") or {} for s in stacks]
+        rows += [(f"scoring {name}", packages[0].get(name), packages[1].get(name))
+                 for name in sorted(set(packages[0]) | set(packages[1]))]
     for model in models:
         for what in ("image", "image_id", "python", "packages", "dtype", "base_image_id"):
             rows.append((f"{model} {what}", lookup(a, "models", model, what), lookup(b, "models", model, what)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from adapters import wire
 from metrics.per_structure import MISSING
-from orchestrator import merge, provenance, runfolder
+from orchestrator import host, merge, provenance, runfolder
 from orchestrator.console import console, show_table
 from orchestrator.datasets import write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
@@ -110,6 +110,8 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
         console.print(f"scores and report unchanged: {run_dir / 'report' / 'report.md'}")
         return run_dir
     (run_dir / SCORED).unlink(missing_ok=True)
+    if host.LOCK.is_file():  # the lock of the stack that scores it, for its bundle
+        runfolder.write_bytes(run_dir / "build" / "host" / host.LOCK.name, host.LOCK.read_bytes())
     table = score_run(run_dir, manifest, plan.structures)
     missing = table[table["failure_reason"] == MISSING].groupby("model").size().to_dict()
     dataset = plan.dataset
@@ -127,6 +129,7 @@ def _relax_and_score(plan: RunPlan, engine, started: str) -> Path:
         "protocol": manifest["protocol"], "engine": plan.engine, "batch_atoms": manifest["batch_atoms"],
         "structure_timeout_s": timeout_s, "stall_timeout_s": manifest.stall_timeout_s(),
         "fragmentation_limits_a": manifest["fragmentation_limits_a"], "symmetry": symmetry_record(),
+        "scoring": host.scoring_stack(),
         **backend.provenance(), "devices": [s.__dict__ for s in slots],
         "worker_threading": worker_threading(slots[0].threads), "settings_sources": manifest.sources,
         "workers": {**record.get("workers", {}), **workers},  # per model, at a time: what the speed card timed
@@ -155,16 +158,18 @@ SCORED = "scored.key"
 
 def scoring_key(run_dir: Path, manifest: Manifest) -> str:
     """What the scores and the report of a run folder depend on: every result file (name,
-    size, time), the settings the scoring reads, and the scoring code itself."""
+    size, time), the settings the scoring reads, the scoring code itself and the packages
+    it runs on (orchestrator.host)."""
     raw = sorted((p.relative_to(run_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
                  for p in (run_dir / "raw").glob("*/shard-*.jsonl"))
     code = hashlib.sha256()
     for path in sorted([*(REPO / "metrics").rglob("*.py"), *(REPO / "metrics").rglob("*.csv"),
                         REPO / "orchestrator" / "merge.py", REPO / "adapters" / "wire.py"]):
         code.update(path.read_bytes())
+    stack = host.scoring_stack()
     return json.dumps({"raw": raw, "fragmentation_limits_a": manifest["fragmentation_limits_a"],
                        "structure_timeout_s": manifest["structure_timeout_s"], "code": code.hexdigest(),
-                       "symmetry": symmetry_record()},
+                       "symmetry": symmetry_record(), "scoring": [stack["python"], stack["packages"]]},
                       sort_keys=True) + "\n"
 
 

@@ -106,6 +106,11 @@ def cmd_lock(args) -> None:
     from orchestrator.images import ImageBuilder, write_lock
     from orchestrator.workers.docker import DockerEngine
 
+    if args.host:  # the host's lock needs no engine
+        from orchestrator import host
+
+        print(host.write_lock())
+        return
     manifest = load(args.manifest, overrides_from(args))
     builder = ImageBuilder.from_manifest(DockerEngine(), manifest, echo=console.print)
     runtimes, models = lock_plan(manifest, args.models, args.python)
@@ -315,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lock", help="resolve the images' packages afresh and write their locks")
     common(p)
     p.add_argument("--python", nargs="+", help="lock the runtimes of these Python versions (PYTHON)")
+    p.add_argument("--host", action="store_true", help="lock the host's packages instead: requirements.lock (HOST)")
     p.set_defaults(func=cmd_lock)
     p = sub.add_parser("zoo", help="build every model image from a clean cache, check each, print a table")
     common(p)

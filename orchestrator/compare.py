@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -14,10 +14,10 @@ from metrics import compare as judge
 from metrics.report import lookup
 from metrics.speed import speed_card
 from metrics.summary import DIMENSIONS
+from orchestrator import host, runfolder
 from orchestrator.bundle import Bundle, label_of, open_bundle
 from orchestrator.errors import BenchError
-from orchestrator import runfolder
-from orchestrator.report import read_provenance, read_results, write_table
+from orchestrator.report import read_frames, read_provenance, read_results, write_table
 
 
 @dataclass
@@ -27,6 +27,7 @@ class RunSide:
     relaxed: dict            # (model, id) -> relaxed Atoms
     provenance: dict
     notes: list[str] = field(default_factory=list)
+    reference: Path | None = None  # its PBE structures (reference.extxyz), where it holds them
     altered: list[str] = field(default_factory=list)  # why it is not what was recorded (a changed bundle)
 
 
@@ -37,7 +38,7 @@ def read_side(path: Path, unpack_dir: Path) -> RunSide:
         if not (path / "provenance.json").is_file():
             raise CannotCompare(f"{path}: no provenance.json (which data, protocol and precision ran): cannot compare")
         return RunSide(path.name, read_results(path / "results.csv"), read_relaxed(path / "relaxed.extxyz"),
-                       read_provenance(path / "provenance.json"))
+                       read_provenance(path / "provenance.json"), reference=path / "reference.extxyz")
     bundle = open_bundle(path, unpack_dir)
     return bundle_side(bundle, bundle.changed_files())
 
@@ -105,12 +106,48 @@ def compare_runs(a: RunSide, b: RunSide) -> Comparison:
     rows = judge.differences(pairs, positions, tolerances)
     result = judge.not_verified(judge.verdict(rows, tolerances), a.altered + b.altered)
     notes = a.notes + b.notes + _left_out(a, b, models)
+    drift = host.stack_differences(lookup(a.provenance, "scoring"), lookup(b.provenance, "scoring"))
+    if drift:
+        share = _scoring_share(a, b, models, rows, positions, tolerances)
+        notes.append(f"The scoring stacks differ ({'; '.join(drift)}). {share}")
+        result = replace(result, line=f"{result.line} Scoring stacks differ: {share}")
     setup = judge.setup_differences(a.provenance, b.provenance, models)
     speed = None if judge.same_arithmetic(a.provenance, b.provenance) else pd.concat(
         [speed_card(side.table[side.table["model"].isin(models)], side.provenance).assign(run=label)
          for label, side in (("A", a), ("B", b))], ignore_index=True)
     md, html = judge.documents((a.name, b.name), rows, result, setup, notes, list(DIMENSIONS), speed)
     return Comparison((a.name, b.name), rows, result, md, html)
+
+
+def _scoring_share(a: RunSide, b: RunSide, models: list[str], rows: pd.DataFrame, positions: dict,
+                   tolerances: dict) -> str:
+    """How much of the difference between two runs scored by other stacks is the scoring's:
+    both runs' results scored again here, on this machine's stack, from their model outputs
+    (the failure reasons the containers gave, the relaxed structures) and the PBE structures,
+    then judged again. A structure that disagrees as recorded and agrees when both are scored
+    alike differs by its scoring."""
+    from metrics.per_structure import CONTAINER_REASONS, score
+
+    where = next((side.reference for side in (a, b) if side.reference and side.reference.is_file()), None)
+    if where is None:
+        return ("Neither run holds its PBE structures (reference.extxyz) to score both again here, so how much "
+                "of a difference in failure status is the scoring's is not known.")
+    reference = dict(read_frames(where))
+    limits = lookup(a.provenance, "fragmentation_limits_a")
+
+    def again(side: RunSide) -> pd.DataFrame:
+        raw = side.table[side.table["model"].isin(models)].copy()
+        raw["failure_reason"] = raw["failure_reason"].where(raw["failure_reason"].isin(CONTAINER_REASONS), "")
+        for sid, axes in zip(raw["id"].astype(str), raw.get("periodic_axes", pd.Series(dtype=str)).fillna("")):
+            reference[sid].info["periodic_axes"] = str(axes)  # as the run read them
+        return score(raw[raw["id"].astype(str).isin(reference)], reference, side.relaxed, limits)
+
+    alike = judge.differences(judge.pair(again(a), again(b)), positions, tolerances)
+    before = set(zip(rows["model"], rows["id"], rows["agrees"]))
+    apart = {(m, i) for m, i, ok in before if not ok}
+    still = {(m, i) for m, i, ok in zip(alike["model"], alike["id"], alike["agrees"]) if not ok}
+    return (f"Scored again here on one stack, {len(still)} structure(s) disagree, against {len(apart)} as recorded: "
+            f"{len(apart - still)} of the difference is the scoring's, {len(still)} the relaxations'.")
 
 
 def _left_out(a: RunSide, b: RunSide, models: list[str]) -> list[str]:

@@ -140,7 +140,7 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
     return out / "report.md"
 
 
-def _frames(path: Path):
+def read_frames(path: Path):
     """(id, Atoms) of every frame of an extxyz file of the run folder (none if absent)."""
     from ase.io import iread
 
@@ -155,10 +155,10 @@ def _frames(path: Path):
 def write_explore_page(run_dir: Path, scored: pd.DataFrame, named: dict, out: Path) -> Path:
     """report/explore.html (metrics.explore): the PBE structures for formulas and the
     gallery, and of the relaxed ones only the gallery's cases."""
-    reference = dict(_frames(run_dir / "reference.extxyz"))
+    reference = dict(read_frames(run_dir / "reference.extxyz"))
     cases = explore.gallery_cases(scored, {})
     wanted = set(zip(cases["model"].astype(str), cases["id"].astype(str)))
-    relaxed = {key: atoms for sid, atoms in _frames(run_dir / "relaxed.extxyz")
+    relaxed = {key: atoms for sid, atoms in read_frames(run_dir / "relaxed.extxyz")
                if (key := (str(atoms.info["model"]), sid)) in wanted}
     path = out / "explore.html"
     runfolder.write_text(path, explore.run_page(run_dir.name, scored, named, reference, relaxed))

@@ -148,3 +148,34 @@ def test_an_altered_side_is_never_a_bare_reproduced():
     assert result.verdict.line.startswith("NOT VERIFIED: b.bundle.tar.gz changed since it was made "
                                           "(results/results.csv). The structures alone: REPRODUCED")
     assert "NOT VERIFIED" in result.markdown and "NOT VERIFIED" in result.html
+
+
+def test_how_much_of_a_difference_is_the_scorings(tmp_path):
+    """Two runs scored by other stacks: one said a 2D layer fragmented, the other not, from the
+    same relaxed structure (as an older numpy or ASE might have measured it). Scored again
+    here on one stack, they agree: the difference was the scoring's, and the verdict says so."""
+    from metrics.per_structure import score
+    from orchestrator.datasets import write_extxyz
+
+    layer = Atoms("Cu2", positions=[[0, 0, 5.0], [1.25, 1.25, 7.3]], cell=[2.5, 2.5, 20.0], pbc=True,
+                  info={"id": "a", "dimension": "2D"})
+    raw = pd.DataFrame({"model": ["emt"], "id": ["a"], "dimension": ["2D"], "natoms": [2], "failure_reason": [""],
+                        "converged": [True], "steps": [10], "energy_ev": [-4.0], "energy_ref_ev": [-4.0]})
+    relaxed_layer = {("emt", "a"): layer.copy()}
+    scored = score(raw, {"a": layer}, relaxed_layer, {"2D": 7.5})
+    assert scored.loc[0, "failure_reason"] == ""
+    older = scored.assign(failure_reason="fragmented_thickness")  # what the other stack said of it
+    write_extxyz(tmp_path / "reference.extxyz", [layer])
+    stacks = [{"python": "3.11.7", "packages": {"numpy": version, "ase": "3.29.0"}} for version in ("1.26.4", "2.4.6")]
+    a = RunSide("A", older, relaxed_layer, {**PROVENANCE, "scoring": stacks[0]})
+    b = RunSide("B", scored, relaxed_layer, {**PROVENANCE, "scoring": stacks[1]}, reference=tmp_path / "reference.extxyz")
+    result = compare_runs(a, b)
+    assert result.verdict.code == judge.DIFFERS  # as recorded, the statuses differ
+    assert "Scoring stacks differ: Scored again here on one stack, 0 structure(s) disagree, against 1 as recorded: " \
+           "1 of the difference is the scoring's, 0 the relaxations'." in result.verdict.line
+    assert "The scoring stacks differ (numpy 1.26.4 -> 2.4.6)" in result.markdown
+    assert "| scoring numpy | 1.26.4 | 2.4.6 |" in result.markdown  # side by side
+    unknown = compare_runs(a, RunSide("B", scored, relaxed_layer, {**PROVENANCE, "scoring": stacks[1]}))
+    assert "Neither run holds its PBE structures" in unknown.verdict.line
+    same = compare_runs(RunSide("A", scored, relaxed_layer, {**PROVENANCE, "scoring": stacks[1]}), b)
+    assert "Scoring stacks differ" not in same.verdict.line and same.verdict.code == judge.REPRODUCED

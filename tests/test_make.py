@@ -38,3 +38,20 @@ def test_make_lock_rewrites_a_models_lock_and_a_runtimes_lock(engine, tmp_path):
         pins = [line for line in text.splitlines() if not line.startswith("#")]
         assert any(line.startswith("ase==") for line in pins) and all("==" in line for line in pins)
     assert (REPO / "images" / "emt" / "requirements.lock").read_text() != "# stale\n"  # this checkout untouched
+
+
+def test_make_lock_host_re_resolves_the_hosts_lock(tmp_path):
+    """`make lock HOST=1` asks for the host's lock (no engine needed), and the lock it writes,
+    resolved by uv from the package index, pins every requirement with hashes."""
+    import subprocess
+    import sys
+
+    dry = make("-n", "lock", "HOST=1")
+    assert " ".join(dry.stdout.split()).endswith("-m orchestrator lock --host")
+    copy = project_copy(tmp_path)
+    (copy / "requirements.lock").write_text("# stale\n")
+    done = subprocess.run([sys.executable, "-m", "orchestrator", "lock", "--host"], cwd=copy, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (copy / "requirements.lock").read_text()
+    assert "make lock HOST=1" in text and "numpy==" in text and "--hash=sha256:" in text

@@ -70,6 +70,9 @@ def test_a_bundle_holds_what_reruns_and_judges_a_run_and_nothing_private(emt_run
     assert record["dataset"]["paths"]["emt.extxyz"] == "~/data/emt.extxyz"
     assert record["models"]["emt"]["base_image_id"] and "wheelhouse" in record["models"]["emt"]
     assert record["host"]["cpu_model"]
+    # the host's scoring stack: recorded, and its lock carried
+    assert record["scoring"]["packages"]["numpy"] and len(record["scoring"]["lock_sha256"]) == 64
+    assert "build/host/requirements.lock" in inside
     assert again.returncode == 0
 
 

@@ -354,3 +354,20 @@ def test_a_layer_that_drifted_across_the_vacuum_is_a_piece_of_its_own():
     table = score(pd.DataFrame(rows), {"slab": slab}, {("m", "slab"): drifted}, LIMITS).iloc[0]
     assert table["fragments_ref"] == 1 and table["fragments"] == 2 and bool(table["disconnected"])
     assert table["failure_reason"] == "fragmented_thickness" and table["extent_a"] == pytest.approx(17.7)
+
+
+def test_the_shipped_samples_crystals_have_their_coordination(tmp_path):
+    from pathlib import Path
+
+    from metrics.summary import coordination
+    from orchestrator.datasets import load_dataset
+
+    sample = Path(__file__).resolve().parent.parent / "orchestrator" / "data" / "alexandria-pbe-3d-sample50.json.bz2"
+    structures = load_dataset(str(sample), {}, tmp_path, show_progress=False).structures
+    reference = {a.info["id"]: a for a in structures}
+    rows = [_row("perfect", sid, atoms) for sid, atoms in reference.items()]
+    table = score(pd.DataFrame(rows), reference, {("perfect", sid): a.copy() for sid, a in reference.items()}, LIMITS)
+    assert table["coordination"].between(1, 14).all()  # every atom of a crystal has neighbours, none absurdly many
+    bins = coordination(table)
+    assert bins["n"].sum() == len(structures) and set(bins["dimensions"]) == {"3D"}
+    assert (bins["failed_share"] == 0).all()

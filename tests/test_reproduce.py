@@ -70,6 +70,12 @@ def test_a_bundle_holds_what_reruns_and_judges_a_run_and_nothing_private(emt_run
     assert record["dataset"]["paths"]["emt.extxyz"] == "~/data/emt.extxyz"
     assert record["models"]["emt"]["base_image_id"] and "wheelhouse" in record["models"]["emt"]
     assert record["host"]["cpu_model"]
+    # beyond the paper, on an EMT run of every dimensionality: errors against coordination, hard cases
+    by_coordination = pd.read_csv(run_dir / "report" / "coordination.csv", keep_default_na=False)
+    assert dict(zip(by_coordination["coordination_bin"], by_coordination["dimensions"])) >= \
+        {"1": "0D", "2": "1D", "≥10": "3D"}  # CO, the Cu chain, bulk Cu
+    assert "## Errors against coordination (beyond the paper)" in (run_dir / "report" / "report.md").read_text()
+    assert "## Hard cases (beyond the paper)" in (run_dir / "report" / "report.md").read_text()
     # the host's scoring stack: recorded, and its lock carried
     assert record["scoring"]["packages"]["numpy"] and len(record["scoring"]["lock_sha256"]) == 64
     assert "build/host/requirements.lock" in inside

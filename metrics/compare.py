@@ -213,6 +213,16 @@ def verdict(rows: pd.DataFrame, tolerances: dict[str, Tolerance]) -> Verdict:
     return Verdict(REPRODUCED, f"REPRODUCED: {len(rows)} structure(s), {what}. Tolerances: {used}", outside)
 
 
+def on_other_images(result: Verdict, rebuilt: list[str]) -> Verdict:
+    """The verdict of a reproduction whose images were rebuilt from the bundle's own inputs on
+    another base image or wheelhouse (as on another machine), so their tags differ from the
+    recorded ones: the code stands, the line says so (never a bare REPRODUCED)."""
+    if not rebuilt:
+        return result
+    word, rest = result.line.split(":", 1)
+    return Verdict(result.code, f"{word} on other images ({'; '.join(rebuilt)}):{rest}", result.outside)
+
+
 def not_verified(result: Verdict, reasons: list[str]) -> Verdict:
     """The verdict when what was compared is not what was recorded (a bundle changed after
     it was made, an image rebuilt under another tag): never a bare REPRODUCED, whatever the

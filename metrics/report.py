@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import numpy as np
 import pandas as pd
 
@@ -467,7 +468,7 @@ def reproductions(runs: list[tuple[str, pd.DataFrame, dict]]) -> dict[str, str]:
     for name, _, provenance in runs:
         record = lookup(provenance, "reproduction")
         if isinstance(record, dict) and record.get("of"):
-            verdict = str(record.get("verdict", "not compared yet")).split(":")[0]
+            verdict = re.split(r"[:(]", str(record.get("verdict", "not compared yet")))[0].strip()
             said[name] = f"reproduces {record['of']} ({record.get('bundle')}): {verdict}"
             said.setdefault(str(record["of"]), "reproduced by")
             said[str(record["of"])] += f" {name} ({record.get('bundle')}: {verdict})"

@@ -69,9 +69,10 @@ class Comparison:
     html: str
 
 
-def compare_runs(a: RunSide, b: RunSide) -> Comparison:
+def compare_runs(a: RunSide, b: RunSide, rebuilt: list[str] = ()) -> Comparison:
     """The two runs judged structure by structure; cannot compare (exit 2) when they are not
-    runs of the same data with the same protocol and at least one model in common."""
+    runs of the same data with the same protocol and at least one model in common.
+    `rebuilt`: images a reproduction rebuilt on another foundation, said in the verdict."""
     for what, key in (("dataset", ("dataset", "identity")), ("protocol", ("protocol",)),
                       ("fragmentation limits", ("fragmentation_limits_a",))):
         left, right = lookup(a.provenance, *key), lookup(b.provenance, *key)
@@ -104,7 +105,8 @@ def compare_runs(a: RunSide, b: RunSide) -> Comparison:
             positions[key] = judge.max_displacement(first.positions, second.positions, first.cell, first.pbc)
     tolerances = {m: judge.tolerance_for(a.provenance, b.provenance, m) for m in models}
     rows = judge.differences(pairs, positions, tolerances)
-    result = judge.not_verified(judge.verdict(rows, tolerances), a.altered + b.altered)
+    result = judge.not_verified(judge.on_other_images(judge.verdict(rows, tolerances), list(rebuilt)),
+                                a.altered + b.altered)
     notes = a.notes + b.notes + _left_out(a, b, models)
     drift = host.stack_differences(lookup(a.provenance, "scoring"), lookup(b.provenance, "scoring"))
     if drift:

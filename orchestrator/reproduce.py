@@ -70,8 +70,9 @@ def reproduce(manifest_path: Path, bundle_path: Path, overrides: dict, dataset: 
     run_dir = run_plan(plan)
     rerun = read_side(run_dir, manifest.cache.root / "bundles")
     recorded = bundle_side(bundle, changed)  # the bundle as opened and checked above
-    recorded.altered += _rebuilt_otherwise(bundle.provenance, rerun.provenance)
-    comparison = compare_runs(recorded, rerun)
+    unexplained, elsewhere = _rebuilt_otherwise(bundle.provenance, rerun.provenance)
+    recorded.altered += unexplained
+    comparison = compare_runs(recorded, rerun, rebuilt=elsewhere)
     for line in _version_changes(bundle.provenance, rerun.provenance):
         console.print(f"[yellow]package differs[/yellow]: {line}")
     write_comparison(comparison, run_dir / "reproduction")
@@ -123,15 +124,22 @@ def _load_images(bundle: Bundle, plan: RunPlan) -> dict[str, str]:
     return images
 
 
-def _rebuilt_otherwise(before: dict, after: dict) -> list[str]:
-    """A model whose image here is not the one the bundle records (its tag is a hash of
-    the build inputs: another tag, other inputs)."""
-    lines = []
+def _rebuilt_otherwise(before: dict, after: dict) -> tuple[list[str], list[str]]:
+    """The models whose image here is not the one the bundle records (a tag is a hash of
+    everything that built the image): (those built on the same base image and wheelhouse,
+    so from other build inputs than the bundle says: not verified; those built on another
+    base image or wheelhouse, as on another machine: the same inputs, another foundation)."""
+    unexplained, elsewhere = [], []
     for model, record in before.get("models", {}).items():
-        here = (after.get("models", {}).get(model) or {}).get("image")
-        if here != record.get("image"):
-            lines.append(f"{model} ran in {here}, not the recorded {record.get('image')}")
-    return lines
+        here = after.get("models", {}).get(model) or {}
+        if here.get("image") == record.get("image"):
+            continue
+        line = f"{model} ran in {here.get('image')}, not the recorded {record.get('image')}"
+        if any(here.get(key) != record.get(key) for key in ("base_image_id", "wheelhouse")):
+            elsewhere.append(f"{line} (another base image or wheelhouse)")
+        else:
+            unexplained.append(f"{line} (the same base image and wheelhouse: other build inputs)")
+    return unexplained, elsewhere
 
 
 def _version_changes(before: dict, after: dict) -> list[str]:

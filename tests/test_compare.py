@@ -179,3 +179,10 @@ def test_how_much_of_a_difference_is_the_scorings(tmp_path):
     assert "Neither run holds its PBE structures" in unknown.verdict.line
     same = compare_runs(RunSide("A", scored, relaxed_layer, {**PROVENANCE, "scoring": stacks[1]}), b)
     assert "Scoring stacks differ" not in same.verdict.line and same.verdict.code == judge.REPRODUCED
+
+
+def test_images_rebuilt_on_another_base_are_said_in_the_verdict():
+    elsewhere = ["emt ran in umlip-0123d/emt:b, not the recorded umlip-0123d/emt:a (another base image or wheelhouse)"]
+    result = compare_runs(side("A", table(), relaxed()), side("B", table(), relaxed()), rebuilt=elsewhere)
+    assert result.verdict.code == judge.REPRODUCED
+    assert result.verdict.line.startswith(f"REPRODUCED on other images ({elsewhere[0]}): 3 structure(s), identical")

@@ -213,7 +213,8 @@ def test_a_bundle_rebuilt_otherwise_than_recorded_is_not_verified(emt_run, tmp_p
     assert done.returncode == 1, done.stderr[-3000:]
     recorded = json.loads((run_dir / "provenance.json").read_text())["models"]["emt"]["image"]
     assert last_line(done).startswith("NOT VERIFIED: emt ran in umlip-0123d/emt:")
-    assert f"not the recorded {recorded}. The structures alone: REPRODUCED" in last_line(done)
+    assert (f"not the recorded {recorded} (the same base image and wheelhouse: other build inputs). The structures "
+            "alone: REPRODUCED") in last_line(done)
     (rerun,) = (tmp_path / "r").iterdir()
     assert "NOT VERIFIED" in (rerun / "reproduction" / "compare.md").read_text()
     assert "NOT VERIFIED" in (rerun / "report" / "report.md").read_text()

@@ -5,8 +5,8 @@ verdict out; the host reads the run folders and writes the documents.
 A structure agrees when its failure status is the same in both runs, its steps are equal
 (or, for float32, within max(2, 2 %)), and, where both relaxations succeeded, its energy
 per atom and every atom's position are within the tolerance. The tolerance follows the
-precision and the devices (tolerance_for): float64 on the CPU with the same engine must be
-bit-identical; float64 across engines or devices, or on GPUs, differs by rounding only; float32 is
+precision and the devices (tolerance_for): float64 on the CPU with the same engine and base
+image must be bit-identical; float64 across engines or devices, or on GPUs, differs by rounding only; float32 is
 judged on margins measured between runs whose arithmetic differs (docs/reproducing.md).
 """
 
@@ -48,12 +48,12 @@ class Tolerance:
                 f"({self.why})")
 
 
-IDENTICAL = Tolerance("identical", "float64, both on the CPU with the same engine: the same arithmetic", 0.0, 0.0,
-                      True, 1.0, 0.0)
+IDENTICAL = Tolerance("identical", "float64, both on the CPU with the same engine and base image: the same "
+                      "arithmetic", 0.0, 0.0, True, 1.0, 0.0)
 #: The batched engine against ASE in float64 differs by 1e-6 meV/atom and 1e-8 Å at most
 #: (tests/test_batched.py); a thousand times that is still nothing a user would see.
-FLOAT64 = Tolerance("float64", "float64, another engine or device, or a GPU: rounding only", 1e-3, 1e-5, True, 1.0,
-                    0.0)
+FLOAT64 = Tolerance("float64", "float64, another engine, device or base image, or a GPU: rounding only", 1e-3,
+                    1e-5, True, 1.0, 0.0)
 #: Measured (docs/reproducing.md): CHGNet and SevenNet-0 in float32 on the shipped sample,
 #: sequential against batched and one CPU thread against two.
 FLOAT32 = Tolerance("float32", "float32: rounding grows along a relaxation", 1.0, 0.01, False, 0.95, 0.02)
@@ -65,9 +65,11 @@ def tolerance_for(a: dict, b: dict, model: str) -> Tolerance:
     if dtypes != {"float64"}:
         return FLOAT32  # float32, or not recorded: judged as the looser
     # a GPU's float64 sums (atomics, the order of parallel reductions) may differ in the last bit
-    # between two runs, so only two CPU runs of the same engine must be bit-identical
+    # between two runs, and so may another base image's libm (exp, log): only two CPU runs of the
+    # same engine on the same base image must be bit-identical
     cpu = device_kind(a) == "cpu" == device_kind(b)
-    return IDENTICAL if cpu and same_arithmetic(a, b) else FLOAT64
+    same_base = lookup(a, "models", model, "base_image_id") == lookup(b, "models", model, "base_image_id")
+    return IDENTICAL if cpu and same_base and same_arithmetic(a, b) else FLOAT64
 
 
 def same_arithmetic(a: dict, b: dict) -> bool:

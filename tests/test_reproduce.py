@@ -220,11 +220,11 @@ def test_a_bundle_rebuilt_otherwise_than_recorded_is_not_verified(emt_run, tmp_p
     assert "NOT VERIFIED" in (rerun / "report" / "report.md").read_text()
 
 
-LINKED = {  # path in a run folder -> the command that writes or packs it (run_dir, results folder)
-    "raw/emt": "bench", "raw/emt/shard-0000.log": "bench", "raw/emt/shard-0000.jsonl": "bench",
-    "raw/emt/image.json": "bench", "scored.key": "bench", "provenance.json": "bench",
-    "report/report.md": "report", "report/summary.csv": "report", "report/report.html": "bench",
-    "build/images/emt/Dockerfile": "bundle", "report/models.csv": "bundle", "leaderboard.md": "report",
+LINKED = {  # path in a run folder -> the command that writes or packs it: raw, logs, markers, reports,
+    # the leaderboard (in the results folder), bundle inputs
+    "raw/emt": "bench", "raw/emt/shard-0000.log": "bench", "raw/emt/shard-0001.inflight": "bench",
+    "raw/emt/shard-0000.jsonl": "bench", "report/report.md": "report", "leaderboard.md": "report",
+    "build/images/emt/Dockerfile": "bundle",
 }
 
 

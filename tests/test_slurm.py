@@ -250,7 +250,9 @@ def test_slurm_relaxes_like_docker_and_survives_a_failed_node(tmp_path, slurm_no
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["backend"] == "slurm" and provenance["status"] == "complete"
     assert provenance["slurm"]["runtime"] == "docker" and provenance["slurm"]["jobs"]["emt"]
-    assert max(s["starts"] for s in provenance["slurm"]["task_starts"].values()) >= 2
+    # provenance keeps each task's starts; the restarted one's last start says so (its first start may
+    # not have written its line: a node can fail between a task's start and its script's first command)
+    assert any("restart 1" in s["last"] for s in provenance["slurm"]["task_starts"].values())
 
 
 @pytest.mark.docker

@@ -10,7 +10,7 @@ import numpy as np
 from ase.build import bulk, molecule, mx2, nanotube
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-SAMPLE = SHARED / "alexandria-pbe-3d-sample200.json.bz2"
+SAMPLE = Path(__file__).resolve().parent / "data" / "alexandria-pbe-3d-sample200.json.bz2"  # shipped
 P000 = SHARED / "alexandria-pbe-benchmark-pressure-P000.json.bz2"
 P000_SHA256 = "10ded841c7c0b206a2eabc768b06f605d3ce22f27363c779dbbcbc3012457950"
 

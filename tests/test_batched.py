@@ -255,7 +255,6 @@ def test_the_engine_is_part_of_the_run_identity_and_batched_runs_the_paper_proto
 
 
 @pytest.mark.docker
-@pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/data")
 def test_sevennet_relaxes_the_sample_alike_with_both_engines(model_image):
     """SevenNet-0 in float32 on 40 structures of the shared 3D sample, in its image: the
     engines agree as the issue asks (flags 99 %, steps within max(2, 2 %) 95 %, energies

@@ -192,7 +192,6 @@ def test_unknown_model_and_missing_dataset_are_named(tmp_path):
     assert done.returncode == 2 and "nowhere.extxyz" in done.stderr
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/data")
 def test_chgnet_and_sevennet_relax_the_whole_sample_like_plain_ase(tmp_path, engine):
     done = bench("--models", "chgnet", "sevennet-0", "--dataset", str(SAMPLE), results=tmp_path / "r")
     run_dir = Path(done.stdout.strip().splitlines()[-1])
@@ -234,7 +233,6 @@ def test_chgnet_and_sevennet_relax_the_whole_sample_like_plain_ase(tmp_path, eng
             assert float(row["energy_ev"]) == pytest.approx(result["energy_ev"], abs=1e-6 * int(row["natoms"]))
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/data")
 def test_killed_run_finishes_every_structure_exactly_once(tmp_path):
     results = tmp_path / "r"
     args = [sys.executable, "-m", "orchestrator", "bench", "--gpus", "cpu", "--models", "chgnet",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 #: Mounted as /perf.py in the container: the repository is only known on the host.
 REPO = Path(__file__).resolve().parents[2] if len(Path(__file__).resolve().parents) > 2 else None
-SAMPLE = REPO.parent / "shared" / "data" / "alexandria-pbe-3d-sample200.json.bz2" if REPO else None
+SAMPLE = REPO / "tests" / "data" / "alexandria-pbe-3d-sample200.json.bz2" if REPO else None
 PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "fmax_ev_per_a": 0.04, "max_steps": 15000,
             "divergence_limit_ev_per_a": 10000.0, "cell_filter": "FrechetCellFilter"}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-SAMPLE = REPO.parent / "shared" / "data" / "alexandria-pbe-3d-sample200.json.bz2"
+SAMPLE = REPO / "tests" / "data" / "alexandria-pbe-3d-sample200.json.bz2"
 
 
 from orchestrator.workers.spec import Mount, WorkerSpec, worker_threading  # noqa: E402

@@ -42,9 +42,41 @@ from adapters.frames import alignment_and_mask, structure_from_record
 from adapters.wire import (CANNOT_LOAD, CANNOT_WRITE, CRASHES_TO_FAIL, HEARTBEAT_S, Job, crash_counts, id_lines,
                            in_flight_path)
 
+
+
+class ForcesOncePerState:
+    """A cell filter whose generalized forces are computed once per state of the atoms.
+
+    ASE's optimizers ask the filter for its forces three times a step (the step, the log,
+    the convergence test: ase 3.29, Optimizer.irun and FIRE.step), each time on the same
+    positions and cell; FrechetCellFilter's costs a matrix logarithm and nine Fréchet
+    derivatives of the exponential each time, which on a small structure take longer than
+    the model. The first call's array is kept while the positions and the cell stay
+    bitwise what they were, so every result is bitwise ASE's (the same function of the
+    same input) and the filter's work is done a third as often."""
+
+    _state: tuple[bytes, bytes] | None = None
+
+    def get_forces(self, **kwargs):
+        if kwargs:  # (apply_constraint and the like: as ASE, uncached)
+            return super().get_forces(**kwargs)
+        state = (self.atoms.positions.tobytes(), self.atoms.cell[:].tobytes())
+        if state != self._state:
+            self._forces, self._state = super().get_forces(), state
+        return self._forces.copy()  # (callers may scale it in place)
+
+
+class OnceFrechetCellFilter(ForcesOncePerState, FrechetCellFilter):
+    pass
+
+
+class OnceUnitCellFilter(ForcesOncePerState, UnitCellFilter):
+    pass
+
+
 #: The classes of wire.OPTIMIZERS and wire.CELL_FILTERS.
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}
-CELL_FILTERS = {"FrechetCellFilter": FrechetCellFilter, "UnitCellFilter": UnitCellFilter}
+CELL_FILTERS = {"FrechetCellFilter": OnceFrechetCellFilter, "UnitCellFilter": OnceUnitCellFilter}
 
 
 def lookup(table: dict, name: str, what: str):

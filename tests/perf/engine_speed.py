@@ -6,6 +6,7 @@ per step). A benchmark script, not a test.
     python tests/perf/engine_speed.py --model emt --structures 20
     python tests/perf/engine_speed.py --model mace-mpa-0 --device cuda     # its weights fetched first
     python tests/perf/engine_speed.py --model sevennet-0 --here --device cuda
+    python tests/perf/engine_speed.py --model chgnet --breakdown   # the sequential engine's step, by part
 
 On the host it runs itself inside the model's image (built if needed) with the
 container's network off and the weights folder mounted as the bench mounts it;
@@ -53,6 +54,82 @@ def compare(records: list[dict], family: str, options: dict, device: str, batch_
     pairs = [{"id": sid, "atoms": atoms[sid], **{f"{k}_seq": sequential[sid].get(k) for k in ("steps", "converged", "energy_ev")},
               **{f"{k}_bat": batched[sid].get(k) for k in ("steps", "converged", "energy_ev")}} for sid in sequential]
     return {"pairs": pairs, "sequential_s": sequential_s, "batched_s": batched_s}
+
+
+class Clock:
+    """Wall time spent in wrapped functions, by part, each call's own (what the wrapped
+    functions it calls spent is theirs)."""
+
+    def __init__(self):
+        self.spent: dict[str, float] = {}
+        self._inner: list[float] = []
+
+    def wrap(self, part: str, function):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            self._inner.append(0.0)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed, inner = time.perf_counter() - start, self._inner.pop()
+                self.spent[part] = self.spent.get(part, 0.0) + elapsed - inner
+                if self._inner:
+                    self._inner[-1] += elapsed
+        return timed
+
+
+#: The methods of the filters and the optimizer the breakdown times (the model: its calculate).
+FILTER_METHODS = ("get_forces", "get_positions", "set_positions", "get_potential_energy")
+
+
+def breakdown(records: list[dict], family: str, options: dict, device: str) -> dict:
+    """The sequential engine's time per step by part (model, cell filter, optimizer, the rest),
+    with ASE's own cell filters (the engine before it kept the filter's forces per state) and
+    with the engine's; and whether the two relaxed every structure to the same bits."""
+    import ase.filters
+    from ase.optimize import FIRE
+
+    import adapters.relax as engine
+    from adapters.calculators import make_calculator
+
+    clock = Clock()
+    calculator = make_calculator(family, device, options)
+    calculator.calculate = clock.wrap("model", calculator.calculate)
+    for cls in (ase.filters.FrechetCellFilter, ase.filters.UnitCellFilter, engine.ForcesOncePerState):
+        for name in FILTER_METHODS:
+            if name in vars(cls):
+                setattr(cls, name, clock.wrap("filter", vars(cls)[name]))
+    FIRE.step = clock.wrap("optimizer", FIRE.step)
+    filters = {"ASE's filter (before)": {"FrechetCellFilter": ase.filters.FrechetCellFilter},
+               "the engine's (evaluated once a step)": {"FrechetCellFilter": engine.OnceFrechetCellFilter}}
+    outcome = {}
+    for name, classes in filters.items():
+        engine.CELL_FILTERS.update(classes)
+        engine.relax_record(records[0], calculator, PROTOCOL)  # warm-up
+        clock.spent.clear()
+        start = time.perf_counter()
+        results = [engine.relax_record(r, calculator, PROTOCOL) for r in records]
+        outcome[name] = {"wall_s": time.perf_counter() - start, "parts_s": dict(clock.spent),
+                         "steps": [r["steps"] for r in results], "positions": [r.get("positions") for r in results],
+                         "atoms": sum(len(r["numbers"]) for r in records)}
+    return outcome
+
+
+def summarize_breakdown(outcome: dict) -> str:
+    """ms per step by part for each filter; steps and positions against the first."""
+    lines = ["| cell filter | model | filter | optimizer | the rest | total ms/step | steps identical | positions bitwise |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    first = next(iter(outcome.values()))
+    for name, run in outcome.items():
+        steps = sum(run["steps"])
+        parts = {part: run["parts_s"].get(part, 0.0) * 1000 / steps for part in ("model", "filter", "optimizer")}
+        total = run["wall_s"] * 1000 / steps
+        same_steps = sum(a == b for a, b in zip(run["steps"], first["steps"]))
+        same_positions = sum(a == b for a, b in zip(run["positions"], first["positions"]))
+        lines.append(f"| {name} | {parts['model']:.2f} | {parts['filter']:.2f} | {parts['optimizer']:.2f} | "
+                     f"{total - sum(parts.values()):.2f} | {total:.2f} | {same_steps}/{len(run['steps'])} | "
+                     f"{same_positions}/{len(run['steps'])} |")
+    return "\n".join(lines)
 
 
 def summarize(outcome: dict) -> str:
@@ -153,12 +230,18 @@ def main() -> None:
                         help="measure again with N busy processes beside it and print the loaded/quiet ratio")
     parser.add_argument("--here", action="store_true",
                         help="both engines in this Python (the model's package installed here), no container")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead: the sequential engine's time per step by part, before and after it kept "
+                             "the filter's forces per state")
     parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)  # records file, in the container
     args = parser.parse_args()
     if args.inside:
         job = json.loads(os.environ["ENGINE_SPEED_JOB"])
         records = [json.loads(line) for line in args.inside.read_text().splitlines()]
-        outcome = compare(records, job["calculator"], job["options"], job["device"], args.batch_atoms)
+        if job.get("breakdown"):
+            outcome = breakdown(records, job["calculator"], job["options"], job["device"])
+        else:
+            outcome = compare(records, job["calculator"], job["options"], job["device"], args.batch_atoms)
         print(json.dumps(outcome))
         return
 
@@ -178,10 +261,12 @@ def main() -> None:
     data = SAMPLE.name if args.data == "sample" else "EMT metals (0D-3D)"
     print(f"{args.model}, {args.structures} structures of {data}, {args.device}, {args.threads} thread(s), "
           f"batch_atoms {args.batch_atoms}, {where}")
-    print(summarize(outcome))
+    show = summarize_breakdown if args.breakdown else summarize
+    print(show(outcome))
     if loaded:
         print(f"\nwith {args.load} busy process(es) beside it:")
-        print(summarize(loaded[0]))
+        print(show(loaded[0]))
+    if loaded and not args.breakdown:
         print("\n| engine | quiet s | loaded s | loaded / quiet |\n| --- | --- | --- | --- |")
         for key, name in (("sequential_s", "sequential (ASE)"), ("batched_s", "batched")):
             print(f"| {name} | {outcome[key]:.1f} | {loaded[0][key]:.1f} | {loaded[0][key] / outcome[key]:.2f} |")
@@ -205,13 +290,14 @@ def measure(args) -> tuple[dict, str]:
     ensure_weights(model, weights)  # as `make weights`: fetched, or an error saying where to put it
     options = {**model.options, **checkpoint_option(model, weights if args.here else CACHE_MOUNT)}
     if args.here:
-        return compare(records, model.calculator, options, args.device, args.batch_atoms), \
-            f"this Python ({sys.version.split()[0]})"
+        run = breakdown(records, model.calculator, options, args.device) if args.breakdown else \
+            compare(records, model.calculator, options, args.device, args.batch_atoms)
+        return run, f"this Python ({sys.version.split()[0]})"
     from orchestrator.images import ImageBuilder
     from orchestrator.workers.docker import DockerEngine
 
     image = ImageBuilder.from_manifest(DockerEngine(), manifest).model(model)
-    job = {"calculator": model.calculator, "options": options, "device": args.device}
+    job = {"calculator": model.calculator, "options": options, "device": args.device, "breakdown": args.breakdown}
     mounts = {str(weights / model.name): f"{CACHE_MOUNT}/{model.name}"}  # its own weights, as a worker mounts them
     return run_in_image(image, job, records, args.threads, args.batch_atoms, mounts), f"image {image}"
 

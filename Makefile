@@ -15,6 +15,9 @@
 # make test-zoo                                every model image from a clean cache: build, contract, one relaxation
 # make perf [LOAD=1]                           pipeline overhead vs a plain ASE loop (CHGNet, 50 structures); LOAD: busy processes beside it
 # make perf-engine MODEL=sevennet-0 N=100      batched engine vs sequential ASE: agreement and speed (DEVICE=cuda: a GPU)
+#                                              (BREAKDOWN=1: the sequential engine's step by part, before and after)
+# make perf-peer [PEERS=torchsim-sevennet] [N=50] [THREADS=1,2]  the project's engines beside TorchSim and plain ASE
+#                                              (DEVICE=cuda: a GPU; LOCK=1: re-resolve tests/perf/peer/*/requirements.lock)
 
 # the host's interpreter for the venv (PYTHON is make lock's Python version of a runtime)
 HOST_PYTHON ?= python3
@@ -25,7 +28,7 @@ BENCH_ARGS = $(if $(MODEL),--models $(MODEL)) $(if $(DATASET),--dataset $(DATASE
              $(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(BACKEND),--backend $(BACKEND)) \
              $(if $(ENGINE),--engine $(ENGINE))
 
-.PHONY: bench build bundle reproduce compare selftest lock weights report test test-unit test-zoo perf perf-engine doctor models clean-venv
+.PHONY: bench build bundle reproduce compare selftest lock weights report test test-unit test-zoo perf perf-engine perf-peer doctor models clean-venv
 
 # the host's scoring stack, exactly as locked (hashes checked): see orchestrator/host.py
 $(VENV)/.installed: requirements.lock
@@ -82,7 +85,10 @@ perf: $(VENV)/.installed
 	$(PY) tests/perf/pipeline_overhead.py $(if $(N),--structures $(N)) $(if $(LOAD),--load $(LOAD))
 
 perf-engine: $(VENV)/.installed
-	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE)) $(if $(THREADS),--threads $(THREADS)) $(if $(LOAD),--load $(LOAD))
+	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE)) $(if $(THREADS),--threads $(THREADS)) $(if $(LOAD),--load $(LOAD)) $(if $(BREAKDOWN),--breakdown)
+
+perf-peer: $(VENV)/.installed
+	$(PY) tests/perf/peer_speed.py $(if $(PEERS),--peers $(PEERS)) $(if $(N),--structures $(N)) $(if $(THREADS),--threads $(THREADS)) $(if $(DEVICE),--device $(DEVICE)) $(if $(LOCK),--lock)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -454,16 +454,18 @@ def freeze(engine, image: str) -> list[str]:
                   key=str.lower)
 
 
-def write_lock(builder: ImageBuilder, model: Model | None, python: str = DEFAULT_PYTHON) -> Path:
+def write_lock(builder: ImageBuilder, model: Model | None, python: str = DEFAULT_PYTHON,
+               command: str | None = None) -> Path:
     """Resolve the image of `model` (the runtime for `python` when None) afresh and write its
-    lock: built with an empty lock, frozen, that image removed. Returns the lock's path."""
+    lock: built with an empty lock, frozen, that image removed. Returns the lock's path.
+    `command`: the one its header names for writing it again (make lock's by default)."""
     image = builder.runtime(python, unlocked=True) if model is None else builder.model(model, unlocked=True)
     packages = freeze(builder.engine, image)
     version = builder.engine.output(
         WorkerSpec(image, ["python", "-c", "import platform; print(platform.python_version())"])).strip()
     builder.engine.remove_image(image)
     name = f"Python {python} runtime" if model is None else model.name
-    command = f"make lock PYTHON={python}" if model is None else f"make lock MODEL={model.name}"
+    command = command or (f"make lock PYTHON={python}" if model is None else f"make lock MODEL={model.name}")
     header = (f"# Every package of the {name} image, as pip resolved them on {time.strftime('%Y-%m-%d')} "
               f"(Python {version}),\n# written by `{command}`. The image installs under these pins "
               f"(PIP_CONSTRAINT), so a rebuild\n# gets the same versions; to move to newer ones, run "

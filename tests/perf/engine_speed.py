@@ -132,6 +132,34 @@ def summarize_breakdown(outcome: dict) -> str:
     return "\n".join(lines)
 
 
+def profile_batched(records: list[dict], family: str, options: dict, device: str, batch_atoms: int) -> dict:
+    """Where the batched engine's time goes (cProfile, after a warm-up): the functions that
+    took the most, cumulative and their own, by name."""
+    import cProfile
+    import pstats
+
+    from adapters.batched import relax_batched
+    from adapters.calculators import make_evaluator
+
+    evaluate = make_evaluator(family, device, options)
+    relax_batched(records[:1], evaluate, PROTOCOL, lambda sid, result: None, batch_atoms=batch_atoms)
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(relax_batched, records, evaluate, PROTOCOL, lambda sid, result: None, batch_atoms=batch_atoms)
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive, own, cumulative, callers)}
+    rows = sorted(((f"{Path(f).parent.name}/{Path(f).name}:{name}", calls, own, cumulative)
+                   for (f, _line, name), (_p, calls, own, cumulative, _c) in stats.items()), key=lambda r: -r[3])
+    return {"wall_s": wall, "rows": rows[:30]}
+
+
+def summarize_profile(outcome: dict) -> str:
+    lines = [f"batched engine, {outcome['wall_s']:.1f} s under the profiler", "",
+             "| function | calls | own s | cumulative s |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {calls} | {own:.2f} | {cumulative:.2f} |" for name, calls, own, cumulative in outcome["rows"]]
+    return "\n".join(lines)
+
+
 def summarize(outcome: dict) -> str:
     """The agreement table (as `make compare` prints it) and the speed of each engine."""
     import pandas as pd
@@ -195,9 +223,9 @@ def sample_records(count: int) -> list[dict]:
 
 
 def run_in_image(image: str, job: dict, records: list[dict], threads: int, batch_atoms: int,
-                 mounts: dict[str, str] | None = None) -> dict:
-    """compare() inside the model's image, its network off, `mounts` (host: container) read-only;
-    job: calculator, options, device. The outcome, parsed."""
+                 mounts: dict[str, str] | None = None, script: Path = Path(__file__)) -> dict:
+    """`script --inside` (this one's: compare() or breakdown()) in the model's image, its network
+    off, `mounts` (host: container) read-only; job: calculator, options, device. The outcome, parsed."""
     with tempfile.TemporaryDirectory() as work:
         Path(work, "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         volumes = [arg for host, inside in {work: "/work", **(mounts or {})}.items()
@@ -208,7 +236,7 @@ def run_in_image(image: str, job: dict, records: list[dict], threads: int, batch
         command = ["docker", "run", "--rm", "--network", "none", "-e", f"ENGINE_SPEED_JOB={json.dumps(job)}",
                    "-e", "PYTHONPATH=/opt/umlip-0123d", *thread_env, *volumes,
                    *(["--gpus", "1"] if job["device"] == "cuda" else []),
-                   "-v", f"{Path(__file__).resolve()}:/perf.py:ro", image,
+                   "-v", f"{script.resolve()}:/perf.py:ro", image,
                    "python", "/perf.py", "--inside", "/work/records.jsonl", "--batch-atoms", str(batch_atoms)]
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
@@ -233,6 +261,8 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true",
                         help="instead: the sequential engine's time per step by part, before and after it kept "
                              "the filter's forces per state")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: where the batched engine's time goes (cProfile's functions by cumulative time)")
     parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)  # records file, in the container
     args = parser.parse_args()
     if args.inside:
@@ -240,6 +270,8 @@ def main() -> None:
         records = [json.loads(line) for line in args.inside.read_text().splitlines()]
         if job.get("breakdown"):
             outcome = breakdown(records, job["calculator"], job["options"], job["device"])
+        elif job.get("profile"):
+            outcome = profile_batched(records, job["calculator"], job["options"], job["device"], args.batch_atoms)
         else:
             outcome = compare(records, job["calculator"], job["options"], job["device"], args.batch_atoms)
         print(json.dumps(outcome))
@@ -261,12 +293,12 @@ def main() -> None:
     data = SAMPLE.name if args.data == "sample" else "EMT metals (0D-3D)"
     print(f"{args.model}, {args.structures} structures of {data}, {args.device}, {args.threads} thread(s), "
           f"batch_atoms {args.batch_atoms}, {where}")
-    show = summarize_breakdown if args.breakdown else summarize
+    show = summarize_breakdown if args.breakdown else summarize_profile if args.profile else summarize
     print(show(outcome))
     if loaded:
         print(f"\nwith {args.load} busy process(es) beside it:")
         print(show(loaded[0]))
-    if loaded and not args.breakdown:
+    if loaded and not (args.breakdown or args.profile):
         print("\n| engine | quiet s | loaded s | loaded / quiet |\n| --- | --- | --- | --- |")
         for key, name in (("sequential_s", "sequential (ASE)"), ("batched_s", "batched")):
             print(f"| {name} | {outcome[key]:.1f} | {loaded[0][key]:.1f} | {loaded[0][key] / outcome[key]:.2f} |")
@@ -291,13 +323,15 @@ def measure(args) -> tuple[dict, str]:
     options = {**model.options, **checkpoint_option(model, weights if args.here else CACHE_MOUNT)}
     if args.here:
         run = breakdown(records, model.calculator, options, args.device) if args.breakdown else \
+            profile_batched(records, model.calculator, options, args.device, args.batch_atoms) if args.profile else \
             compare(records, model.calculator, options, args.device, args.batch_atoms)
         return run, f"this Python ({sys.version.split()[0]})"
     from orchestrator.images import ImageBuilder
     from orchestrator.workers.docker import DockerEngine
 
     image = ImageBuilder.from_manifest(DockerEngine(), manifest).model(model)
-    job = {"calculator": model.calculator, "options": options, "device": args.device, "breakdown": args.breakdown}
+    job = {"calculator": model.calculator, "options": options, "device": args.device, "breakdown": args.breakdown,
+           "profile": args.profile}
     mounts = {str(weights / model.name): f"{CACHE_MOUNT}/{model.name}"}  # its own weights, as a worker mounts them
     return run_in_image(image, job, records, args.threads, args.batch_atoms, mounts), f"image {image}"
 

@@ -15,7 +15,7 @@
 # make test-zoo                                every model image from a clean cache: build, contract, one relaxation
 # make perf [LOAD=1]                           pipeline overhead vs a plain ASE loop (CHGNet, 50 structures); LOAD: busy processes beside it
 # make perf-engine MODEL=sevennet-0 N=100      batched engine vs sequential ASE: agreement and speed (DEVICE=cuda: a GPU)
-#                                              (BREAKDOWN=1: the sequential engine's step by part, before and after)
+#                                              (BREAKDOWN=1: the sequential engine's step by part; PROFILE=1: the batched one's)
 # make perf-peer [PEERS=torchsim-sevennet] [N=50] [THREADS=1,2]  the project's engines beside TorchSim and plain ASE
 #                                              (DEVICE=cuda: a GPU; LOCK=1: re-resolve tests/perf/peer/*/requirements.lock)
 
@@ -85,7 +85,7 @@ perf: $(VENV)/.installed
 	$(PY) tests/perf/pipeline_overhead.py $(if $(N),--structures $(N)) $(if $(LOAD),--load $(LOAD))
 
 perf-engine: $(VENV)/.installed
-	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE)) $(if $(THREADS),--threads $(THREADS)) $(if $(LOAD),--load $(LOAD)) $(if $(BREAKDOWN),--breakdown)
+	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE)) $(if $(THREADS),--threads $(THREADS)) $(if $(LOAD),--load $(LOAD)) $(if $(BREAKDOWN),--breakdown) $(if $(PROFILE),--profile)
 
 perf-peer: $(VENV)/.installed
 	$(PY) tests/perf/peer_speed.py $(if $(PEERS),--peers $(PEERS)) $(if $(N),--structures $(N)) $(if $(THREADS),--threads $(THREADS)) $(if $(DEVICE),--device $(DEVICE)) $(if $(LOCK),--lock)

@@ -128,9 +128,10 @@ def run_engines(records: list[dict], job: dict, batch_atoms: int) -> dict:
         factory = importlib.import_module(f"adapters.calculators.{family}")
         options.update(factory.make_test_checkpoint(options["checkpoint"]))
     protocol = {**PROTOCOL, "max_steps": job.get("max_steps", PROTOCOL["max_steps"])}
+    engines = job.get("engines") or list(ENGINES)
     calculator = make_calculator(family, device, options)
     evaluate = make_evaluator(family, device, options)
-    peer = torchsim_model(family, options, device)
+    peer = torchsim_model(family, options, device) if any(e.startswith("torchsim") for e in engines) else None
 
     def batched(records):
         done = {}
@@ -144,7 +145,6 @@ def run_engines(records: list[dict], job: dict, batch_atoms: int) -> dict:
            "batched": batched,
            "torchsim-as-ase": lambda rs: relax_torchsim(rs, peer, protocol, 1, True, batch_atoms),
            "torchsim-default": lambda rs: relax_torchsim(rs, peer, protocol, 5, False, batch_atoms)}
-    engines = job.get("engines") or list(ENGINES)
     for engine in engines:
         run[engine](records[:1])  # warm-up: lazy initialisation is no one's cost
     outcome = {engine: {"wall_s": []} for engine in engines}
@@ -158,12 +158,18 @@ def run_engines(records: list[dict], job: dict, batch_atoms: int) -> dict:
 
 
 def versions(family: str) -> dict:
+    """Python and the versions of the packages that set the figures (those installed)."""
     import platform
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    packages = {"sevennet": "sevenn", "mace": "mace-torch"}
-    names = ["torch-sim-atomistic", "torch", "ase", "numpy", "scipy", packages.get(family, family)]
-    return {"python": platform.python_version(), **{name: version(name) for name in names}}
+    names = ["torch-sim-atomistic", "torch", "ase", "numpy", "scipy", {"sevennet": "sevenn"}.get(family, f"{family}-torch")]
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:  # (TorchSim, in a model's own image)
+            pass
+    return {"python": platform.python_version(), **found}
 
 
 def agreement(results: list[dict], reference: list[dict]) -> dict:

@@ -88,7 +88,7 @@ perf-engine: $(VENV)/.installed
 	$(PY) tests/perf/engine_speed.py $(if $(MODEL),--model $(MODEL)) $(if $(N),--structures $(N)) $(if $(DEVICE),--device $(DEVICE)) $(if $(THREADS),--threads $(THREADS)) $(if $(LOAD),--load $(LOAD)) $(if $(BREAKDOWN),--breakdown) $(if $(PROFILE),--profile)
 
 perf-peer: $(VENV)/.installed
-	$(PY) tests/perf/peer_speed.py $(if $(PEERS),--peers $(PEERS)) $(if $(N),--structures $(N)) $(if $(THREADS),--threads $(THREADS)) $(if $(DEVICE),--device $(DEVICE)) $(if $(LOCK),--lock)
+	$(PY) tests/perf/peer_speed.py $(if $(PEERS),--peers $(PEERS)) $(if $(N),--structures $(N)) $(if $(THREADS),--threads $(THREADS)) $(if $(DEVICE),--device $(DEVICE)) $(if $(FMAX),--fmax $(FMAX)) $(if $(LOCK),--lock)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -117,6 +117,21 @@ def slurm_node():
     return listing.stdout.split()[0]
 
 
+@pytest.fixture(scope="session")
+def apptainer():
+    """A real Apptainer's version line; skipped without one, a failure in CI (.ci/apptainer start)."""
+    import shutil
+    import subprocess
+
+    found = subprocess.run(["apptainer", "--version"], capture_output=True, text=True) \
+        if shutil.which("apptainer") else None
+    if found is None or found.returncode:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI installs Apptainer (.ci/apptainer start), but `apptainer --version` fails")
+        pytest.skip("no Apptainer here: `.ci/apptainer start` (as root) prepares one")
+    return found.stdout.strip()
+
+
 #: Where the browser tests leave their screenshots (a CI artifact; ignored by git).
 SCREENSHOTS = REPO / "test-artifacts" / "browser"
 

@@ -1,5 +1,7 @@
-"""The SLURM backend: the batch script and image conversion with stand-in runtimes, then
-whole runs through a real SLURM (`.ci/slurm start`) with the emt image."""
+"""The SLURM backend: the batch script and image conversion with stand-in runtimes (what a
+real Apptainer cannot show here: GPU flags, the order of conversion attempts; and a task's exit
+code and stop, quicker so), then whole runs through a real SLURM (`.ci/slurm start`) with the emt
+image, on the docker runtime and a real Apptainer (`.ci/apptainer start`)."""
 
 import hashlib
 import json
@@ -218,29 +220,47 @@ def raw_ids(run_dir: Path) -> Counter:
                    for line in path.read_text().splitlines())
 
 
-@pytest.mark.docker
-@pytest.mark.slurm
-def test_slurm_relaxes_like_docker_and_survives_a_failed_node(tmp_path, slurm_node, engine):
-    dataset = tmp_path / "emt-set.extxyz"
-    slow_emt_dataset(dataset)
-    local = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1", results=tmp_path / "docker")
-    local_dir = Path(local.stdout.strip().splitlines()[-1])
+#: What every run on SLURM is compared with: the Docker backend's columns.
+COLUMNS = ["id", "dimension", "steps", "energy_ev", "failure_reason", "converged"]
 
-    command = bench_command(*SLURM_ARGS, "--dataset", str(dataset), results=tmp_path / "slurm")
+
+@pytest.fixture(scope="module")
+def slow_set(tmp_path_factory, engine):
+    """The slow EMT set, in a folder any user may walk through (an Apptainer task runs as an
+    unprivileged user), and its results with the Docker backend on this host."""
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="umlip-slurm-"))
+    shared.chmod(0o755)
+    dataset = shared / "emt-set.extxyz"
+    slow_emt_dataset(dataset)
+    local = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1",
+                  results=tmp_path_factory.mktemp("docker"))
+    local_dir = Path(local.stdout.strip().splitlines()[-1])
+    yield shared, dataset, pd.read_csv(local_dir / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
+    shutil.rmtree(shared)
+
+
+def run_through_a_failed_node(command: list[str], slurm_node: str, while_running=lambda: None,
+                              timeout_s: float = 600) -> Path:
+    """Run `command` (a bench on SLURM), call while_running() once a task runs, then fail the
+    node under it and bring it back; the finished run's folder."""
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: our_tasks("RUNNING"))
+        wait_for(lambda: our_tasks("RUNNING"), timeout_s)
+        while_running()
         subprocess.run(["scontrol", "update", f"nodename={slurm_node}", "state=down", "reason=umlip-test"], check=True)
         time.sleep(2)
     finally:
         subprocess.run(["scontrol", "update", f"nodename={slurm_node}", "state=resume"])
-    out, err = run.communicate(timeout=600)
+    out, err = run.communicate(timeout=timeout_s)
     assert run.returncode == 0, err[-3000:]
-    run_dir = Path(out.strip().splitlines()[-1])
+    return Path(out.strip().splitlines()[-1])
 
-    columns = ["id", "dimension", "steps", "energy_ev", "failure_reason", "converged"]
-    on_slurm = pd.read_csv(run_dir / "results.csv", keep_default_na=False)[columns].sort_values("id")
-    on_docker = pd.read_csv(local_dir / "results.csv", keep_default_na=False)[columns].sort_values("id")
+
+def assert_like_docker_once_and_restarted(run_dir: Path, on_docker: pd.DataFrame, runtime: str) -> None:
+    on_slurm = pd.read_csv(run_dir / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
     assert len(on_slurm) == 8
     pd.testing.assert_frame_equal(on_slurm.reset_index(drop=True), on_docker.reset_index(drop=True))
     assert set(raw_ids(run_dir).values()) == {1}  # every structure exactly once
@@ -249,10 +269,89 @@ def test_slurm_relaxes_like_docker_and_survives_a_failed_node(tmp_path, slurm_no
     assert any("restart 1" in line for lines in starts.values() for line in lines), starts
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["backend"] == "slurm" and provenance["status"] == "complete"
-    assert provenance["slurm"]["runtime"] == "docker" and provenance["slurm"]["jobs"]["emt"]
+    assert provenance["slurm"]["runtime"] == runtime and provenance["slurm"]["jobs"]["emt"]
     # provenance keeps each task's starts; the restarted one's last start says so (its first start may
     # not have written its line: a node can fail between a task's start and its script's first command)
     assert any("restart 1" in s["last"] for s in provenance["slurm"]["task_starts"].values())
+
+
+@pytest.mark.docker
+@pytest.mark.slurm
+def test_slurm_relaxes_like_docker_and_survives_a_failed_node(tmp_path, slurm_node, slow_set):
+    _, dataset, on_docker = slow_set
+    run_dir = run_through_a_failed_node(bench_command(*SLURM_ARGS, "--dataset", str(dataset), results=tmp_path),
+                                        slurm_node)
+    assert_like_docker_once_and_restarted(run_dir, on_docker, "docker")
+
+
+#: Reads, as the worker's own user, what a running worker process can write and do.
+PROBE = """
+import json, os, sys
+pid = sys.argv[1]
+status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+mounts = []
+for line in open(f"/proc/{pid}/mountinfo"):
+    fields = line.split()
+    point, kind = fields[4], fields[fields.index("-") + 1]
+    mounts.append([point, kind, os.access(f"/proc/{pid}/root{point}", os.W_OK)])
+interfaces = [line.split(":")[0].strip() for line in open(f"/proc/{pid}/net/dev").readlines()[2:]]
+print(json.dumps({"uid": status["Uid"].split(), "caps": [status[k].strip() for k in ("CapPrm", "CapEff", "CapBnd")],
+                  "no_new_privs": status["NoNewPrivs"].strip(), "interfaces": interfaces, "mounts": mounts,
+                  "image_writable": os.access(f"/proc/{pid}/root/opt/umlip-0123d", os.W_OK)}))
+"""
+#: Filesystems a container has of its own, gone when it ends.
+PRIVATE = {"tmpfs", "devtmpfs", "mqueue", "devpts", "proc", "sysfs", "cgroup", "cgroup2"}
+
+
+def relaxing() -> list[str]:
+    """Process ids of the relaxation processes (the supervisor's children) running on this host."""
+    return subprocess.run(["pgrep", "-f", "--", "-m adapters.relax"], capture_output=True, text=True).stdout.split()
+
+
+def probe_worker() -> dict:
+    """PROBE in a running relaxation process, run as that process's user."""
+    wait_for(relaxing, 120)
+    pid = relaxing()[0]
+    uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0])
+    done = subprocess.run(["/usr/bin/python3", "-c", PROBE, pid], user=uid, group=uid, extra_groups=[], cwd="/",
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.docker
+@pytest.mark.slurm
+def test_a_real_apptainer_relaxes_like_docker_unprivileged_and_converts_once(slurm_node, slow_set, apptainer):
+    """The backend unchanged against a real Apptainer (CI: 1.4.5, .ci/apptainer): each task runs
+    `apptainer exec` as an unprivileged user; a node that fails under a task requeues it and it
+    resumes; the SIF is built once per image id and the next run reuses it."""
+    shared, dataset, on_docker = slow_set
+    args = ("--models", "emt", "--backend", "slurm", "--set", "slurm.runtime=apptainer", "--set", "slurm.cpus_per_task=1",
+            "--set", "slurm.poll_s=0.5", "--set", "shard_size=1", "--set", f"cache_dir={shared / 'cache'}",
+            "--dataset", str(dataset))
+    seen = {}
+    run_dir = run_through_a_failed_node(bench_command(*args, results=shared / "first"), slurm_node,
+                                        lambda: seen.update(probe_worker()), timeout_s=1200)
+    assert_like_docker_once_and_restarted(run_dir, on_docker, "apptainer")
+
+    # least privilege, inside a running task
+    assert seen["uid"] == ["65534"] * 4 and set(seen["caps"]) == {"0000000000000000"}
+    assert seen["no_new_privs"] == "1" and seen["interfaces"] == ["lo"]  # no network but loopback
+    writable = {point for point, kind, can in seen["mounts"] if can and kind not in PRIVATE}
+    assert len(writable) == 3 and all(p.startswith("/data/out/shard-") for p in writable), seen["mounts"]
+    assert {p.rsplit(".", 1)[1] for p in writable} == {"jsonl", "crashed", "inflight"}
+    assert not seen["image_writable"]
+    read_only = {point: can for point, kind, can in seen["mounts"]}
+    assert read_only["/data/shards"] is False and read_only["/cache/emt"] is False and read_only["/"] is False
+
+    sif = list((shared / "cache" / "images").glob("emt-*.sif"))
+    assert len(sif) == 1
+    built = sif[0].stat().st_mtime_ns
+    again = bench(*args, results=shared / "second")
+    assert "converting" not in again.stderr and sif[0].stat().st_mtime_ns == built  # the same SIF, reused
+    second = Path(again.stdout.strip().splitlines()[-1])
+    on_second = pd.read_csv(second / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
+    pd.testing.assert_frame_equal(on_second.reset_index(drop=True), on_docker.reset_index(drop=True))
 
 
 @pytest.mark.docker

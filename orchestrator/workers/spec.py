@@ -88,7 +88,9 @@ def engine_options(spec: WorkerSpec, cpus: int) -> list[str]:
     options += [f"--memory={spec.memory_bytes}b"] if spec.memory_bytes else []
     options += [f"--label={key}={value}" for key, value in spec.labels.items()]
     options += [f"--volume={m.source}:{m.target}:{m.mode}" for m in spec.mounts]
-    options += [f"--env={key}={value}" for key, value in spec.environment.items()]
+    # HOME stays Apptainer's own (under --containall an empty folder of the container's): it
+    # refuses to override it, with a warning in every worker's log
+    options += [f"--env={key}={value}" for key, value in spec.environment.items() if key != "HOME"]
     return options
 
 
@@ -100,5 +102,7 @@ def apptainer_options(spec: WorkerSpec, isolate_network: bool) -> list[str]:
     options += ["--no-privs"] if os.getuid() == 0 else []  # root here: drop what root would keep
     options += ["--net", "--network", "none"] if isolate_network else []
     options += [f"--bind={m.source}:{m.target}:{m.mode}" for m in spec.mounts]
-    options += [f"--env={key}={value}" for key, value in spec.environment.items()]
+    # HOME stays Apptainer's own (under --containall an empty folder of the container's): it
+    # refuses to override it, with a warning in every worker's log
+    options += [f"--env={key}={value}" for key, value in spec.environment.items() if key != "HOME"]
     return options

@@ -127,7 +127,8 @@ def run_engines(records: list[dict], job: dict, batch_atoms: int) -> dict:
         options["checkpoint"] = "/tmp/stand-in.model"
         factory = importlib.import_module(f"adapters.calculators.{family}")
         options.update(factory.make_test_checkpoint(options["checkpoint"]))
-    protocol = {**PROTOCOL, "max_steps": job.get("max_steps", PROTOCOL["max_steps"])}
+    protocol = {**PROTOCOL, "max_steps": job.get("max_steps", PROTOCOL["max_steps"]),
+                "fmax_ev_per_a": job.get("fmax", PROTOCOL["fmax_ev_per_a"])}
     engines = job.get("engines") or list(ENGINES)
     calculator = make_calculator(family, device, options)
     evaluate = make_evaluator(family, device, options)
@@ -225,7 +226,7 @@ def peer_models(names: list[str]):
 
 def measure(args, peer, builder, threads: int, records: list[dict]) -> dict:
     job = {"calculator": peer.calculator, "options": peer.options, "device": args.device,
-           "engines": args.engines, "repeats": args.repeats, "max_steps": args.max_steps,
+           "engines": args.engines, "repeats": args.repeats, "max_steps": args.max_steps, "fmax": args.fmax,
            "stand_in": peer.calculator != "sevennet"}  # SevenNet-0's weights ship in its wheel
     if args.here:
         return run_engines(records, job, args.batch_atoms)
@@ -243,6 +244,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts, one process each")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the fastest is reported")
     parser.add_argument("--max-steps", type=int, default=PROTOCOL["max_steps"])
+    parser.add_argument("--fmax", type=float, default=PROTOCOL["fmax_ev_per_a"],
+                        help="eV/Å; a stand-in's random model is nearly flat: a lower one gives it steps to time")
     parser.add_argument("--batch-atoms", type=int, default=2000)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--here", action="store_true", help="every engine in this Python, no container")
@@ -286,7 +289,7 @@ def main() -> None:
                 outcome = measure(args, peer, builder, threads, records)
                 print(f"\n{peer.name}: {peer.description.split(';')[0]}")
                 print(f"{len(records)} crystals of the shipped Alexandria sample, {args.device}, {threads} thread(s), "
-                      f"{peer.dtype}, batch_atoms {args.batch_atoms}, best of {args.repeats} interleaved round(s), "
+                      f"{peer.dtype}, fmax {args.fmax:g} eV/Å, batch_atoms {args.batch_atoms}, best of {args.repeats} interleaved round(s), "
                       f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.2f}; "
                       + ", ".join(f"{k} {v}" for k, v in outcome["versions"].items()))
                 print(table(outcome))

@@ -2,7 +2,6 @@
 image, on three crystals of the shipped sample, the engines this image holds (TorchSim needs its
 peer image, several GB on Python 3.13: `make perf-peer` builds it, CI does not)."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ def test_the_peer_script_runs_the_engines_in_rounds_and_compares_them_with_ase(m
     records = sample_records(3)
     job = {"calculator": "sevennet", "options": {"model": "7net-0"}, "device": "cpu",
            "engines": ["ase", "sequential", "batched"], "repeats": 2, "max_steps": 15000}
-    outcome = run_in_image(model_image("sevennet-0"), job, records, threads=os.cpu_count(), batch_atoms=2000,
+    # one thread: torch's float32 sums over two threads are not the same bits from one process to the next
+    outcome = run_in_image(model_image("sevennet-0"), job, records, threads=1, batch_atoms=2000,
                            script=Path(peer_speed.__file__))
     engines = outcome["engines"]
     assert list(engines) == ["ase", "sequential", "batched"]

@@ -88,9 +88,7 @@ def engine_options(spec: WorkerSpec, cpus: int) -> list[str]:
     options += [f"--memory={spec.memory_bytes}b"] if spec.memory_bytes else []
     options += [f"--label={key}={value}" for key, value in spec.labels.items()]
     options += [f"--volume={m.source}:{m.target}:{m.mode}" for m in spec.mounts]
-    # HOME stays Apptainer's own (under --containall an empty folder of the container's): it
-    # refuses to override it, with a warning in every worker's log
-    options += [f"--env={key}={value}" for key, value in spec.environment.items() if key != "HOME"]
+    options += [f"--env={key}={value}" for key, value in spec.environment.items()]
     return options
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from ase.build import bulk, molecule, mx2, nanotube
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-SAMPLE = Path(__file__).resolve().parent / "data" / "alexandria-pbe-3d-sample200.json.bz2"  # shipped
-P000 = SHARED / "alexandria-pbe-benchmark-pressure-P000.json.bz2"
+DATA = Path(__file__).resolve().parent / "data"  # shipped with the tests (data/README.md)
+SAMPLE = DATA / "alexandria-pbe-3d-sample200.json.bz2"
+P000 = DATA / "alexandria-pbe-benchmark-pressure-P000.json.bz2"
 P000_SHA256 = "10ded841c7c0b206a2eabc768b06f605d3ce22f27363c779dbbcbc3012457950"
 
 

@@ -362,7 +362,6 @@ def test_subset_key():
     assert len(subset_key(elements=[s for s in "H He Li Be B C N O F Ne".split()])) < 16
 
 
-@pytest.mark.skipif(not P000.exists(), reason="the P000 file is not present")
 def test_p000_loads_in_seconds(tmp_path):
     import time
 

@@ -134,7 +134,7 @@ def run_engines(records: list[dict], job: dict, batch_atoms: int) -> dict:
                 "fmax_ev_per_a": job.get("fmax", PROTOCOL["fmax_ev_per_a"])}
     engines = job.get("engines") or list(ENGINES)
     calculator = make_calculator(family, device, options)
-    evaluate = make_evaluator(family, device, options)
+    evaluate = make_evaluator(family, device, options) if "batched" in engines else None  # a second copy of the model
     peer = torchsim_model(family, options, device) if any(e.startswith("torchsim") for e in engines) else None
 
     def batched(records):

@@ -34,11 +34,10 @@ from pathlib import Path
 from orchestrator import provenance, runfolder
 from orchestrator.download import sha256_of
 from orchestrator.errors import BenchError
+from orchestrator.runfolder import RunFolder
 
 FORMAT = 1
 SUFFIX = ".bundle.tar.gz"
-#: Files of a run folder that go into results/ (the report/ folder and raw/ go whole).
-RESULT_FILES = ("results.csv", "results.parquet", "relaxed.extxyz", "sharding.json")
 #: Files whose text is searched for the user's home (and written with ~ instead).
 TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".csv", ".txt", ".yaml", ".extxyz", ".svg")
 
@@ -47,13 +46,14 @@ def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = Fa
                 engine=None, echo=print, label: str | None = None) -> Path:
     """Bundle a finished run folder into <label, else the run's name>.bundle.tar.gz; the archive's
     path (its sha256 written beside it)."""
-    run_dir = Path(run_dir).resolve()
-    record = provenance.read(run_dir / "provenance.json")
+    run = RunFolder(Path(run_dir).resolve())
+    run_dir = run.root
+    record = run.read_provenance()
     if not record:
         raise BenchError(f"{run_dir}: not a run folder (no provenance.json)")
     if record.get("status") != "complete":
         raise BenchError(f"{run_dir}: the run is incomplete; finish it (rerun its bench command) before bundling")
-    if not (run_dir / "build").is_dir():
+    if not run.build.is_dir():
         raise BenchError(f"{run_dir}: holds no build inputs (run folders from before bundles keep none); rerun "
                          "its bench command with this checkout to record them (finished structures are kept)")
     runfolder.refuse_links(run_dir)  # a planted link would pack a file from elsewhere, readable by anyone
@@ -65,21 +65,8 @@ def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = Fa
         stage = Path(tmp) / name
         stage.mkdir()
         _write_json(stage / "provenance.json", record)
-        shutil.copytree(run_dir / "build", stage / "build", ignore=shutil.ignore_patterns("__pycache__"))
-        results = stage / "results"
-        results.mkdir()
-        for file in RESULT_FILES:
-            if (run_dir / file).is_file():
-                shutil.copyfile(run_dir / file, results / file)
-        # the report's text, tables and its self-contained HTML (which holds the figures); not the
-        # page to explore, 5 MB of plotly.js that `make report` writes again from the results
-        shutil.copytree(run_dir / "report", results / "report",
-                        ignore=shutil.ignore_patterns("*.png", "*.svg", "explore.html"))
-        for model_dir in sorted(p for p in (run_dir / "raw").iterdir() if p.is_dir()):
-            (results / "raw" / model_dir.name).mkdir(parents=True)
-            for path in [*sorted(model_dir.glob("shard-*.jsonl")), model_dir / "image.json"]:
-                if path.is_file():
-                    shutil.copyfile(path, results / "raw" / model_dir.name / path.name)
+        shutil.copytree(run.build, stage / "build", ignore=shutil.ignore_patterns("__pycache__"))
+        _copy_results(run, RunFolder(stage / "results"))
         if with_data:
             _copy_data(record, stage / "data")
         if with_images:
@@ -94,6 +81,24 @@ def make_bundle(run_dir: Path, out_dir: Path | None = None, with_data: bool = Fa
     digest = sha256_of(archive)
     runfolder.write_text(Path(f"{archive}.sha256"), f"{digest}  {archive.name}\n")
     return archive
+
+
+def _copy_results(run: RunFolder, results: RunFolder) -> None:
+    """results/: the run folder's layout, with only what judges and reruns the run: the tables,
+    the relaxed structures, the cut, the result lines and image record of each model, and the
+    report's text, tables and self-contained HTML (which holds the figures); not the page to
+    explore, 5 MB of plotly.js that `make report` writes again from the results."""
+    results.root.mkdir()
+    for path, copy in ((run.results, results.results), (run.results_parquet, results.results_parquet),
+                       (run.relaxed, results.relaxed), (run.sharding, results.sharding)):
+        if path.is_file():
+            shutil.copyfile(path, copy)
+    shutil.copytree(run.report, results.report, ignore=shutil.ignore_patterns("*.png", "*.svg", "explore.html"))
+    for model_dir in run.model_dirs():
+        results.model_results(model_dir.name).mkdir(parents=True)
+        for path in [*run.result_files(model_dir.name), run.image_record(model_dir.name)]:
+            if path.is_file():
+                shutil.copyfile(path, results.model_results(model_dir.name) / path.name)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -179,13 +184,14 @@ class Bundle:
         return self.folder / "build"
 
     @property
-    def results(self) -> Path:
-        return self.folder / "results"
+    def results(self) -> RunFolder:
+        """results/: a run folder's layout (with only what _copy_results packs)."""
+        return RunFolder(self.folder / "results")
 
     @property
     def sharding(self) -> dict | None:
         """The run's shards as recorded (sharding.json), None for a bundle without it."""
-        path = self.results / "sharding.json"
+        path = self.results.sharding
         return _read_json(path, self.origin, "") if path.is_file() else None
 
     def changed_files(self) -> list[str]:

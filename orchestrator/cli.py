@@ -66,7 +66,7 @@ def overrides_from(args) -> dict:
 
 
 def cmd_bench(args) -> None:
-    from orchestrator.bench import bench
+    from orchestrator.run.stages import bench
 
     manifest = load(args.manifest, overrides_from(args))
     run_dir = bench(manifest, manifest["models"])
@@ -76,7 +76,7 @@ def cmd_bench(args) -> None:
 def cmd_build(args) -> None:
     from orchestrator.console import console
     from orchestrator.images import ImageBuilder
-    from orchestrator.plan import pick_models
+    from orchestrator.run.plan import pick_models
     from orchestrator.workers.docker import DockerEngine
 
     manifest = load(args.manifest, overrides_from(args))
@@ -91,7 +91,7 @@ def lock_plan(manifest, model_names: list[str], pythons: list[str]) -> tuple[lis
     first, then every model image. A model running in another folder's image locks that
     folder (one lock per image)."""
     from orchestrator.images import discover_models
-    from orchestrator.plan import pick_models
+    from orchestrator.run.plan import pick_models
 
     models = pick_models(manifest, model_names) if model_names else [] if pythons else list(discover_models().values())
     images = {}
@@ -122,18 +122,19 @@ def cmd_lock(args) -> None:
 
 def cmd_report(args) -> None:
     from orchestrator.report import write_leaderboard, write_run_report
+    from orchestrator.runfolder import scored_folders
 
     manifest = load(args.manifest, parse_set(args.set))
     results_dir = manifest.path_setting("results_dir")
     # a results folder on a read-only disk (an archive, a colleague's share) is reported elsewhere
     spare = manifest.cache.reports
-    for run_dir in sorted(p.parent for p in results_dir.glob("*/results.csv")):
-        print(write_run_report(run_dir, None if os.access(run_dir, os.W_OK) else spare / run_dir.name))
+    for run in scored_folders(results_dir):
+        print(write_run_report(run.root, None if os.access(run.root, os.W_OK) else spare / run.name))
     print(write_leaderboard(results_dir, None if os.access(results_dir, os.W_OK) else spare))
 
 
 def cmd_weights(args) -> None:
-    from orchestrator.plan import pick_models
+    from orchestrator.run.plan import pick_models
     from orchestrator.weights import ensure_weights, weights_folder
 
     manifest = load(args.manifest, overrides_from(args))
@@ -197,7 +198,7 @@ def _built_models() -> set[str]:
 
 def cmd_zoo(args) -> None:
     from orchestrator.images import discover_models
-    from orchestrator.plan import pick_models
+    from orchestrator.run.plan import pick_models
     from orchestrator.zoo import zoo
 
     manifest = load(args.manifest, overrides_from(args))

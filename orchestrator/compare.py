@@ -17,7 +17,8 @@ from metrics.summary import DIMENSIONS
 from orchestrator import host, runfolder
 from orchestrator.bundle import Bundle, label_of, open_bundle
 from orchestrator.errors import BenchError
-from orchestrator.report import read_frames, read_provenance, read_results, write_table
+from orchestrator.report import read_frames, read_results, write_table
+from orchestrator.runfolder import RunFolder
 
 
 @dataclass
@@ -34,11 +35,12 @@ class RunSide:
 def read_side(path: Path, unpack_dir: Path) -> RunSide:
     """A run folder (results.csv, relaxed.extxyz, provenance.json) or a bundle."""
     path = Path(path).expanduser()
-    if path.is_dir() and (path / "results.csv").is_file():
-        if not (path / "provenance.json").is_file():
+    run = RunFolder(path)
+    if path.is_dir() and run.results.is_file():
+        if not run.provenance.is_file():
             raise CannotCompare(f"{path}: no provenance.json (which data, protocol and precision ran): cannot compare")
-        return RunSide(path.name, read_results(path / "results.csv"), read_relaxed(path / "relaxed.extxyz"),
-                       read_provenance(path / "provenance.json"), reference=path / "reference.extxyz")
+        return RunSide(run.name, read_results(run.results), read_relaxed(run.relaxed), run.read_provenance(),
+                       reference=run.reference)
     bundle = open_bundle(path, unpack_dir)
     return bundle_side(bundle, bundle.changed_files())
 
@@ -46,8 +48,8 @@ def read_side(path: Path, unpack_dir: Path) -> RunSide:
 def bundle_side(bundle: Bundle, changed: list[str]) -> RunSide:
     """The run a bundle records; `changed`: its files that differ from their recorded sha256."""
     altered = [f"{bundle.origin.name} changed since it was made ({', '.join(changed)})"] if changed else []
-    return RunSide(bundle.run_id, read_results(bundle.results / "results.csv"),
-                   read_relaxed(bundle.results / "relaxed.extxyz"), bundle.provenance, altered=altered)
+    return RunSide(bundle.run_id, read_results(bundle.results.results), read_relaxed(bundle.results.relaxed),
+                   bundle.provenance, altered=altered)
 
 
 def read_relaxed(path: Path) -> dict:

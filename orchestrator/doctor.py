@@ -9,7 +9,7 @@ from orchestrator.console import console
 from orchestrator.errors import BenchError
 from orchestrator.images import discover_models
 from orchestrator.manifest import Manifest
-from orchestrator.plan import pick_models
+from orchestrator.run.plan import pick_models
 from orchestrator.weights import missing_weights
 from orchestrator.workers import host_gpus
 from orchestrator.workers.docker import DockerEngine

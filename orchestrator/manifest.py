@@ -83,6 +83,8 @@ SCHEMA = {
 }
 #: Where the shard containers run: this machine's Docker engine, or a SLURM cluster.
 BACKENDS = ("docker", "slurm")
+#: What runs a SLURM task's container (orchestrator.workers.slurm).
+RUNTIMES = ("apptainer", "docker", "podman")
 ENV_PREFIX = "UMLIP_"
 
 
@@ -256,8 +258,6 @@ def _validate(values: dict, sources: dict, path: str) -> None:
     if values["backend"] not in BACKENDS:
         fail("backend", f"must be one of {', '.join(BACKENDS)}, not {values['backend']!r}")
     slurm = values["slurm"]
-    from orchestrator.workers.slurm import RUNTIMES
-
     if slurm["runtime"] not in RUNTIMES:
         fail("slurm.runtime", f"must be one of {', '.join(RUNTIMES)}, not {slurm['runtime']!r}")
     for key, least in (("cpus_per_task", 1), ("gpus_per_task", 0), ("max_simultaneous_tasks", 1)):

@@ -78,9 +78,9 @@ def write_relaxed(path: Path, table: pd.DataFrame, relaxed: dict) -> None:
         write(tmp, frames, format="extxyz")
 
 
-def write_table(run_dir: Path, table: pd.DataFrame) -> None:
+def write_table(folder: runfolder.RunFolder, table: pd.DataFrame) -> None:
     """results.csv and results.parquet, written atomically."""
-    for name, writer in (("results.csv", lambda p: table.to_csv(p, index=False)),
-                         ("results.parquet", lambda p: table.to_parquet(p, index=False))):
-        with runfolder.replacing(run_dir / name) as tmp:
+    for path, writer in ((folder.results, lambda p: table.to_csv(p, index=False)),
+                         (folder.results_parquet, lambda p: table.to_parquet(p, index=False))):
+        with runfolder.replacing(path) as tmp:
             writer(tmp)

@@ -10,7 +10,6 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator import runfolder
 from orchestrator.images import REPO
 from orchestrator.workers import query_gpus
 from orchestrator.workers.spec import WorkerSpec
@@ -53,12 +52,3 @@ def image_versions(engine, image: str, packages: list[str]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def read(path: Path) -> dict:
-    """provenance.json ({} where there is none; one that is not JSON: a one-line error)."""
-    from orchestrator.report import read_provenance
-
-    return read_provenance(path)
-
-
-def write(path: Path, provenance: dict) -> None:
-    runfolder.write_text(path, json.dumps(provenance, indent=2, default=str) + "\n")

@@ -12,7 +12,6 @@ writes explore.html beside it: every run in one filterable page.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from metrics import explore, plots
 from metrics import report as documents
 from orchestrator import runfolder
 from orchestrator.errors import BenchError
+from orchestrator.runfolder import RunFolder, scored_folders
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -39,18 +39,6 @@ def read_results(path: Path) -> pd.DataFrame:
         raise BenchError(f"{path}: {problem}")
     table["failure_reason"] = table["failure_reason"].fillna("")
     return table
-
-
-def read_provenance(path: Path) -> dict:
-    """provenance.json as a dict ({} when absent; a non-object is kept under "value")."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_bytes().decode())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{path}: not valid JSON ({exc})") from exc
-    return data if isinstance(data, dict) else {"value": data}
 
 
 def write_table(table: pd.DataFrame, path: Path) -> None:
@@ -86,7 +74,7 @@ def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
     from metrics import dataset
     from metrics.geometry import periodic_axes
 
-    path = run_dir / "reference.extxyz"
+    path = RunFolder(run_dir).reference
     if not path.is_file():
         return {}
     names = ("dataset_elements", "dataset_distributions")
@@ -111,11 +99,11 @@ def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
 def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
     """Tables, plots, report.md and a self-contained report.html under `out` (default
     run_dir/report/)."""
-    run_dir = Path(run_dir)
-    runfolder.refuse_links(run_dir)
-    scored = read_results(run_dir / "results.csv")
-    provenance = read_provenance(run_dir / "provenance.json")
-    out = Path(out) if out else run_dir / "report"
+    folder = RunFolder(run_dir)
+    runfolder.refuse_links(folder.root)
+    scored = read_results(folder.results)
+    provenance = folder.read_provenance()
+    out = Path(out) if out else folder.report
     runfolder.mkdir(out)
     named, paper_caption = documents.run_report_tables(scored, provenance)
     for name, table in named.items():
@@ -127,16 +115,16 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
                          ("coordination", plots.coordination_lines(named["coordination"]))):
         if figure is not None:
             figures[name] = save_figure(figure, out, name)
-    figures.update(dataset_figures(run_dir, out))
+    figures.update(dataset_figures(folder.root, out))
     for model in dict.fromkeys(named["energy_by_element"]["model"]):
         name = plots.element_figure_name(model)
         figures[name] = save_figure(plots.energy_by_element(named["energy_by_element"], model), out, name)
-    md, body = documents.run_documents(run_dir.name, scored, provenance, named, paper_caption,
+    md, body = documents.run_documents(folder.name, scored, provenance, named, paper_caption,
                                        {name: (png.name, svg.name, png.read_bytes())
                                         for name, (png, svg) in figures.items()})
     runfolder.write_text(out / "report.md", md)
     runfolder.write_text(out / "report.html", body)
-    write_explore_page(run_dir, scored, named, out)
+    write_explore_page(folder, scored, named, out)
     return out / "report.md"
 
 
@@ -152,28 +140,24 @@ def read_frames(path: Path):
         yield id_from_extxyz(atoms.info["id"]), atoms
 
 
-def write_explore_page(run_dir: Path, scored: pd.DataFrame, named: dict, out: Path) -> Path:
+def write_explore_page(folder: RunFolder, scored: pd.DataFrame, named: dict, out: Path) -> Path:
     """report/explore.html (metrics.explore): the PBE structures for formulas and the
     gallery, and of the relaxed ones only the gallery's cases."""
-    reference = dict(read_frames(run_dir / "reference.extxyz"))
+    reference = dict(read_frames(folder.reference))
     cases = explore.gallery_cases(scored, {})
     wanted = set(zip(cases["model"].astype(str), cases["id"].astype(str)))
-    relaxed = {key: atoms for sid, atoms in read_frames(run_dir / "relaxed.extxyz")
+    relaxed = {key: atoms for sid, atoms in read_frames(folder.relaxed)
                if (key := (str(atoms.info["model"]), sid)) in wanted}
     path = out / "explore.html"
-    runfolder.write_text(path, explore.run_page(run_dir.name, scored, named, reference, relaxed))
+    runfolder.write_text(path, explore.run_page(folder.name, scored, named, reference, relaxed))
     return path
 
 
 def finished_runs(results_dir: Path, *, complete: bool = True) -> list[Path]:
     """Sub-folders of results_dir with both results.csv and provenance.json, by name: the
     complete ones, or (complete=False) those whose provenance says they are incomplete."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        return []
-    runs = [d for d in results_dir.iterdir()
-            if d.is_dir() and (d / "results.csv").is_file() and (d / "provenance.json").is_file()]
-    return sorted(d for d in runs if (read_provenance(d / "provenance.json").get("status") != "incomplete") == complete)
+    return [f.root for f in scored_folders(results_dir)
+            if f.provenance.is_file() and (f.read_provenance().get("status") != "incomplete") == complete]
 
 
 def leaderboard(results_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame, dict]]]:
@@ -183,7 +167,7 @@ def leaderboard(results_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, pd.Dat
     if not folders:
         raise BenchError(f"{results_dir}: no finished run (a folder with results.csv and provenance.json); "
                          "run the benchmark first")
-    runs = [(d.name, read_results(d / "results.csv"), read_provenance(d / "provenance.json")) for d in folders]
+    runs = [(f.name, read_results(f.results), f.read_provenance()) for f in map(RunFolder, folders)]
     table = documents.leaderboard(runs)
     if table.empty:
         raise BenchError(f"{results_dir}: no finished run: every model of every run has structures without a "
@@ -199,14 +183,14 @@ def write_leaderboard(results_dir: Path, out: Path | None = None) -> Path:
     runfolder.mkdir(out)
     table, runs = leaderboard(results_dir)
     write_table(table, out / "leaderboard.csv")
-    reports = {d.name: os.path.relpath(d / "report" / "explore.html", out) for d in finished_runs(results_dir)}
+    reports = {d.name: os.path.relpath(RunFolder(d).report / "explore.html", out) for d in finished_runs(results_dir)}
     beyond = documents.beyond_the_paper(runs, reports)
     for name, frame in beyond.items():
         write_table(frame, out / f"leaderboard_{name}.csv")
     left_out = [d.name for d in finished_runs(results_dir, complete=False)]
     for run_dir in finished_runs(results_dir):
         left_out += [f"{run_dir.name} ({model})"
-                     for model in documents.unfinished_models(read_results(run_dir / "results.csv"))]
+                     for model in documents.unfinished_models(read_results(RunFolder(run_dir).results))]
     md, body = documents.leaderboard_documents(table, str(results_dir), left_out, beyond)
     runfolder.write_text(out / "leaderboard.md", md)
     runfolder.write_text(out / "leaderboard.html", body)

@@ -13,15 +13,16 @@ import re
 from pathlib import Path
 
 from orchestrator import provenance
-from orchestrator.bench import run_plan
 from orchestrator.bundle import Bundle, label_of, open_bundle
 from orchestrator.compare import Comparison, bundle_side, compare_runs, read_side, write_comparison
 from orchestrator.console import console
 from orchestrator.errors import BenchError
 from orchestrator.images import IMAGE_PREFIX
 from orchestrator.manifest import load
-from orchestrator.plan import RunPlan
 from orchestrator.report import write_run_report
+from orchestrator.run.plan import RunPlan
+from orchestrator.run.stages import run_plan
+from orchestrator.runfolder import RunFolder
 
 def bundle_overrides(bundle: Bundle, dataset: str | None, engine: str | None) -> dict:
     """The manifest overrides that make this machine's run the bundle's run: the settings that
@@ -75,11 +76,12 @@ def reproduce(manifest_path: Path, bundle_path: Path, overrides: dict, dataset: 
     comparison = compare_runs(recorded, rerun, rebuilt=elsewhere)
     for line in _version_changes(bundle.provenance, rerun.provenance):
         console.print(f"[yellow]package differs[/yellow]: {line}")
-    write_comparison(comparison, run_dir / "reproduction")
+    folder = RunFolder(run_dir)
+    write_comparison(comparison, folder.reproduction)
     record = rerun.provenance
     record["reproduction"] = {**record.get("reproduction", {}), "verdict": comparison.verdict.line,
                               "code": comparison.verdict.code}
-    provenance.write(run_dir / "provenance.json", record)
+    folder.write_provenance(record)
     write_run_report(run_dir)  # its facts now say what it reproduced, and the verdict
     return run_dir, comparison
 

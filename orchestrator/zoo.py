@@ -30,6 +30,7 @@ from orchestrator import provenance
 from orchestrator.console import console, show_table
 from orchestrator.images import REPO, ImageBuilder, Model
 from orchestrator.manifest import Manifest
+from orchestrator.runfolder import RunFolder
 from orchestrator.weights import checkpoint_path, missing_weights, weights_folder
 from orchestrator.workers.docker import DockerEngine
 from orchestrator.workers.spec import LABEL, Mount, WorkerSpec, worker_threading, worker_user
@@ -165,8 +166,8 @@ def bench_one(model: Model, cache: Path, results: Path) -> str:
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if done.returncode:
         return f"FAILED (exit {done.returncode}): {done.stderr.strip().splitlines()[-1][:150]}"
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
-    with (run_dir / "results.csv").open() as handle:
+    run = RunFolder(done.stdout.strip().splitlines()[-1])
+    with run.results.open() as handle:
         row = next(csv.DictReader(handle))
     return "relaxed" if row["failure_reason"] in ("", "not_converged") and row["energy_ev"] else \
         f"FAILED: {row['failure_reason']}"

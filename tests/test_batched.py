@@ -236,7 +236,7 @@ def test_the_engine_is_part_of_the_run_identity_and_batched_runs_the_paper_proto
 
     manifest = Path(__file__).resolve().parent.parent / "benchmark.yaml"
     from orchestrator.datasets import Dataset
-    from orchestrator.plan import run_identity
+    from orchestrator.run.plan import run_identity
 
     protocol = load(manifest).relaxation_protocol()
     assert load(manifest, {"engine": "batched"}).relaxation_protocol() == protocol  # the engine rides apart

@@ -22,6 +22,7 @@ from metrics import explore
 from metrics.per_structure import score
 from orchestrator.datasets import write_extxyz
 from orchestrator.merge import write_relaxed, write_table
+from orchestrator.runfolder import RunFolder
 from orchestrator.report import write_leaderboard, write_run_report
 
 
@@ -65,7 +66,7 @@ def built_run(root: Path, name: str = "built-run") -> Path:
                 "energy_ref_ev": ref.info["energy_ref_ev"], "max_force_ev_per_a": 0.03 if not reason else 80.0,
                 "wall_s": 0.4, "finished_at": 1.0e9 + len(rows), "error": "boom" if reason == "model_error" else ""})
     table = score(pd.DataFrame(rows), reference, relaxed, {"2D": 7.5, "1D": 12.5, "0D": 20.0})
-    write_table(run, table)
+    write_table(RunFolder(run), table)
     write_relaxed(run / "relaxed.extxyz", table, relaxed)
     write_extxyz(run / "reference.extxyz", list(reference.values()))
     (run / "provenance.json").write_text(json.dumps({

@@ -398,7 +398,7 @@ def test_doctor_checks_the_base_image_of_each_python_the_models_ask_for(tmp_path
 
 def test_make_bench_model_paper_runs_a_folder_for_each_of_the_papers_eleven_models(manifest):
     from metrics.paper import table_ii
-    from orchestrator.plan import pick_models
+    from orchestrator.run.plan import pick_models
 
     models = pick_models(manifest, ["paper"])
     assert len(models) == 11

@@ -283,7 +283,7 @@ def test_a_slot_whose_containers_cannot_start_leaves_an_incomplete_run(tmp_path)
 
 
 def test_two_runs_at_once(tmp_path):
-    from orchestrator.plan import RunLock
+    from orchestrator.runfolder import RunFolder
 
     dataset = tmp_path / "emt-set.extxyz"
     emt_dataset(dataset)
@@ -300,7 +300,7 @@ def test_two_runs_at_once(tmp_path):
         table = pd.read_csv(folder / "results.csv", keep_default_na=False)
         assert (table["failure_reason"] != "missing").all() and (table["failure_reason"] == "").sum() == 4
     # a second bench on a run folder in use is refused, naming the holder
-    with RunLock(folders[0]):
+    with RunFolder(folders[0]).lock():
         done = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1",
                      results=tmp_path / "one", check=False)
     assert done.returncode == 2 and "another bench is running on this run folder" in done.stderr

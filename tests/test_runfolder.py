@@ -85,7 +85,7 @@ def test_the_outputs_of_a_run_share_one_mode(tmp_path):
         table = pd.DataFrame({"model": ["emt"], "id": ["cu"], "dimension": ["3D"], "converged": [True],
                               "failure_reason": [""], "steps": [3], "energy_ev": [-1.0]})
         write_relaxed(tmp_path / "relaxed.extxyz", table, {("emt", "cu"): atoms})
-        write_table(tmp_path, table)
+        write_table(runfolder.RunFolder(tmp_path), table)
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}

@@ -8,7 +8,9 @@ import pytest
 from ase import Atoms
 
 from orchestrator.errors import BenchError
-from orchestrator.plan import RunPlan
+from orchestrator.images import REPO
+from orchestrator.manifest import load
+from orchestrator.run.plan import RunPlan, RunSettings
 from orchestrator.shards import cut, read_ids, write_shards
 
 
@@ -35,7 +37,8 @@ def test_the_atoms_are_shared_out():
 
 
 def plan_for(run_dir, structures, shard_size=100):
-    return RunPlan(manifest={"shard_size": shard_size}, models=[], dataset=None, structures=structures,
+    settings = RunSettings.from_manifest(load(REPO / "benchmark.yaml", {"shard_size": shard_size}))
+    return RunPlan(settings=settings, models=[], dataset=None, structures=structures,
                    subset_key="all", protocol={}, engine="ase", run_dir=run_dir, cache=None)
 
 

@@ -165,10 +165,10 @@ def test_slurm_settings_are_checked(tmp_path, monkeypatch):
         load_manifest(backend="k8s")
     with pytest.raises(BenchError, match="slurm.sbatch_options"):
         load_manifest(**{"slurm.sbatch_options": ["qos=long"]})
-    from orchestrator.bench import make_backend
-    from orchestrator.plan import RunPlan
+    from orchestrator.run.stages import make_backend
+    from orchestrator.run.plan import RunPlan, RunSettings
 
-    plan = RunPlan(manifest=load_manifest(), models=[], dataset=None, structures=[], subset_key="all", protocol={},
+    plan = RunPlan(settings=RunSettings.from_manifest(load_manifest()), models=[], dataset=None, structures=[], subset_key="all", protocol={},
                    engine="ase", run_dir=tmp_path / "run", cache=load_manifest().cache)
     with pytest.raises(BenchError, match="sbatch, squeue, scancel not found on this host"):
         monkeypatch.setenv("PATH", str(tmp_path))

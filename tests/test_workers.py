@@ -9,7 +9,7 @@ import pytest
 
 from adapters.wire import GAVE_UP, NOTICE, Job, crash_counts, id_lines
 from orchestrator.errors import BenchError
-from orchestrator.plan import RunLock
+from orchestrator.runfolder import RunFolder
 from orchestrator.workers import (Assignment, Slot, container_name, device_slots, one_assignment_per_slot,
                                   prepare_worker_files, run_key, worker_failures, worker_spec)
 from orchestrator.workers.docker import DockerBackend, sdk_options
@@ -50,11 +50,11 @@ def test_run_folders_with_the_same_name_get_different_keys(tmp_path):
 
 
 def test_a_run_folder_is_locked_by_one_orchestrator(tmp_path):
-    with RunLock(tmp_path):
+    with RunFolder(tmp_path).lock():
         with pytest.raises(BenchError, match=f"another bench is running on this run folder \\(pid {os.getpid()}\\)"):
-            with RunLock(tmp_path):
+            with RunFolder(tmp_path).lock():
                 pass
-    with RunLock(tmp_path):  # released when the first one ended
+    with RunFolder(tmp_path).lock():  # released when the first one ended
         pass
 
 

@@ -28,11 +28,11 @@ from adapters import wire
 from orchestrator.console import console
 from orchestrator.download import sha256_of
 from orchestrator.errors import BenchError
+from orchestrator.runfolder import RunFolder
 from orchestrator.shards import read_ids
 from orchestrator.workers import Assignment, Slot, prepare_worker_files, run_key, worker_failures, worker_spec
 from orchestrator.workers.spec import apptainer_options, engine_options
 
-RUNTIMES = ("apptainer", "docker", "podman")
 #: Stands for the shard's name in the one command line an array job's tasks share.
 SHARD = "@SHARD@"
 #: Reasons a pending task gives when it would wait forever, and what to change.
@@ -209,7 +209,7 @@ class SlurmBackend:
                  pids: int = 4096):
         self.engine = engine
         self.settings = settings
-        self.run_dir = run_dir
+        self.folder = RunFolder(run_dir)
         self.weights_dir = weights_dir
         self.image_dir = image_dir
         self.pids = pids
@@ -221,7 +221,7 @@ class SlurmBackend:
 
     def provenance(self) -> dict:
         attempts = {}
-        for path in sorted((self.run_dir / "raw").glob("*/*.attempts")):
+        for path in sorted(self.folder.raw.glob("*/*.attempts")):
             lines = path.read_text().splitlines()
             attempts[f"{path.parent.name}/{path.stem}"] = {"starts": len(lines), "last": lines[-1] if lines else ""}
         return {"backend": "slurm", "slurm": {**self.settings, "jobs": self.submitted,
@@ -237,7 +237,7 @@ class SlurmBackend:
         Ctrl-C cancels exactly these jobs; so does the next orchestrator on the folder when
         this one was killed outright."""
         self._cancel([job_name(model, self.run_key) for model in {a.model for a in assignments}])
-        log_dir = self.run_dir / "slurm"
+        log_dir = self.folder.slurm_logs
         log_dir.mkdir(parents=True, exist_ok=True)
         by_model: dict[str, list[Assignment]] = {}
         for assignment in assignments:
@@ -297,7 +297,7 @@ class SlurmBackend:
                 self.failures.append(
                     f"{assignment.model} {shard.name}: incomplete when SLURM task "
                     f"{self.submitted.get(assignment.model)}_{number} ended; see {assignment.log} and "
-                    f"{self.run_dir / 'slurm'}/{assignment.model}-*_{number}.out")
+                    f"{self.folder.slurm_logs}/{assignment.model}-*_{number}.out")
 
     def _cancel(self, names: list[str]) -> None:
         """Cancel this user's jobs of these names and wait (up to a minute) until SLURM

@@ -24,7 +24,8 @@ from metrics_speed import build  # noqa: E402
 
 from metrics.per_structure import score  # noqa: E402
 from orchestrator.datasets import write_extxyz  # noqa: E402
-from orchestrator.merge import write_relaxed, write_table  # noqa: E402
+from orchestrator.merge import write_relaxed, write_table
+from orchestrator.runfolder import RunFolder  # noqa: E402
 from orchestrator.report import write_run_report  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     t0 = time.perf_counter()
     table = score(results, reference, relaxed, {"2D": 7.5, "1D": 12.5, "0D": 20.0})
     print(f"score: {len(table):,} rows in {time.perf_counter() - t0:.1f} s")
-    write_table(run, table)
+    write_table(RunFolder(run), table)
     write_relaxed(run / "relaxed.extxyz", table, relaxed)
     write_extxyz(run / "reference.extxyz", list(reference.values()))
     (run / "provenance.json").write_text(json.dumps({"run_id": run.name, "status": "complete",

@@ -2,6 +2,7 @@
 root orchestrator must: a link planted at a file or a folder is refused with one line
 naming it, and what it points at is left as it was. Its outputs share one mode."""
 
+import json
 import os
 import stat
 
@@ -120,3 +121,35 @@ def test_a_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(BenchError, match="failed"):
         slurm.convert_image("umlip-0123d/emt:abc", "sha256:" + "1" * 64, "podman", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_folder_records_its_format_once_and_refuses_a_newer_one(tmp_path):
+    made = runfolder.RunFolder(tmp_path / "new").create()
+    assert json.loads(made.format_record.read_text()) == {"format": runfolder.FORMAT}
+    made.format_record.chmod(0o444)
+    before = made.format_record.stat().st_mtime_ns
+    runfolder.RunFolder(made.root).create()  # written once: an existing record is left as it is
+    assert made.format_record.stat().st_mtime_ns == before
+    older = tmp_path / "older"  # a folder from before the format was recorded: today's layout
+    (older / "raw" / "emt").mkdir(parents=True)
+    assert runfolder.RunFolder(older).format() == runfolder.FORMAT
+    newer = runfolder.RunFolder(tmp_path / "newer")
+    newer.root.mkdir()
+    newer.format_record.write_text(json.dumps({"format": runfolder.FORMAT + 1}) + "\n")
+    with pytest.raises(BenchError, match=rf"run-folder.json: run folder format {runfolder.FORMAT + 1}; this checkout "
+                                         rf"reads format {runfolder.FORMAT} and older"):
+        newer.create()
+    newer.format_record.write_text("[1]\n")
+    with pytest.raises(BenchError, match=r"run-folder.json: not a run folder record"):
+        newer.create()
+
+
+def test_the_folder_keeps_results_of_one_image_per_model(tmp_path):
+    folder = runfolder.RunFolder(tmp_path)
+    folder.check_image("emt", "umlip-0123d/emt:aaa", "sha256:1")
+    folder.model_results("emt").joinpath("shard-0000.jsonl").write_text('{"id": "cu"}\n')
+    folder.check_image("emt", "umlip-0123d/emt:aaa", "sha256:1")  # the same image resumes
+    with pytest.raises(BenchError, match=r"raw/emt holds results of image umlip-0123d/emt:aaa, but the model now "
+                                         r"builds umlip-0123d/emt:bbb"):
+        folder.check_image("emt", "umlip-0123d/emt:bbb", "sha256:2")
+    assert json.loads(folder.image_record("emt").read_text())["image"] == "umlip-0123d/emt:aaa"

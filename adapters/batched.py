@@ -196,7 +196,7 @@ class Batch:
         self.steps += active
 
 
-def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, batch_atoms: int = 2000,
+def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, *, batch_atoms: int,
                   timeout_s: float | None = None, on_batch=lambda ids: None, on_step=lambda: None) -> None:
     """Relax `records` with the paper's protocol, at most `batch_atoms` atoms per model call
     (always at least one structure), calling on_result(id, result) as each finishes.

@@ -167,7 +167,8 @@ AUTHORS_MASKS = {3: [1, 1, 1, 1, 1, 1], 2: [1, 1, 0, 0, 0, 1], 1: [0, 0, 1, 0, 0
 AUTHORS_CYCLES, AUTHORS_CYCLE_STEPS, AUTHORS_VACUUM_A = 15, 500, 15.0
 #: Between cycles the extent is checked against this multiple of the limit.
 AUTHORS_CYCLE_LIMIT_FACTOR = 1.5
-FRAGMENTED = {2: "fragmented_thickness", 1: "fragmented_width"}
+#: Their cycles check layers and wires only (by periodic directions).
+FRAGMENTED = {d: wire.FRAGMENTED[f"{d}D"] for d in (2, 1)}
 #: The lattice vectors their vacuum reset replaces, in their frame (authors_frame).
 AUTHORS_VACUUM_VECTORS = {2: [2], 1: [0, 1]}
 
@@ -321,7 +322,7 @@ def finished_ids(out: Path, ids: set[str], timeout_s: float | None = None) -> se
     if not out.exists():
         return set()
     data = out.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
+    keep = wire.without_torn_line(data)
     if len(keep) != len(data):
         out.write_bytes(keep)
     return set(wire.read(out, ids, timeout_s).kept)

@@ -6,7 +6,9 @@ adapters/), the container's supervisor and relaxation engines import it too.
 - the container's mount points and the worker's command line (worker_command);
 - the files of a shard in a run folder: its results (one JSON line per structure),
   its in-flight marker and its crash list, and how each is read;
-- the exit codes of a worker, the result statuses, the optimizer and cell filter names.
+- the exit codes of a worker, the result statuses, the optimizer and cell filter names;
+- the vocabulary the host, the scoring (metrics/) and the worker share: the dimensionalities,
+  the fragmentation failure of each, and the torn-line rule of JSON-lines files.
 
 Result files: one JSON line per relaxed structure, as the worker writes them and as the
 worker (to resume) and the host (to schedule, merge and score) read them back.
@@ -45,8 +47,18 @@ CELL_FILTERS = ("FrechetCellFilter", "UnitCellFilter")
 VARIANTS = ("paper", "authors")
 #: `ase`: one structure at a time, ASE's own optimizer; `batched`: adapters.batched.
 ENGINES = ("ase", "batched")
-#: failure_reason of a result line: the paper's failures, a model error, the user's time limit.
-FAILURES = ("not_converged", "diverged", "fragmented_thickness", "fragmented_width", "model_error", "timeout")
+#: The dimensionalities: how many directions of a structure are periodic (0D molecules and
+#: clusters, 1D wires and tubes, 2D layers, 3D bulk crystals).
+DIMENSIONS = ("0D", "1D", "2D", "3D")
+#: The failure_reason of a structure that came apart, by dimensionality (the paper's vacuum
+#: criteria: a layer's thickness, a wire's width, a cluster's diameter).
+FRAGMENTED = {"2D": "fragmented_thickness", "1D": "fragmented_width", "0D": "fragmented_diameter"}
+
+
+def without_torn_line(data: bytes) -> bytes:
+    """JSON-lines data up to its last newline: a torn last line (a writer killed mid-line) is
+    no line at all, for every reader of a shard or result file."""
+    return data[: data.rfind(b"\n") + 1]
 
 #: Exit codes of a worker (adapters.supervise). Results cannot be written (disk full,
 #: read-only folder): not the structures' fault, no crash is recorded (EX_TEMPFAIL).
@@ -68,17 +80,18 @@ HEARTBEAT_S = 10.0
 
 @dataclass(frozen=True)
 class Job:
-    """What one worker is asked to do, the same for each of its shards."""
+    """What one worker is asked to do, the same for each of its shards. Every field is the
+    host's to set (its plan, from benchmark.yaml): the record has no defaults of its own."""
 
     calculator: str                   # the factory module of adapters/calculators
     protocol: dict                    # variant, fmax, max_steps, limits, optimizer, cell filter (PROTOCOL_KEYS)
-    options: dict = field(default_factory=dict)  # the factory's keyword arguments (model.yaml, checkpoint)
-    device: str = "cpu"               # cpu | cuda
-    engine: str = "ase"               # ENGINES
-    batch_atoms: int = 4096           # the batched engine's atoms in flight
-    structure_timeout_s: float | None = None  # the user's wall-time limit per structure; None: none
-    stall_timeout_s: float = 1800.0   # no step and no new result for this long: the relaxation is hung
-    max_retries: int = 2              # deaths in a row without a new result before the worker gives up
+    options: dict                     # the factory's keyword arguments (model.yaml, checkpoint)
+    device: str                       # cpu | cuda (the worker's slot)
+    engine: str                       # ENGINES
+    batch_atoms: int                  # the batched engine's atoms in flight
+    structure_timeout_s: float | None  # the user's wall-time limit per structure; None: none
+    stall_timeout_s: float            # no step and no new result for this long: the relaxation is hung
+    max_retries: int                  # deaths in a row without a new result before the worker gives up
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -90,9 +103,11 @@ class Job:
         if not isinstance(data, dict):
             raise ValueError("the job must be a JSON object")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown, missing = sorted(set(data) - known), sorted(known - set(data))
         if unknown:
             raise ValueError(f"job: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        if missing:
+            raise ValueError(f"job: missing key(s) {missing}")
         job = cls(**data)
         job.check()
         return job
@@ -259,7 +274,7 @@ def read(path: Path, ids: set[str], timeout_s: float | None = None) -> ResultFil
     if not path.exists():
         return found
     data = path.read_bytes()
-    for number, line in enumerate(data[: data.rfind(b"\n") + 1].split(b"\n")[:-1], start=1):
+    for number, line in enumerate(without_torn_line(data).split(b"\n")[:-1], start=1):
         if not line.strip():
             continue
         try:

@@ -55,6 +55,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+from adapters.wire import FRAGMENTED
 from metrics import geometry, symmetry
 
 CONTAINER_REASONS = ("model_error", "diverged", "not_converged")
@@ -64,9 +65,8 @@ MISSING = "missing"
 TIMEOUT = "timeout"
 #: Reasons outside the paper's Table II: the tool's, not the model's.
 NOT_FAILURES = (MISSING, TIMEOUT)
-FRAGMENTED = {"2D": "fragmented_thickness", "1D": "fragmented_width", "0D": "fragmented_diameter"}
 #: Every failure reason, in order of precedence ("" is success).
-FAILURE_REASONS = (*CONTAINER_REASONS, "fragmented_thickness", "fragmented_width", "fragmented_diameter")
+FAILURE_REASONS = (*CONTAINER_REASONS, *FRAGMENTED.values())
 #: The columns score() adds (see the module docstring).
 SCORE_COLUMNS = ("periodic_axes", "dimension_label", "dimension_mismatch", "energy_error_mev_per_atom",
                  "position_mae_a", "position_rmsd_a", "cell_change_rel", "extent_a", "extent_ref_a",

@@ -19,6 +19,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from adapters.wire import DIMENSIONS
 from metrics import paper, speed, summary
 from metrics.labels import labelled
 
@@ -515,7 +516,7 @@ def leaderboard(runs: list[tuple[str, pd.DataFrame, dict]]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     table = pd.concat(rows, ignore_index=True)
-    order = {d: i for i, d in enumerate(summary.DIMENSIONS)}
+    order = {d: i for i, d in enumerate(DIMENSIONS)}
     table["_d"] = table["dimension"].map(lambda d: order.get(d, 99))
     table = table.sort_values(["_d", "dimension", "failed_pct", "energy_mae_mev", "position_mae_median_a"],
                               na_position="last", kind="stable")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from metrics.paper import PAPER_STRUCTURES
-from metrics.summary import DIMENSIONS
+from adapters.wire import DIMENSIONS
 
 COLUMNS = ["model", "devices", "engine", "structures", "busy_s", "us_per_atom_step", "structures_per_s",
            "projected_h", "projected_from"]

@@ -28,10 +28,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from adapters.wire import DIMENSIONS
 from metrics import symmetry as symmetry_groups
 from metrics.per_structure import FAILURE_REASONS, NOT_FAILURES
 
-DIMENSIONS = ("0D", "1D", "2D", "3D")
 KEYS = ["model", "dimension"]
 #: The fraction of successful relaxations with |energy error| below this (meV/atom).
 ENERGY_WITHIN_MEV = 10.0

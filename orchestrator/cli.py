@@ -10,8 +10,9 @@ import signal
 import sys
 from pathlib import Path
 
+from adapters.wire import DIMENSIONS
 from orchestrator.errors import BenchError, IncompleteRun
-from orchestrator.manifest import DIMENSIONS, load
+from orchestrator.manifest import load
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "benchmark.yaml"
 #: The reference bundles `selftest` reruns.
@@ -220,7 +221,6 @@ def cmd_bundle(args) -> None:
 def _show_comparison(comparison, where: Path) -> None:
     from metrics.compare import agreement_markdown, side_by_side
     from metrics.report import markdown_table
-    from metrics.summary import DIMENSIONS
     from orchestrator.console import console
 
     console.print(markdown_table(side_by_side(comparison.rows, list(DIMENSIONS))), markup=False)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from adapters.wire import DIMENSIONS
 from metrics import compare as judge
 from metrics.report import lookup
 from metrics.speed import speed_card
-from metrics.summary import DIMENSIONS
 from orchestrator import host, runfolder
 from orchestrator.bundle import Bundle, label_of, open_bundle
 from orchestrator.errors import BenchError

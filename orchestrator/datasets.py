@@ -58,6 +58,7 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 from ase.units import GPa
 
+from adapters.wire import DIMENSIONS
 from metrics.geometry import dimension_of, periodic_axes
 from orchestrator import runfolder
 from orchestrator.errors import BenchError
@@ -65,7 +66,6 @@ from orchestrator.download import fetch_dataset, identity_of, is_data_name, sha2
 
 log = logging.getLogger("orchestrator.datasets")
 
-DIMENSIONS = ("0D", "1D", "2D", "3D")
 #: Keys that carry a per-structure dimensionality label, in order of preference.
 DIMENSION_KEYS = ("id_dimension", "dimension", "dimensionality")
 #: Keys that carry the total uncorrected reference energy (eV), in order of preference.

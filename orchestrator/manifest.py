@@ -10,10 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from adapters.wire import CELL_FILTERS, ENGINES, OPTIMIZERS, VARIANTS
+from adapters.wire import CELL_FILTERS, DIMENSIONS, ENGINES, OPTIMIZERS, VARIANTS
 from orchestrator.errors import BenchError
 
-DIMENSIONS = ("0D", "1D", "2D", "3D")
 #: Seconds a worker may go without a step or a result before it counts as hung: loading a
 #: large model on a CPU takes minutes, and one step of a large cell on a CPU can take one.
 STALL_S = 1800

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from orchestrator import provenance
 from orchestrator.bundle import Bundle, label_of, open_bundle
 from orchestrator.compare import Comparison, bundle_side, compare_runs, read_side, write_comparison
 from orchestrator.console import console
@@ -31,6 +30,7 @@ def bundle_overrides(bundle: Bundle, dataset: str | None, engine: str | None) ->
     record = bundle.provenance
     values = {"subset": record["dataset"]["subset"], "protocol": record["protocol"],
               "fragmentation_limits_a": record["fragmentation_limits_a"], "engine": engine or record.get("engine", "ase"),
+              # a bundle from before batch_atoms was recorded ran 2000, the default of then
               "batch_atoms": record.get("batch_atoms", 2000), "structure_timeout_s": record.get("structure_timeout_s")}
     if bundle.sharding:
         values["shard_size"] = bundle.sharding["shard_size"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from adapters import wire
 from metrics.geometry import periodic_axes
 from orchestrator import runfolder
 
@@ -68,7 +69,7 @@ def write_shards(structures: list, shard_dir: Path, sizes: list[int]) -> list[Pa
 
 def complete_lines(data: bytes) -> list[bytes]:
     """The finished lines of JSON-lines data; a torn last line (a writer killed mid-line) is left out."""
-    return [line for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+    return [line for line in wire.without_torn_line(data).splitlines() if line.strip()]
 
 
 def read_records(path: Path) -> list[dict]:

@@ -2,7 +2,6 @@
 from benchmark.yaml and UMLIP_* variables (CI sets a local base image)."""
 
 import os
-from pathlib import Path
 
 # BLAS single-threaded before numpy loads: ASE's cell filter does tiny matrix functions
 # every step, and threaded BLAS makes the in-process EMT relaxations ~50x slower.
@@ -13,51 +12,13 @@ import signal
 
 import pytest
 
+from helpers import REPO, SCREENSHOTS
+
 # A shell without job control starts background commands with SIGINT ignored, and children inherit
 # that: a test run started so would send its orchestrators a Ctrl-C they cannot see. A handler (not
 # an ignore) is reset to the default in each child, so they get Ctrl-C as from a terminal.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "tests" / "data" / "alexandria-pbe-3d-sample200.json.bz2"  # shipped: a lone clone has it
-
-
-def bench_command(*args, results: Path) -> list[str]:
-    """`python -m orchestrator bench` on the CPU into `results`, as a user types it."""
-    import sys
-
-    return [sys.executable, "-m", "orchestrator", "bench", "--gpus", "cpu", "--set", f"results_dir={results}", *args]
-
-
-def bench(*args, results: Path, check=True):
-    """Run bench_command to its end."""
-    import subprocess
-
-    done = subprocess.run(bench_command(*args, results=results), cwd=REPO, capture_output=True, text=True)
-    if check and done.returncode:
-        raise AssertionError(f"bench failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return done
-
-
-def make(*args: str, cwd: Path = REPO, timeout: float = 1800, env: dict | None = None):
-    """`make` as a user types it in a shell: not as a sub-make of `make test`, whose MAKEFLAGS
-    would add "Entering/Leaving directory" lines (and -n, -k...) to what it prints."""
-    import subprocess
-
-    env = {k: v for k, v in (env or os.environ).items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
-    return subprocess.run(["make", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def project_copy(tmp_path: Path) -> Path:
-    """The project's files in tmp_path/project, sharing this checkout's host environment."""
-    import shutil
-
-    copy = tmp_path / "project"
-    shutil.copytree(REPO, copy, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "results", "__pycache__", ".ci"))
-    (copy / ".venv").symlink_to(REPO / ".venv")
-    return copy
 
 
 @pytest.fixture(scope="session")
@@ -130,10 +91,6 @@ def apptainer():
             raise RuntimeError("CI installs Apptainer (.ci/apptainer start), but `apptainer --version` fails")
         pytest.skip("no Apptainer here: `.ci/apptainer start` (as root) prepares one")
     return found.stdout.strip()
-
-
-#: Where the browser tests leave their screenshots (a CI artifact; ignored by git).
-SCREENSHOTS = REPO / "test-artifacts" / "browser"
 
 
 @pytest.fixture(scope="session")

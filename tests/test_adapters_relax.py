@@ -11,11 +11,10 @@ from ase.calculators.emt import EMT
 
 from adapters.frames import alignment_and_mask
 from adapters.relax import finished_ids, main, relax, relax_record, reset_vacuum
-from adapters.wire import Job
 from orchestrator.shards import structure_record
+from helpers import protocol, worker_job
 
-PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "fmax_ev_per_a": 0.04,
-            "max_steps": 500, "divergence_limit_ev_per_a": 1e4, "fragmentation_limits_a": {}}
+PROTOCOL = protocol(max_steps=500)
 
 
 def labelled(atoms, sid, dimension):
@@ -113,7 +112,7 @@ def write_shard(path, structures):
 
 
 def run(tmp_path):
-    job = Job(calculator="emt", protocol=PROTOCOL)
+    job = worker_job(protocol=PROTOCOL)
     return main(["--job", job.to_json(), "--shard", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl")])
 
 

@@ -16,8 +16,7 @@ import pandas as pd
 import pytest
 
 from adapters.wire import read_id_lines
-from conftest import REPO, bench, bench_command
-from test_pipeline import slow_emt_dataset
+from helpers import REPO, bench, bench_command, slow_emt_dataset
 
 pytestmark = pytest.mark.docker
 BACKENDS = {

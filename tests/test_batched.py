@@ -15,13 +15,11 @@ from ase.calculators.emt import EMT
 from adapters.batched import each_with_calculator, relax_batched
 from adapters.relax import main as entrypoint
 from adapters.relax import relax_record
-from adapters.wire import Job
-from conftest import SAMPLE
 from metrics.geometry import periodic_axes
 from orchestrator.shards import structure_record
+from helpers import protocol, worker_job
 
-PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "fmax_ev_per_a": 0.04, "max_steps": 15000,
-            "divergence_limit_ev_per_a": 10000.0, "cell_filter": "FrechetCellFilter", "fragmentation_limits_a": {}}
+PROTOCOL = protocol()
 
 
 def record(sid: str, atoms: Atoms) -> dict:
@@ -61,7 +59,8 @@ def sequential(records: list[dict], protocol: dict = PROTOCOL) -> dict:
 def batched(records: list[dict], protocol: dict = PROTOCOL, evaluate=None, **kwargs) -> dict:
     results = {}
     relax_batched(records, evaluate or each_with_calculator(EMT()), protocol,
-                  lambda sid, result: results.__setitem__(sid, result), **kwargs)
+                  lambda sid, result: results.__setitem__(sid, result),
+                  **{"batch_atoms": worker_job().batch_atoms, **kwargs})
     return results
 
 
@@ -161,7 +160,7 @@ def test_the_entrypoint_writes_the_same_lines_with_either_engine(tmp_path, refer
     write_shard(shard, records[:5])
     lines = {}
     for engine in ("ase", "batched"):
-        job = Job(calculator="emt", protocol=PROTOCOL, engine=engine, batch_atoms=25)
+        job = worker_job(protocol=PROTOCOL, engine=engine, batch_atoms=25)
         out = tmp_path / f"{engine}.jsonl"
         assert entrypoint(["--job", job.to_json(), "--shard", str(shard), "--out", str(out)]) == 0
         lines[engine] = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
@@ -186,7 +185,7 @@ def test_one_worker_refills_its_batch_across_shards_and_writes_each_result_to_it
     mark = adapters.relax.ShardFiles.mark
     monkeypatch.setattr(adapters.relax.ShardFiles, "mark",
                         lambda self, ids: (in_flight.append((self.in_flight.name, tuple(ids))), mark(self, ids))[1])
-    argv = ["--job", Job(calculator="emt", protocol=PROTOCOL, engine="batched", batch_atoms=40).to_json()]
+    argv = ["--job", worker_job(protocol=PROTOCOL, engine="batched", batch_atoms=40).to_json()]
     for name in parts:
         argv += ["--shard", str(tmp_path / f"{name}.jsonl"), "--out", str(tmp_path / f"{name}.out.jsonl")]
     assert entrypoint(argv) == 0
@@ -208,7 +207,7 @@ def test_one_worker_refills_its_batch_across_shards_and_writes_each_result_to_it
 
 def test_a_shard_and_an_output_go_in_pairs(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        entrypoint(["--job", Job(calculator="emt", protocol=PROTOCOL).to_json(), "--shard", "a.jsonl", "--shard",
+        entrypoint(["--job", worker_job(protocol=PROTOCOL).to_json(), "--shard", "a.jsonl", "--shard",
                     "b.jsonl", "--out", "a.out"])
     assert "2 --shard but 1 --out" in capsys.readouterr().err
 
@@ -220,7 +219,7 @@ def test_crashed_structures_relax_alone_first_and_a_second_crash_is_a_model_erro
     out = tmp_path / "out.jsonl"
     # the last worker died with two structures in flight; one of them had killed one before
     (tmp_path / "out.crashed").write_text(f"{records[0]['id']}\n{records[1]['id']}\n{records[1]['id']}\n")
-    job = Job(calculator="emt", protocol=PROTOCOL, engine="batched", batch_atoms=10_000)
+    job = worker_job(protocol=PROTOCOL, engine="batched", batch_atoms=10_000)
     assert entrypoint(["--job", job.to_json(), "--shard", str(shard), "--out", str(out)]) == 0
     results = [json.loads(line) for line in out.read_text().splitlines()]
     order = [r["id"] for r in results]
@@ -279,8 +278,7 @@ def test_sevennet_relaxes_the_sample_alike_with_both_engines(model_image):
 def test_make_bench_with_the_batched_engine_gives_the_reference_table(tmp_path, engine):
     import pandas as pd
 
-    from conftest import bench
-    from test_pipeline import emt_dataset
+    from helpers import bench, emt_dataset
 
     dataset = tmp_path / "emt-set.extxyz"
     emt_dataset(dataset)

@@ -163,7 +163,7 @@ def test_an_unpacked_bundle_is_removed_when_the_command_ends(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "bundle.json").write_text('{"format": 1, "run_id": "run", "files": {}}')

@@ -10,7 +10,7 @@ import pytest
 from ase.io import write
 from ase.units import GPa
 
-from datasets_helpers import P000, SAMPLE, compress, entry, structures, write_db, write_entries
+from helpers import P000, SAMPLE, compress, entry, structures, write_db, write_entries
 from orchestrator.datasets import load_dataset, select, sniff, subset_key, write_extxyz
 from orchestrator.errors import BenchError
 
@@ -374,7 +374,7 @@ def test_p000_loads_in_seconds(tmp_path):
 
 
 def test_the_shipped_sample_is_a_registry_dataset_pinned_by_sha256(tmp_path):
-    from conftest import REPO
+    from helpers import REPO
     from orchestrator.manifest import load
 
     manifest = load(REPO / "benchmark.yaml", {"dataset": "sample"}, environ={})
@@ -445,7 +445,7 @@ def test_invalid_structures_are_skipped_with_one_warning_naming_each(tmp_path, c
 
 
 def test_a_damaged_file_is_one_clear_error(tmp_path):
-    from conftest import REPO
+    from helpers import REPO
 
     data = (REPO / "orchestrator" / "data" / "alexandria-pbe-3d-sample50.json.bz2").read_bytes()
     (tmp_path / "cut.json.bz2").write_bytes(data[: len(data) // 2])  # a download that stopped half-way

@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 import pytest
 
 import orchestrator.download as download
-from datasets_helpers import P000, P000_SHA256, structures, write_db, write_entries, compress
+from helpers import P000, P000_SHA256, compress, structures, write_db, write_entries
 from orchestrator.datasets import load_dataset
 from orchestrator.download import parse_index
 from orchestrator.errors import BenchError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make
+from helpers import REPO, make
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHOWN = re.compile(r"`((?:make|python -m orchestrator) [^`]+)`")

@@ -17,7 +17,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, graphene, molecule, mx2
 
-from conftest import SCREENSHOTS
+from helpers import SCREENSHOTS
 from metrics import explore
 from metrics.per_structure import score
 from orchestrator.datasets import write_extxyz

@@ -2,7 +2,6 @@
 Python, installed as locked, recorded, and two stacks told apart."""
 
 import re
-from pathlib import Path
 
 from orchestrator import host
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from orchestrator.errors import BenchError
 from orchestrator.images import (LABEL, LOCK, ImageBuilder, content_hash, discover_models, families_in_image, freeze,
                                  model_context, runtime_lock, torch_pin, wheels_for, write_lock)

@@ -3,7 +3,7 @@
 
 import pytest
 
-from conftest import REPO, make, project_copy
+from helpers import REPO, make, project_copy
 
 
 def test_make_lock_alone_locks_every_runtime_first_then_every_image(manifest):

@@ -7,18 +7,17 @@ from pathlib import Path
 import pytest
 from ase.build import bulk
 
-from adapters.wire import Job
 from orchestrator.errors import BenchError
 from orchestrator.images import discover_models
 from orchestrator.shards import structure_record
 from orchestrator.weights import checkpoint_path
 from orchestrator.workers import Assignment, device_slots, prepare_worker_files, worker_spec
 from orchestrator.zoo import make_stand_in, run_contract
+from helpers import protocol, worker_job
 
 pytestmark = pytest.mark.docker
 
-PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "fmax_ev_per_a": 0.04,
-            "max_steps": 200, "divergence_limit_ev_per_a": 1e4, "fragmentation_limits_a": {}}
+PROTOCOL = protocol(max_steps=200)
 
 
 def relax_in_worker(engine, image: str, model: str, options: dict, work: Path, weights: Path,
@@ -30,7 +29,7 @@ def relax_in_worker(engine, image: str, model: str, options: dict, work: Path, w
     atoms.info.update(id="x", dimension="3D")
     (shards / "shard-0000.jsonl").write_text(json.dumps(structure_record(atoms)) + "\n")
     assignment = Assignment(model=model, image=image, shards=(shards / "shard-0000.jsonl",), out_dir=work / "out",
-                            job=Job(calculator=options.pop("calculator"), options=options, protocol=PROTOCOL))
+                            job=worker_job(options.pop("calculator"), options=options, protocol=PROTOCOL))
     prepare_worker_files(assignment)
     (out,) = assignment.outs
     engine.output(worker_spec(assignment, device_slots("cpu", 1, 1)[0], "model-test", weights))
@@ -162,7 +161,7 @@ def bench_sample(model: str, cache: Path, results: Path, count: int = 1):
     cache/weights (no download); the results table, after checking every row relaxed."""
     import pandas as pd
 
-    from conftest import bench
+    from helpers import bench
 
     done = bench("--models", model, "--dataset", "sample", "--limit", str(count), "--set", f"cache_dir={cache}",
                  "--set", "protocol.max_steps=60", results=results)

@@ -12,36 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from ase import Atoms
-from ase.build import bulk, fcc111, molecule
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import read, write
+from ase.io import read
 
-from conftest import REPO, SAMPLE, bench
+from helpers import REPO, SAMPLE, bench, emt_dataset, slow_emt_dataset
 from perf.pipeline_overhead import run_plain_loop
 
 pytestmark = pytest.mark.docker
-
-
-def emt_dataset(path: Path) -> list[Atoms]:
-    """One structure per dimensionality that EMT knows, plus silicon, which it does not."""
-    crystal = bulk("Cu", cubic=True)
-    slab = fcc111("Al", (2, 2, 3), vacuum=8.0)
-    wire = Atoms("Cu4", positions=[[2.4 * i, 0, 0] for i in range(4)], cell=[9.6, 16, 16], pbc=True)
-    wire.center(axis=(1, 2))
-    mol = molecule("CO")
-    mol.center(vacuum=8.0)
-    silicon = bulk("Si")
-    frames = []
-    for sid, atoms, seed in (("cu-3d", crystal, 1), ("al-2d", slab, 2), ("cu-1d", wire, 3), ("co-0d", mol, 4),
-                             ("si-3d", silicon, 5)):
-        atoms.rattle(0.02, seed=seed)
-        atoms.pbc = True
-        atoms.info["mat_id"] = sid
-        atoms.calc = SinglePointCalculator(atoms, energy=-1.0 * len(atoms))
-        frames.append(atoms)
-    write(path, frames, format="extxyz")
-    return frames
 
 
 def test_emt_bench_end_to_end_and_reuse(tmp_path):
@@ -304,19 +280,6 @@ def test_two_runs_at_once(tmp_path):
         done = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1",
                      results=tmp_path / "one", check=False)
     assert done.returncode == 2 and "another bench is running on this run folder" in done.stderr
-
-
-def slow_emt_dataset(path: Path, count: int = 8) -> None:
-    """Rattled 108-atom copper crystals: a second or two each in EMT, time to interrupt."""
-    frames = []
-    for k in range(count):
-        atoms = bulk("Cu", cubic=True) * (3, 3, 3)
-        atoms.rattle(0.15, seed=k)
-        atoms.pbc = True
-        atoms.info["mat_id"] = f"cu108-{k}"
-        atoms.calc = SinglePointCalculator(atoms, energy=-3.5 * len(atoms))
-        frames.append(atoms)
-    write(path, frames, format="extxyz")
 
 
 def start_bench(dataset: Path, results: Path) -> subprocess.Popen:

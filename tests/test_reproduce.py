@@ -14,9 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, bench_command, make, project_copy
+from helpers import REPO, bench_command, emt_dataset, make, project_copy
 from orchestrator.download import sha256_of
-from test_pipeline import emt_dataset
 
 pytestmark = pytest.mark.docker
 SECRET = "hf_never_in_a_bundle_0123"

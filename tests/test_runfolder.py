@@ -10,6 +10,7 @@ import pytest
 from ase import Atoms
 
 from orchestrator import runfolder
+from helpers import worker_job
 from orchestrator.errors import BenchError
 
 
@@ -61,12 +62,11 @@ def test_a_results_folder_that_is_itself_a_link_is_fine(tmp_path):
 
 
 def test_a_worker_file_in_a_linked_folder_is_refused(tmp_path, target):
-    from adapters.wire import Job
     from orchestrator.workers import Assignment, prepare_worker_files
 
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "emt").symlink_to(target.parent)
-    job = Job(calculator="emt", options={}, protocol={})
+    job = worker_job(protocol={})
     assignment = Assignment("emt", "image", (tmp_path / "shards" / "shard-0000.jsonl",), tmp_path / "raw" / "emt", job)
     with pytest.raises(BenchError, match="raw/emt: a symbolic link"):
         prepare_worker_files(assignment)

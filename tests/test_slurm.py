@@ -18,8 +18,7 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
-from conftest import REPO, bench, bench_command
-from test_pipeline import emt_dataset
+from helpers import REPO, bench, bench_command, emt_dataset, worker_job
 
 
 def load_manifest(**overrides):
@@ -37,7 +36,6 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
 
 
 def write_task_script(tmp_path: Path, **slurm) -> Path:
-    from adapters.wire import Job
     from orchestrator.workers import Assignment
     from orchestrator.workers.slurm import task_script
 
@@ -46,7 +44,7 @@ def write_task_script(tmp_path: Path, **slurm) -> Path:
     out_dir = run_dir / "raw" / "emt"
     out_dir.mkdir(parents=True)
     assignment = Assignment(model="emt", image="umlip-0123d/emt:test", shards=(run_dir / "shards" / "shard-0003.jsonl",),
-                            out_dir=out_dir, job=Job(calculator="emt", protocol=load_manifest().relaxation_protocol()))
+                            out_dir=out_dir, job=worker_job(protocol=load_manifest().relaxation_protocol()))
     script = run_dir / "emt.sbatch"
     script.write_text(task_script(assignment, [3], settings, {"path": str(tmp_path / "emt.sif")}, "key",
                                   tmp_path / "weights", "owner", pids=64, log_dir=run_dir / "slurm"))

@@ -11,10 +11,10 @@ import pytest
 
 from adapters import supervise
 from adapters.supervise import Supervisor
-from adapters.wire import CANNOT_LOAD, CANNOT_WRITE, GAVE_UP, NOTICE, OVER_CAP, Job, id_lines, notices, read_id_lines
+from adapters.wire import CANNOT_LOAD, CANNOT_WRITE, GAVE_UP, NOTICE, OVER_CAP, id_lines, notices, read_id_lines
+from helpers import protocol, worker_job
 
-PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "fmax_ev_per_a": 0.04,
-            "max_steps": 50, "divergence_limit_ev_per_a": 1e4, "fragmentation_limits_a": {}}
+PROTOCOL = protocol(max_steps=50)
 CHILD = r"""
 import json, os, signal, sys, time
 from pathlib import Path
@@ -51,7 +51,7 @@ def supervised(tmp_path, script, **job):
     shard.write_text('{"id": "a"}\n' * 10)
     out.parent.mkdir(exist_ok=True)
     log = io.BytesIO()
-    job = Job(calculator="emt", protocol=PROTOCOL, **{"max_retries": 2, "stall_timeout_s": 60.0, **job})
+    job = worker_job(protocol=PROTOCOL, **{"max_retries": 2, "stall_timeout_s": 60.0, **job})
     worker = Supervisor([sys.executable, "-c", CHILD, str(tmp_path), str(out)], [shard], [out], job, log=log)
     code = worker.run()
     crashed = out.with_suffix(".crashed")

@@ -13,10 +13,10 @@ from orchestrator.runfolder import RunFolder
 from orchestrator.workers import (Assignment, Slot, container_name, device_slots, one_assignment_per_slot,
                                   prepare_worker_files, run_key, worker_failures, worker_spec)
 from orchestrator.workers.docker import DockerBackend, sdk_options
+from helpers import protocol, worker_job
 
-PROTOCOL = {"variant": "paper", "optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "fmax_ev_per_a": 0.04,
-            "max_steps": 50, "divergence_limit_ev_per_a": 1e4, "fragmentation_limits_a": {}}
-JOB = Job(calculator="emt", protocol=PROTOCOL)
+PROTOCOL = protocol(max_steps=50)
+JOB = worker_job(protocol=PROTOCOL)
 ASSIGNMENT = Assignment(model="emt", image="img:tag", shards=(Path("/runs/r/shards/shard-0003.jsonl"),),
                         out_dir=Path("/runs/r/raw/emt"), job=JOB)
 
@@ -87,7 +87,7 @@ def test_container_spec_mounts_and_bounds():
     command = kwargs["command"]
     assert command[:3] == ["python", "-m", "adapters.supervise"]
     assert command[command.index("--shard") + 1] == "/data/shards/shard-0003.jsonl"
-    assert Job.from_json(command[command.index("--job") + 1]) == Job(calculator="emt", protocol=PROTOCOL,
+    assert Job.from_json(command[command.index("--job") + 1]) == worker_job(protocol=PROTOCOL,
                                                                       device="cuda")
     assert "device_requests" not in sdk_options(worker_spec(ASSIGNMENT, Slot("cpu-0", None, 2), "run1", Path("/c")))
 

@@ -123,9 +123,9 @@ class RunPlan:
         return RunFolder(self.run_dir)
 
     def job(self, model: Model, options: dict) -> Job:
-        """What each worker of `model` is asked to do (the device is the slot's)."""
+        """What each worker of `model` is asked to do (each worker's slot sets the device)."""
         s = self.settings
-        return Job(calculator=model.calculator, options=options, protocol=self.protocol, engine=self.engine,
+        return Job(calculator=model.calculator, options=options, protocol=self.protocol, device="cpu", engine=self.engine,
                    batch_atoms=s.batch_atoms, structure_timeout_s=s.structure_timeout_s,
                    stall_timeout_s=s.stall_timeout_s, max_retries=s.max_worker_retries)
 

@@ -6,6 +6,7 @@ import json
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from adapters.wire import without_torn_line
 from orchestrator.console import console
 from orchestrator.runfolder import RunFolder
 from orchestrator.shards import complete_lines
@@ -30,7 +31,7 @@ class ResultsProgress:
                 with path.open("rb") as handle:
                     handle.seek(self.offsets.get(path, 0))
                     chunk = handle.read()
-                self.offsets[path] = self.offsets.get(path, 0) + chunk.rfind(b"\n") + 1
+                self.offsets[path] = self.offsets.get(path, 0) + len(without_torn_line(chunk))
                 for line in complete_lines(chunk):
                     self.done[model] += 1
                     self.failed[model] += bool(json.loads(line).get("failure_reason"))

@@ -15,7 +15,8 @@ JOB_JSON: calculator, options, device, forces ("conservative" or "direct").
 
 writes the family's stand-in checkpoint (``make_test_checkpoint`` of its factory: the
 package's own constructor, random weights, the package's own file format) for a model
-whose real checkpoint cannot be had, and prints the options to use with it.
+whose real checkpoint cannot be had, with model.yaml's options (the model's own), and prints
+its path.
 """
 
 from __future__ import annotations
@@ -179,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", required=True, help="JSON: calculator, options, device, forces")
     parser.add_argument("--make-checkpoint", metavar="PATH",
                         help="instead: write the family's stand-in checkpoint (made with the package's own "
-                             "constructor) to PATH and print the options to use with it")
+                             "constructor) to PATH, with the model's own options")
     args = parser.parse_args(argv)
     job = json.loads(args.job)
     if args.make_checkpoint:
         options = {k: v for k, v in job.get("options", {}).items() if k != "checkpoint"}
-        print(json.dumps(family_module(job["calculator"]).make_test_checkpoint(args.make_checkpoint, **options)))
+        family_module(job["calculator"]).make_test_checkpoint(args.make_checkpoint, **options)
+        print(json.dumps({"checkpoint": args.make_checkpoint}))
         return 0
     report = check(job)
     print(json.dumps(report))

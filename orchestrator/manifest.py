@@ -274,6 +274,11 @@ def _validate(values: dict, sources: dict, path: str) -> None:
     for key in ("fmax_ev_per_a", "max_steps", "divergence_limit_ev_per_a"):
         if protocol[key] <= 0:
             fail(f"protocol.{key}", f"must be positive, not {protocol[key]!r}")
+    if protocol["variant"] == "authors" and protocol["max_steps"] != SCHEMA["protocol"]["max_steps"][1]:
+        # their code runs cycles of a fixed length (adapters.relax: AUTHORS_CYCLES x AUTHORS_CYCLE_STEPS)
+        fail("protocol.max_steps", f"is {protocol['max_steps']}, but the authors' variant runs its own cycles of "
+                                   "500 steps and no other limit; leave max_steps at its default under "
+                                   "protocol.variant authors")
     if values["engine"] not in ENGINES:
         fail("engine", f"must be one of {', '.join(ENGINES)}, not {values['engine']!r}")
     if values["engine"] == "batched":

@@ -9,8 +9,7 @@ models) and the contract's copper crystal relaxes through `bench`. The weights
 are the real ones where the cache has them, else the family's stand-in checkpoint made
 in the image with the package's own constructor. The image is then removed (disk is
 finite) unless --keep (with --keep a later image reuses the layers a kept one shares with
-it, so its build time is not from a clean cache). A folder with a CANNOT_BUILD.md is
-reported with its reason.
+it, so its build time is not from a clean cache).
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from orchestrator.workers.docker import DockerEngine
 from orchestrator.workers.spec import LABEL, Mount, WorkerSpec, worker_threading, worker_user
 
 #: A model folder with this file cannot be built here; its first line says why.
-CANNOT_BUILD = "CANNOT_BUILD.md"
 COLUMNS = ("model", "paper_tag", "result", "build_s", "size_gb", "python", "torch", "packages", "checkpoint",
            "contract", "bench", "note")
 
@@ -62,18 +60,17 @@ def run_in_worker(engine, image: str, model: Model, weights: Path, command: list
     return engine.output(spec)
 
 
-def make_stand_in(engine, image: str, model: Model, weights: Path) -> dict:
+def make_stand_in(engine, image: str, model: Model, weights: Path) -> Path:
     """The family's stand-in checkpoint (adapters.contract --make-checkpoint: the package's
-    own constructor and file format), written by the image with no network into
-    weights/<model>/<first file>; the options to use with it."""
+    own constructor and file format, model.yaml's options), written by the image with no
+    network into weights/<model>/<first file>; its path on the host."""
     folder = weights_folder(weights, model)
     folder.mkdir(parents=True, exist_ok=True)
     os.chown(folder, *worker_user())
     spec = {"calculator": model.calculator, "options": model.options}
-    output = run_in_worker(engine, image, model, weights, ["python", "-m", "adapters.contract", "--job",
-                                                           json.dumps(spec), "--make-checkpoint", checkpoint_path(model)],
-                           writable=True)
-    return json.loads(output.strip().splitlines()[-1])
+    run_in_worker(engine, image, model, weights, ["python", "-m", "adapters.contract", "--job", json.dumps(spec),
+                                                  "--make-checkpoint", checkpoint_path(model)], writable=True)
+    return Path(checkpoint_path(model, weights))
 
 
 def run_contract(engine, image: str, model: Model, weights: Path, options: dict) -> dict:
@@ -87,9 +84,6 @@ def run_contract(engine, image: str, model: Model, weights: Path, options: dict)
 
 def check_model(engine, builder: ImageBuilder, model: Model, manifest: Manifest, keep: bool) -> dict:
     row = {"model": model.name, "paper_tag": model.paper_tag or "-"}
-    reason = model.folder / CANNOT_BUILD
-    if reason.exists():
-        return {**row, "result": "cannot build here", "note": reason.read_text().strip().splitlines()[0]}
     if not (keep and model.image):  # with --keep, a model sharing a kept image reuses it
         remove_model_images(engine, model.image or model.name)
     start = time.monotonic()
@@ -107,36 +101,33 @@ def check_model(engine, builder: ImageBuilder, model: Model, manifest: Manifest,
         work = Path(tmp)
         cache = work / "cache"
         (cache / "weights").mkdir(parents=True)
-        options, overrides = dict(model.options), {}
+        options = dict(model.options)
         real = manifest.cache.weights
         if model.weights and not missing_weights(model, real):
             shutil.copytree(weights_folder(real, model), weights_folder(cache / "weights", model))
             row["checkpoint"] = "in the cache"  # the user's file (bench checks a pinned sha256)
         elif model.weights:
-            overrides = make_stand_in(engine, image, model, cache / "weights")
-            row["checkpoint"] = "stand-in" + (f" with {json.dumps(overrides)}" if overrides else "")
+            make_stand_in(engine, image, model, cache / "weights")
+            row["checkpoint"] = "stand-in"
         else:
             row["checkpoint"] = "none needed"
         if model.weights:
-            options.update(overrides, checkpoint=checkpoint_path(model))
+            options.update(checkpoint=checkpoint_path(model))
         try:
             report = run_contract(engine, image, model, cache / "weights", options)
             row["contract"] = "passed" if report["passed"] else f"FAILED {json.dumps(report)[:150]}"
         except Exception as exc:  # noqa: BLE001 - a contract that crashes is a failed contract
             row["contract"] = f"FAILED {str(exc).splitlines()[-1][:150]}"
-        row["bench"] = bench_skipped(model, row["checkpoint"], overrides) or bench_one(model, cache, work / "results")
+        row["bench"] = bench_skipped(model, row["checkpoint"]) or bench_one(model, cache, work / "results")
     row["result"] = result_of(row)
     if not keep:
         remove_model_images(engine, model.image or model.name)
     return row
 
 
-def bench_skipped(model: Model, checkpoint: str, overrides: dict) -> str | None:
-    """Why `bench` is not run, if it is not: bench runs model.yaml's options and checks pinned
-    files, so not with a stand-in that needs other options, nor with a stand-in in place of a
-    file whose sha256 is pinned (bench refuses it, rightly)."""
-    if overrides:
-        return "skipped: the stand-in needs other options"
+def bench_skipped(model: Model, checkpoint: str) -> str | None:
+    """Why `bench` is not run, if it is not: bench checks pinned files, so not with a stand-in
+    in place of a file whose sha256 is pinned (bench refuses it, rightly)."""
     if checkpoint.startswith("stand-in") and model.weights[0].get("sha256"):
         return "skipped: the checkpoint's sha256 is pinned"
     return None

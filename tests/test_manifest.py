@@ -57,14 +57,14 @@ def test_precedence_and_sources(tmp_path):
 
 def test_make_variables_become_overrides():
     args = build_parser().parse_args(["bench", "--models", "chgnet", "sevennet-0", "--limit", "20",
-                                      "--dim", "0d,2D", "--gpus", "0,1", "--set", "protocol.max_steps=500",
+                                      "--dim", "0d,2D", "--gpus", "0,1", "--set", "protocol.fmax_ev_per_a=0.02",
                                       "--protocol", "authors"])
     overrides = overrides_from(args)
     assert overrides == {"models": ["chgnet", "sevennet-0"], "subset.limit_per_dimension": 20,
-                         "subset.dimensions": ["0D", "2D"], "devices": [0, 1], "protocol.max_steps": 500,
+                         "subset.dimensions": ["0D", "2D"], "devices": [0, 1], "protocol.fmax_ev_per_a": 0.02,
                          "protocol.variant": "authors"}
     m = load(REPO_MANIFEST, overrides, environ={})
-    assert m["protocol"]["max_steps"] == 500 and m["devices"] == [0, 1]
+    assert m["protocol"]["fmax_ev_per_a"] == 0.02 and m["devices"] == [0, 1]
     # the variant and the limits decide the relaxation, so both go to the containers
     assert m.relaxation_protocol()["variant"] == "authors"
     assert m.relaxation_protocol()["fragmentation_limits_a"] == {"2D": 7.5, "1D": 12.5, "0D": 20.0}
@@ -73,6 +73,13 @@ def test_make_variables_become_overrides():
 def test_an_unknown_protocol_variant_is_named(tmp_path):
     with pytest.raises(BenchError, match="protocol.variant must be one of paper, authors, not 'mine'"):
         load(write(tmp_path, "protocol: {variant: mine}\n"), environ={})
+
+
+def test_max_steps_under_the_authors_variant_is_refused_not_ignored(tmp_path):
+    with pytest.raises(BenchError, match=r"command line \(--set or a make variable\): protocol.max_steps is 60, but the "
+                                         r"authors' variant runs its own cycles"):
+        load(REPO_MANIFEST, {"protocol.variant": "authors", "protocol.max_steps": 60}, environ={})
+    assert load(REPO_MANIFEST, {"protocol.variant": "authors"}, environ={})["protocol"]["max_steps"] == 15000
 
 
 def test_bad_make_variables_are_named():

@@ -1,23 +1,18 @@
 """The zoo's verdicts per model (orchestrator.zoo): when bench is skipped and why, what counts
-as ok, and a folder that cannot be built here; the building and running itself is `make test-zoo`."""
-
-import shutil
+as ok; the building and running itself is `make test-zoo`."""
 
 from orchestrator.images import discover_models
-from orchestrator.zoo import CANNOT_BUILD, bench_skipped, check_model, result_of
+from orchestrator.zoo import bench_skipped, result_of
 
 
-def test_bench_is_skipped_only_where_it_would_refuse_or_misuse_the_stand_in():
+def test_bench_is_skipped_only_where_it_would_refuse_the_stand_in():
     models = discover_models()
     # DPA-3.1-3M pins its file's sha256: bench refuses a stand-in, but runs the real file
-    assert bench_skipped(models["dpa-3.1-3m"], "stand-in", {}) == "skipped: the checkpoint's sha256 is pinned"
-    assert bench_skipped(models["dpa-3.1-3m"], "in the cache", {}) is None
-    # a stand-in that needs other options than model.yaml's (make_test_checkpoint returning them)
-    assert bench_skipped(models["sevennet-omni"], "stand-in with {\"modal\": \"PBE\"}", {"modal": "PBE"}) == \
-        "skipped: the stand-in needs other options"
+    assert bench_skipped(models["dpa-3.1-3m"], "stand-in") == "skipped: the checkpoint's sha256 is pinned"
+    assert bench_skipped(models["dpa-3.1-3m"], "in the cache") is None
     # an unpinned stand-in, or no checkpoint at all: bench runs
-    assert bench_skipped(models["mace-mpa-0"], "stand-in", {}) is None
-    assert bench_skipped(models["chgnet"], "none needed", {}) is None
+    assert bench_skipped(models["mace-mpa-0"], "stand-in") is None
+    assert bench_skipped(models["chgnet"], "none needed") is None
 
 
 def test_a_model_is_ok_when_its_contract_passed_and_bench_did_not_fail():
@@ -26,12 +21,3 @@ def test_a_model_is_ok_when_its_contract_passed_and_bench_did_not_fail():
     assert result_of({"contract": "passed", "bench": "FAILED (exit 2): no image"}) == "FAILED"
     assert result_of({"contract": "passed", "bench": "FAILED: diverged"}) == "FAILED"
     assert result_of({"contract": "FAILED {\"passed\": false}", "bench": "relaxed"}) == "FAILED"
-
-
-def test_a_folder_that_cannot_be_built_here_is_reported_with_its_reason_and_nothing_built(tmp_path):
-    folder = tmp_path / "held-back"
-    shutil.copytree(discover_models()["emt"].folder, folder)
-    (folder / CANNOT_BUILD).write_text("its wheels exist for CUDA only\n\nmore detail\n")
-    row = check_model(None, None, discover_models(tmp_path)["held-back"], None, keep=False)  # no engine touched
-    assert row == {"model": "held-back", "paper_tag": "-", "result": "cannot build here",
-                   "note": "its wheels exist for CUDA only"}

@@ -31,7 +31,7 @@ def heads(calculator) -> list[str]:
     return list(state.get("model", state)["_extra_state"]["model_params"].get("model_dict", {}))
 
 
-def make_test_checkpoint(path: str, head: str | None = None, **options) -> dict:
+def make_test_checkpoint(path: str, head: str | None = None, **options) -> None:
     """A small DPA3 for every element, built by deepmd's own get_model (random weights; the
     descriptor settings of deepmd's DPA3 example, made smaller) and frozen as `dp --pt freeze`
     freezes a model (TorchScript): the stand-in for the file that cannot be had here. With
@@ -62,8 +62,7 @@ def make_test_checkpoint(path: str, head: str | None = None, **options) -> dict:
         wrapper = ModelWrapper({name: get_model(copy.deepcopy(branch)) for name, branch in branches.items()},
                                model_params={"model_dict": branches})
         torch.save({"model": wrapper.state_dict()}, path)
-        return {}
+        return
     model = get_model(params)
     model.eval()
     torch.jit.save(torch.jit.script(model), path)
-    return {}

@@ -81,7 +81,7 @@ def _config(kind: str) -> dict:
     }
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def make_test_checkpoint(path: str, **options) -> None:
     """A small eqV2 or eSEN (as the released file name at `path` says: esen_*.pt or eqV2_*.pt),
     fairchem's own hydra model (random weights) from a config in the released checkpoints'
     layout, saved as they are (config and state dict): the stand-in for the gated file that
@@ -96,4 +96,3 @@ def make_test_checkpoint(path: str, **options) -> dict:
     config = _config("esen" if Path(path).name.lower().startswith("esen") else "eqv2")
     model = registry.get_model_class("hydra")(**{k: v for k, v in config["model"].items() if k != "name"})
     torch.save({"config": config, "state_dict": model.state_dict(), "normalizers": {}}, path)
-    return {}

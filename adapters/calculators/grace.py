@@ -38,7 +38,7 @@ def make_calculator(device: str, checkpoint: str):
     return TPCalculator(model=str(_unpack(checkpoint)))
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def make_test_checkpoint(path: str, **options) -> None:
     """A small GRACE-2L for every element, built by tensorpotential's own preset (random weights), exported by
     its own save_model as a SavedModel and packed as the released tarballs are (one top
     folder): the stand-in for the file that cannot be had here. The options to use: none."""
@@ -58,4 +58,3 @@ def make_test_checkpoint(path: str, **options) -> dict:
         model.save_model(str(folder), jit_compile=False)
         with tarfile.open(path, "w:gz") as archive:
             archive.add(folder, arcname=folder.name)
-    return {}

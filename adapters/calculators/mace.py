@@ -25,7 +25,7 @@ def heads(calculator) -> list[str]:
     return list(calculator.available_heads)
 
 
-def make_test_checkpoint(path: str, head: str = "", **options) -> dict:
+def make_test_checkpoint(path: str, head: str = "", **options) -> None:
     """A small MACE built with mace's own constructor (random weights, float64), saved the
     way its .model files are (a pickled module): the stand-in for a checkpoint that cannot
     be had here. With `head`, a multi-head one (that head and a second, "other", with their
@@ -50,7 +50,6 @@ def make_test_checkpoint(path: str, head: str = "", **options) -> dict:
         hidden_irreps=o3.Irreps("8x0e + 8x1o"), MLP_irreps=o3.Irreps("8x0e"), gate=torch.nn.functional.silu,
         avg_num_neighbors=10.0, atomic_numbers=table.zs, correlation=2, radial_type="bessel", **per_head)
     torch.save(model, path)
-    return {}
 
 
 def make_batched(device: str, checkpoint: str, dtype: str = "", head: str = ""):

@@ -23,7 +23,7 @@ def make_calculator(device: str, checkpoint: str):
     return PESCalculator(potential, stress_unit="eV/A3")
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def make_test_checkpoint(path: str, **options) -> None:
     """A small extensive M3GNet built with matgl's own constructor (random weights), wrapped in
     its Potential and written by its own save() into the folder of `path`: the stand-in for
     the pretrained folder that cannot be had here. Returns the options to use with it (none)."""
@@ -36,4 +36,3 @@ def make_test_checkpoint(path: str, **options) -> dict:
     # a wide output scale: a fresh model is nearly flat, and its stress must be large enough
     # for the contract's finite differences to tell eV/Å³ from GPa
     Potential(model=model, data_std=20.0).save(Path(path).parent)
-    return {}

@@ -26,7 +26,7 @@ def make_calculator(device: str, checkpoint: str, model: str = "matris_10m_oam")
             os.environ["HOME"] = before
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def make_test_checkpoint(path: str, **options) -> None:
     """A small MatRIS built by matris' own constructor (random weights), saved as its
     checkpoints are (the constructor's config and the state dict, which MatRIS.from_dict
     reads): the stand-in for a file that cannot be had here. The options to use: none."""
@@ -39,7 +39,6 @@ def make_test_checkpoint(path: str, **options) -> dict:
     network = MatRIS(num_layers=2, node_feat_dim=16, edge_feat_dim=16, three_body_feat_dim=16,
                      mlp_hidden_dims=(16, 16), num_radial=5, num_angular=5, max_l=2, max_n=2, reference_energy="mpa")
     torch.save({"config": network.config, "state_dict": network.state_dict()}, path)
-    return {}
 
 
 def make_batched(device: str, checkpoint: str, model: str = "matris_10m_oam"):

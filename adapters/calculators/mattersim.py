@@ -9,7 +9,7 @@ def make_calculator(device: str, checkpoint: str):
     return MatterSimCalculator.from_checkpoint(load_path=checkpoint, device=device)
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def make_test_checkpoint(path: str, **options) -> None:
     """A small M3GNet built with mattersim's own constructor (random weights), saved as its
     checkpoints are (model state, model_args, model_name): the stand-in for a checkpoint
     that cannot be had here. Returns the options to use with it (none to change)."""
@@ -19,7 +19,6 @@ def make_test_checkpoint(path: str, **options) -> dict:
     torch.manual_seed(0)
     model = M3Gnet(num_blocks=2, units=32, device="cpu")
     torch.save({"model": model.state_dict(), "model_args": model.model_args, "model_name": "m3gnet"}, path)
-    return {}
 
 
 def make_batched(device: str, checkpoint: str):

@@ -39,7 +39,7 @@ def make_batched(device: str, checkpoint: str):
     return lambda frames: isolate_failures(forward, frames)
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def make_test_checkpoint(path: str, **options) -> None:
     """A small NequIP for elements H to Pu, made as nequip's foundation models are made, with
     its own commands: trained by `nequip-train` for one step (on nequip's own EMT test data of
     copper; data statistics from it), then packaged by `nequip-package build` into a
@@ -97,4 +97,3 @@ def make_test_checkpoint(path: str, **options) -> dict:
             done = subprocess.run(command, capture_output=True, text=True, cwd=work)
             if done.returncode:
                 raise RuntimeError(f"{command[0]} failed:\n{done.stderr[-3000:]}")
-    return {}

@@ -19,7 +19,7 @@ def make_calculator(device: str, checkpoint: str):
     return NequixCalculator(model_path=checkpoint, backend="jax", use_kernel=False)
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def make_test_checkpoint(path: str, **options) -> None:
     """A small Nequix for every element, built by nequix's own constructor (its random
     initialisation) and saved by its own save_model in the .nqx format: the stand-in for a
     file that cannot be had here. The options to use: none."""
@@ -34,4 +34,3 @@ def make_test_checkpoint(path: str, **options) -> dict:
     model = Nequix(key=jax.random.key(0), n_species=len(config["atomic_numbers"]),
                    **{k: v for k, v in config.items() if k != "atomic_numbers"})
     save_model(path, model, config)
-    return {}

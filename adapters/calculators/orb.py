@@ -13,7 +13,7 @@ def make_calculator(device: str, model: str, checkpoint: str, precision: str = "
                          device=device)
 
 
-def make_test_checkpoint(path: str, model: str, **options) -> dict:
+def make_test_checkpoint(path: str, model: str, **options) -> None:
     """The `model` architecture built by orb-models' own functions with random weights, saved
     as its checkpoints are (a state dict): the stand-in for a checkpoint that cannot be had
     here. Returns the options to use with it (none to change)."""
@@ -30,7 +30,6 @@ def make_test_checkpoint(path: str, model: str, **options) -> dict:
             else pretrained.orb_v3_direct_architecture
         network = build(device="cpu", system_config=SystemConfig(radius=6.0, max_num_neighbors=120))
     torch.save(network.state_dict(), path)
-    return {}
 
 
 def make_batched(device: str, model: str, checkpoint: str, precision: str = "float32-high"):

@@ -67,7 +67,7 @@ def make_batched(device: str, model: str = "7net-0", modal: str | None = None, c
     return evaluate
 
 
-def make_test_checkpoint(path: str, modal: str | None = None, **options) -> dict:
+def make_test_checkpoint(path: str, modal: str | None = None, **options) -> None:
     """The stand-in for a checkpoint that cannot be had here: for a multi-fidelity model,
     SevenNet-MF-0, the multi-fidelity checkpoint inside the wheel (the same loader and fidelity
     selection), with its PBE fidelity renamed `modal`, the one model.yaml asks for (mpa), and its
@@ -82,7 +82,7 @@ def make_test_checkpoint(path: str, modal: str | None = None, **options) -> dict
     wheel = Path(sevenn.__file__).parent / "pretrained_potentials"
     if not modal:
         shutil.copyfile(wheel / "SevenNet_0__11Jul2024" / "checkpoint_sevennet_0.pth", path)
-        return {}
+        return
     checkpoint = torch.load(wheel / "SevenNet_MF_0" / "checkpoint_sevennet_mf_0.pth", map_location="cpu",
                             weights_only=False)
     config = checkpoint["config"]
@@ -91,4 +91,3 @@ def make_test_checkpoint(path: str, modal: str | None = None, **options) -> dict
     config[KEY.MODAL_LIST] = [renamed.get(name, name) for name in config[KEY.MODAL_LIST]]
     config[KEY.DEFAULT_MODAL] = renamed.get(config[KEY.DEFAULT_MODAL], config[KEY.DEFAULT_MODAL])
     torch.save(checkpoint, path)
-    return {}

@@ -59,7 +59,7 @@ def make_batched(device: str, checkpoint: str, task: str = "omat",
     return lambda frames: isolate_failures(forward, frames)
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def make_test_checkpoint(path: str, **options) -> None:
     """A small UMA (random weights): fairchem's own hydra model with UMA's mixture-of-experts
     eSCN backbone and its dataset-specific energy, forces and stress head, one task per UMA 1.1
     dataset, each with its element references; saved as fairchem saves an inference checkpoint
@@ -105,4 +105,3 @@ def make_test_checkpoint(path: str, **options) -> dict:
         ema_state_dict=torch.optim.swa_utils.AveragedModel(model).state_dict(),
         tasks_config=[task(name, prop, level, dim) for name in TASKS for prop, level, dim in
                       (("energy", "system", [1]), ("forces", "atom", [3]), ("stress", "system", [1, 9]))]), path)
-    return {}

@@ -11,7 +11,7 @@ def make_calculator(device: str, checkpoint: str):
     return UPETCalculator(checkpoint_path=checkpoint, device=device, uncertainty_threshold=None)
 
 
-def make_test_checkpoint(path: str, **options) -> dict:
+def make_test_checkpoint(path: str, **options) -> None:
     """A small PET for every element, built by metatrain's own constructor (its default
     hyperparameters, narrower) with an energy target with position and strain gradients,
     saved by its own get_checkpoint as upet's checkpoints are: the stand-in for a file that
@@ -30,4 +30,3 @@ def make_test_checkpoint(path: str, **options) -> dict:
                                     add_strain_gradients=True)
     info = DatasetInfo(length_unit="Angstrom", atomic_types=list(range(1, 90)), targets={"energy": energy})
     torch.save(PET(hypers, info).get_checkpoint(), path)
-    return {}

@@ -11,7 +11,7 @@ from orchestrator.images import discover_models
 from orchestrator.manifest import Manifest
 from orchestrator.run.plan import pick_models
 from orchestrator.weights import missing_weights
-from orchestrator.workers import host_gpus
+from orchestrator.workers.slots import host_gpus
 from orchestrator.workers.docker import DockerEngine
 
 

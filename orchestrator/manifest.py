@@ -80,8 +80,9 @@ SCHEMA = {
         "poll_s": ((int, float), 10),
     },
 }
-#: Where the shard containers run: this machine's Docker engine, or a SLURM cluster.
-BACKENDS = ("docker", "slurm")
+#: Where the shard containers run -> the module that runs them (its for_plan: orchestrator.workers):
+#: this machine's Docker engine, or a SLURM cluster. A new backend is one module and one line here.
+BACKENDS = {"docker": "orchestrator.workers.docker", "slurm": "orchestrator.workers.slurm"}
 #: What runs a SLURM task's container (orchestrator.workers.slurm).
 RUNTIMES = ("apptainer", "docker", "podman")
 ENV_PREFIX = "UMLIP_"

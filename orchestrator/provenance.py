@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from orchestrator.images import REPO
-from orchestrator.workers import query_gpus
+from orchestrator.workers.slots import query_gpus
 from orchestrator.workers.spec import WorkerSpec
 
 

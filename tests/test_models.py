@@ -11,7 +11,8 @@ from orchestrator.errors import BenchError
 from orchestrator.images import discover_models
 from orchestrator.shards import structure_record
 from orchestrator.weights import checkpoint_path
-from orchestrator.workers import Assignment, device_slots, prepare_worker_files, worker_spec
+from orchestrator.workers.assignments import Assignment, prepare_worker_files, worker_spec
+from orchestrator.workers.slots import device_slots
 from orchestrator.zoo import make_stand_in, run_contract
 from helpers import protocol, worker_job
 

@@ -62,7 +62,7 @@ def test_a_results_folder_that_is_itself_a_link_is_fine(tmp_path):
 
 
 def test_a_worker_file_in_a_linked_folder_is_refused(tmp_path, target):
-    from orchestrator.workers import Assignment, prepare_worker_files
+    from orchestrator.workers.assignments import Assignment, prepare_worker_files
 
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "emt").symlink_to(target.parent)

@@ -36,7 +36,7 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
 
 
 def write_task_script(tmp_path: Path, **slurm) -> Path:
-    from orchestrator.workers import Assignment
+    from orchestrator.workers.assignments import Assignment
     from orchestrator.workers.slurm import task_script
 
     settings = load_manifest(**{f"slurm.{k}": v for k, v in slurm.items()})["slurm"]
@@ -163,7 +163,7 @@ def test_slurm_settings_are_checked(tmp_path, monkeypatch):
         load_manifest(backend="k8s")
     with pytest.raises(BenchError, match="slurm.sbatch_options"):
         load_manifest(**{"slurm.sbatch_options": ["qos=long"]})
-    from orchestrator.run.stages import make_backend
+    from orchestrator.workers import make_backend
     from orchestrator.run.plan import RunPlan, RunSettings
 
     plan = RunPlan(settings=RunSettings.from_manifest(load_manifest()), models=[], dataset=None, structures=[], subset_key="all", protocol={},

@@ -10,8 +10,9 @@ import pytest
 from adapters.wire import GAVE_UP, NOTICE, Job, crash_counts, id_lines
 from orchestrator.errors import BenchError
 from orchestrator.runfolder import RunFolder
-from orchestrator.workers import (Assignment, Slot, container_name, device_slots, one_assignment_per_slot,
-                                  prepare_worker_files, run_key, worker_failures, worker_spec)
+from orchestrator.workers.assignments import (Assignment, container_name, one_assignment_per_slot,
+                                               prepare_worker_files, run_key, worker_failures, worker_spec)
+from orchestrator.workers.slots import Slot, device_slots
 from orchestrator.workers.docker import DockerBackend, sdk_options
 from helpers import protocol, worker_job
 

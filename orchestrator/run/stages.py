@@ -24,8 +24,9 @@ from orchestrator.run.scoring import print_summary, score_run, scoring_key, symm
 from orchestrator.runfolder import RunFolder
 from orchestrator.shards import read_ids, write_shards
 from orchestrator.weights import checkpoint_option, ensure_weights
-from orchestrator.workers import Assignment, device_slots, one_assignment_per_slot
-from orchestrator.workers.docker import DockerBackend, DockerEngine
+from orchestrator.workers import make_backend
+from orchestrator.workers.assignments import Assignment, one_assignment_per_slot
+from orchestrator.workers.docker import DockerEngine
 from orchestrator.workers.spec import worker_threading
 
 
@@ -47,25 +48,6 @@ def run_plan(plan: RunPlan) -> Path:
         if table is not None:
             run.record(table)
     return folder.root
-
-
-def make_backend(plan: RunPlan, docker):
-    """The backend and the slots its workers get: this machine's devices (docker), or one
-    array task's resources (slurm)."""
-    s = plan.settings
-    if s.backend == "slurm":
-        from orchestrator.workers.slurm import SlurmBackend, check_commands, check_shared, task_slot
-
-        check_commands(s.slurm["runtime"])
-        check_shared(s.slurm, {"results_dir": plan.run_dir, "cache_dir": plan.cache.root})
-        image_dir = s.slurm_image_dir
-        if image_dir is None and s.slurm["runtime"] == "apptainer":
-            image_dir = plan.cache.images
-        backend = SlurmBackend(docker, s.slurm, plan.run_dir, plan.cache.weights, image_dir, pids=s.worker_pids)
-        return backend, [task_slot(s.slurm, s.worker_pids)]
-    slots = device_slots(s.devices, s.workers_per_device, s.threads_per_worker, memory_gb=s.worker_memory_gb,
-                         pids=s.worker_pids, batched=plan.engine == "batched")
-    return DockerBackend(docker, slots, plan.run_dir, plan.cache.weights, s.max_worker_retries), slots
 
 
 class Run:

@@ -28,7 +28,8 @@ from pathlib import Path
 from adapters.wire import KILLED_FROM_OUTSIDE, WORKDIR
 from orchestrator import runfolder
 from orchestrator.errors import BenchError
-from orchestrator.workers import Assignment, Slot, prepare_worker_files, run_key, worker_failures, worker_spec
+from orchestrator.workers.assignments import Assignment, prepare_worker_files, run_key, worker_failures, worker_spec
+from orchestrator.workers.slots import Slot, device_slots
 from orchestrator.workers.spec import LABEL, SCRATCH_MOUNT, SCRATCH_OPTIONS, SHM_BYTES, WorkerSpec
 
 
@@ -314,3 +315,11 @@ class DockerBackend:
                 return container.wait()["StatusCode"], log.read().decode(errors="replace")
         finally:
             container.remove(force=True)
+
+
+def for_plan(plan, docker: DockerEngine) -> tuple[DockerBackend, list[Slot]]:
+    """The Docker backend of a run plan, and its slots: this machine's devices."""
+    s = plan.settings
+    slots = device_slots(s.devices, s.workers_per_device, s.threads_per_worker, memory_gb=s.worker_memory_gb,
+                         pids=s.worker_pids, batched=plan.engine == "batched")
+    return DockerBackend(docker, slots, plan.run_dir, plan.cache.weights, s.max_worker_retries), slots

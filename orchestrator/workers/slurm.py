@@ -30,7 +30,8 @@ from orchestrator.download import sha256_of
 from orchestrator.errors import BenchError
 from orchestrator.runfolder import RunFolder
 from orchestrator.shards import read_ids
-from orchestrator.workers import Assignment, Slot, prepare_worker_files, run_key, worker_failures, worker_spec
+from orchestrator.workers.assignments import Assignment, prepare_worker_files, run_key, worker_failures, worker_spec
+from orchestrator.workers.slots import Slot
 from orchestrator.workers.spec import apptainer_options, engine_options
 
 #: Stands for the shard's name in the one command line an array job's tasks share.
@@ -386,3 +387,17 @@ def doctor_checks(settings: dict, folders: dict[str, Path], check) -> None:
     for key, folder in folders.items():
         check(f"writable:{key}" in lines, f"{key} {folder} writable from a node",
               "put results_dir and cache_dir on the filesystem the nodes share (slurm.shared_dir)")
+
+
+def for_plan(plan, docker) -> tuple[SlurmBackend, list[Slot]]:
+    """The SLURM backend of a run plan (its commands and shared folders checked first), and
+    its one slot: an array task's resources. Apptainer's images go to the cache unless
+    slurm.image_dir says where."""
+    s = plan.settings
+    check_commands(s.slurm["runtime"])
+    check_shared(s.slurm, {"results_dir": plan.run_dir, "cache_dir": plan.cache.root})
+    image_dir = s.slurm_image_dir
+    if image_dir is None and s.slurm["runtime"] == "apptainer":
+        image_dir = plan.cache.images
+    backend = SlurmBackend(docker, s.slurm, plan.run_dir, plan.cache.weights, image_dir, pids=s.worker_pids)
+    return backend, [task_slot(s.slurm, s.worker_pids)]

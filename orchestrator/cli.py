@@ -91,7 +91,7 @@ def lock_plan(manifest, model_names: list[str], pythons: list[str]) -> tuple[lis
     PYTHON=...: those runtimes; neither: the runtime of every Python the models ask for
     first, then every model image. A model running in another folder's image locks that
     folder (one lock per image)."""
-    from orchestrator.images import discover_models
+    from orchestrator.models import discover_models
     from orchestrator.run.plan import pick_models
 
     models = pick_models(manifest, model_names) if model_names else [] if pythons else list(discover_models().values())
@@ -151,7 +151,8 @@ def cmd_models(args) -> None:
     import sys
 
     from orchestrator.console import show_table
-    from orchestrator.images import GROUPS, discover_models, has_batched_forward
+    from orchestrator.images import has_batched_forward
+    from orchestrator.models import GROUPS, discover_models
     from orchestrator.weights import missing_weights
 
     manifest = load(args.manifest, parse_set(args.set))
@@ -198,7 +199,7 @@ def _built_models() -> set[str]:
 
 
 def cmd_zoo(args) -> None:
-    from orchestrator.images import discover_models
+    from orchestrator.models import discover_models
     from orchestrator.run.plan import pick_models
     from orchestrator.zoo import zoo
 

@@ -7,7 +7,7 @@ import shutil
 
 from orchestrator.console import console
 from orchestrator.errors import BenchError
-from orchestrator.images import discover_models
+from orchestrator.models import discover_models
 from orchestrator.manifest import Manifest
 from orchestrator.run.plan import pick_models
 from orchestrator.weights import missing_weights

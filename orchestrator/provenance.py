@@ -10,7 +10,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator.images import REPO
+from orchestrator.models import REPO
 from orchestrator.workers.slots import query_gpus
 from orchestrator.workers.spec import WorkerSpec
 

@@ -35,7 +35,7 @@ from urllib.parse import quote
 from adapters.wire import CACHE_MOUNT
 from orchestrator.download import NetworkError, download, fetch_json, locked, progress_bar, sha256_of
 from orchestrator.errors import BenchError
-from orchestrator.images import Model
+from orchestrator.models import Model
 
 log = logging.getLogger("orchestrator.weights")
 

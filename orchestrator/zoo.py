@@ -27,7 +27,8 @@ from pathlib import Path
 from adapters.wire import CACHE_MOUNT
 from orchestrator import provenance
 from orchestrator.console import console, show_table
-from orchestrator.images import REPO, ImageBuilder, Model
+from orchestrator.images import ImageBuilder
+from orchestrator.models import REPO, Model
 from orchestrator.manifest import Manifest
 from orchestrator.runfolder import RunFolder
 from orchestrator.weights import checkpoint_path, missing_weights, weights_folder

@@ -51,7 +51,7 @@ def builder(engine, manifest, tmp_path_factory):
 @pytest.fixture(scope="session")
 def model_image(builder):
     """Build (or reuse) a model's image once per session."""
-    from orchestrator.images import discover_models
+    from orchestrator.models import discover_models
 
     cache = {}
 

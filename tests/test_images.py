@@ -10,8 +10,9 @@ import pytest
 
 from helpers import REPO
 from orchestrator.errors import BenchError
-from orchestrator.images import (LABEL, LOCK, ImageBuilder, content_hash, discover_models, families_in_image, freeze,
-                                 model_context, runtime_lock, torch_pin, wheels_for, write_lock)
+from orchestrator.images import (LABEL, LOCK, ImageBuilder, content_hash, families_in_image, freeze, model_context,
+                                 runtime_lock, torch_pin, wheels_for, write_lock)
+from orchestrator.models import discover_models
 
 
 def test_repository_models_are_valid():
@@ -262,7 +263,7 @@ def zoo(tmp_path):
 
 
 def test_a_model_answers_to_its_folder_its_paper_tag_and_its_aliases(tmp_path):
-    from orchestrator.images import resolve_models
+    from orchestrator.models import resolve_models
 
     models = zoo(tmp_path)
     for name in ("mace", "MACE", "mace-mpa-0", "Mace"):
@@ -278,7 +279,7 @@ def test_a_model_answers_to_its_folder_its_paper_tag_and_its_aliases(tmp_path):
 
 
 def test_paper_means_every_model_of_the_paper(tmp_path):
-    from orchestrator.images import resolve_models
+    from orchestrator.models import resolve_models
 
     models = zoo(tmp_path)
     assert [m.name for m in resolve_models(["paper"], models, ["MACE", "ORB-3c", "ORB-3d"])] == \
@@ -288,7 +289,7 @@ def test_paper_means_every_model_of_the_paper(tmp_path):
 
 
 def test_groups_current_and_all_come_from_the_model_folders(tmp_path):
-    from orchestrator.images import resolve_models
+    from orchestrator.models import resolve_models
 
     models = zoo(tmp_path)
     tags = ["MACE", "ORB-3c", "ORB-3d"]
@@ -308,7 +309,7 @@ def test_groups_current_and_all_come_from_the_model_folders(tmp_path):
 
 def test_the_shipped_groups(tmp_path, capsys):
     from orchestrator.cli import main
-    from orchestrator.images import GROUPS, discover_models, group_models
+    from orchestrator.models import GROUPS, discover_models, group_models
     from metrics.paper import table_ii
 
     models = discover_models()
@@ -341,7 +342,7 @@ def test_make_models_says_what_is_present_and_what_the_user_supplies(tmp_path, c
 
 
 def test_make_models_piped_keeps_every_name_whole(tmp_path):
-    from orchestrator.images import discover_models
+    from orchestrator.models import discover_models
 
     manifest = tmp_path / "benchmark.yaml"
     manifest.write_text(f"cache_dir: {tmp_path / 'cache'}\n")

@@ -8,7 +8,7 @@ from helpers import REPO, make, project_copy
 
 def test_make_lock_alone_locks_every_runtime_first_then_every_image(manifest):
     from orchestrator.cli import lock_plan
-    from orchestrator.images import discover_models
+    from orchestrator.models import discover_models
 
     runtimes, models = lock_plan(manifest, [], [])
     every = discover_models().values()

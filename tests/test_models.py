@@ -8,7 +8,7 @@ import pytest
 from ase.build import bulk
 
 from orchestrator.errors import BenchError
-from orchestrator.images import discover_models
+from orchestrator.models import discover_models
 from orchestrator.shards import structure_record
 from orchestrator.weights import checkpoint_path
 from orchestrator.workers.assignments import Assignment, prepare_worker_files, worker_spec

@@ -137,7 +137,7 @@ def test_a_bundle_of_an_older_checkout_rebuilds_its_own_image(engine, builder, t
     assert done.returncode == 0, done.stderr[-3000:]
     made = cli("bundle", last_line(done), "--with-data", cwd=older)
     old_image = json.loads((Path(last_line(done)) / "provenance.json").read_text())["models"]["emt"]["image"]
-    from orchestrator.images import discover_models
+    from orchestrator.models import discover_models
 
     assert builder.model(discover_models()["emt"]) != old_image
     again = cli("reproduce", last_line(made), "--gpus", "cpu", "--set", f"results_dir={tmp_path / 'new'}")

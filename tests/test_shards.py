@@ -8,7 +8,7 @@ import pytest
 from ase import Atoms
 
 from orchestrator.errors import BenchError
-from orchestrator.images import REPO
+from orchestrator.models import REPO
 from orchestrator.manifest import load
 from orchestrator.run.plan import RunPlan, RunSettings
 from orchestrator.shards import cut, read_ids, write_shards

@@ -15,7 +15,7 @@ import pytest
 
 import orchestrator.download as download
 from orchestrator.errors import BenchError
-from orchestrator.images import Model
+from orchestrator.models import Model
 import orchestrator.weights as weights
 from orchestrator.weights import RECORD, checkpoint_option, ensure_weights, missing_weights
 

@@ -1,7 +1,7 @@
 """The zoo's verdicts per model (orchestrator.zoo): when bench is skipped and why, what counts
 as ok; the building and running itself is `make test-zoo`."""
 
-from orchestrator.images import discover_models
+from orchestrator.models import discover_models
 from orchestrator.zoo import bench_skipped, result_of
 
 

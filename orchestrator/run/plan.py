@@ -14,7 +14,7 @@ from adapters.wire import Job
 from orchestrator.console import console
 from orchestrator.datasets import Dataset, load_dataset, select, subset_key
 from orchestrator.errors import BenchError
-from orchestrator.images import REPO, Model, discover_models, resolve_models
+from orchestrator.models import REPO, Model, discover_models, resolve_models
 from orchestrator.manifest import CacheLayout, Manifest
 from orchestrator.runfolder import RunFolder
 from orchestrator.shards import cut

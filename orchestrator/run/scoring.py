@@ -8,7 +8,7 @@ import json
 
 from orchestrator import host, merge
 from orchestrator.console import show_table
-from orchestrator.images import REPO
+from orchestrator.models import REPO
 from orchestrator.run.plan import RunSettings
 from orchestrator.runfolder import RunFolder
 from orchestrator.shards import read_ids

@@ -16,7 +16,8 @@ from orchestrator import host, provenance, runfolder
 from orchestrator.console import console
 from orchestrator.datasets import write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
-from orchestrator.images import ImageBuilder, Model, copy_build_inputs
+from orchestrator.images import ImageBuilder, copy_build_inputs
+from orchestrator.models import Model
 from orchestrator.manifest import Manifest
 from orchestrator.run.plan import RunPlan
 from orchestrator.run.progress import ResultsProgress

@@ -307,7 +307,7 @@ def main() -> None:
 def measure(args) -> tuple[dict, str]:
     """compare() for the model named on the command line, in its image or (--here) in this Python."""
     from orchestrator.errors import BenchError
-    from orchestrator.images import discover_models
+    from orchestrator.models import discover_models
     from orchestrator.manifest import load
     from adapters.wire import CACHE_MOUNT
     from orchestrator.weights import checkpoint_option, ensure_weights

@@ -217,7 +217,7 @@ def ratios(outcome: dict) -> str:
 
 def peer_models(names: list[str]):
     from orchestrator.errors import BenchError
-    from orchestrator.images import discover_models
+    from orchestrator.models import discover_models
 
     peers = discover_models(PEERS)
     unknown = [name for name in names if name not in peers]

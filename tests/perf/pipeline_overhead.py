@@ -42,7 +42,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from load import quiet_and_loaded  # beside this script
-    from orchestrator.images import ImageBuilder, discover_models
+    from orchestrator.images import ImageBuilder
+    from orchestrator.models import discover_models
     from orchestrator.manifest import load
     from orchestrator.workers.docker import DockerEngine
 

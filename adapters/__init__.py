@@ -1,4 +1,6 @@
-"""Container side: the relaxation entrypoint and calculator factories.
+"""Container side: the worker contract (wire), the supervisor, the relaxation engines and the
+calculator factories.
 
-Imports ase and numpy only; each model package is imported inside its factory.
+Imports ase, numpy and scipy only (ASE's own dependencies); each model package is imported
+inside its factory (adapters/calculators/<family>.py).
 """

@@ -42,26 +42,28 @@ def parse_set(items: list[str]) -> dict:
 
 
 def overrides_from(args) -> dict:
+    """The manifest overrides of the selection flags a command accepts (SELECTION)."""
     overrides = parse_set(args.set)
-    if args.models:
+    given = lambda name: getattr(args, name, None)  # noqa: E731 - a command has only its own flags
+    if given("models"):
         overrides["models"] = args.models
-    if args.dataset:
+    if given("dataset"):
         overrides["dataset"] = args.dataset
-    if args.limit is not None:
+    if given("limit") is not None:
         overrides["subset.limit_per_dimension"] = args.limit
-    if args.dim:
+    if given("dim"):
         dims = [d.strip().upper() for d in args.dim.split(",") if d.strip()]
         bad = [d for d in dims if d not in DIMENSIONS]
         if bad:
             raise BenchError(f"DIM has {', '.join(bad)}; choose from {', '.join(DIMENSIONS)}")
         overrides["subset.dimensions"] = dims
-    if args.gpus:
+    if given("gpus"):
         overrides["devices"] = parse_gpus(args.gpus)
-    if args.protocol:
+    if given("protocol"):
         overrides["protocol.variant"] = args.protocol
-    if args.backend:
+    if given("backend"):
         overrides["backend"] = args.backend
-    if args.engine:
+    if given("engine"):
         overrides["engine"] = args.engine
     return overrides
 
@@ -293,39 +295,48 @@ def cmd_doctor(args) -> None:
         raise SystemExit(1)
 
 
+#: The flags that choose what a command works on (the make variable of each in capitals);
+#: each command takes only those it reads.
+SELECTION = {
+    "models": {"nargs": "+", "help": "models: folders of images/, paper tags, aliases, or a group (MODEL)"},
+    "dataset": {"help": "registry name or path (DATASET)"},
+    "limit": {"type": int, "help": "structures per dimensionality (LIMIT)"},
+    "dim": {"help": "dimensionalities, e.g. 0D,2D (DIM)"},
+    "gpus": {"help": "cpu, all, or indices like 0,1 (GPUS)"},
+    "protocol": {"help": "paper (default) or authors (PROTOCOL)"},
+    "backend": {"help": "docker (default) or slurm (BACKEND)"},
+    "engine": {"help": "ase (default) or batched (ENGINE)"},
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description="0123D uMLIP benchmark")
     parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p, selection=True):
+    def common(p, selection=()):
+        """--manifest, --set, and the selection flags (SELECTION) this command reads."""
         p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any manifest key, e.g. --set protocol.max_steps=500")
-        if selection:
-            p.add_argument("--models", nargs="+", help="model folders of images/ (MODEL)")
-            p.add_argument("--dataset", help="registry name or path (DATASET)")
-            p.add_argument("--limit", type=int, help="structures per dimensionality (LIMIT)")
-            p.add_argument("--dim", help="dimensionalities, e.g. 0D,2D (DIM)")
-            p.add_argument("--gpus", help="cpu, all, or indices like 0,1 (GPUS)")
-            p.add_argument("--protocol", help="paper (default) or authors (PROTOCOL)")
-            p.add_argument("--backend", help="docker (default) or slurm (BACKEND)")
-            p.add_argument("--engine", help="ase (default) or batched (ENGINE)")
+        for flag in selection:
+            p.add_argument(f"--{flag}", **SELECTION[flag])
 
-    for name, func, help_text in (("bench", cmd_bench, "relax, merge, score and report"),
-                                  ("build", cmd_build, "build (or reuse) the model images"),
-                                  ("doctor", cmd_doctor, "check the engine, GPUs, manifest and caches"),
-                                  ("weights", cmd_weights, "download the models' weights into the cache")):
+    for name, func, help_text, flags in (
+            ("bench", cmd_bench, "relax, merge, score and report", tuple(SELECTION)),
+            ("build", cmd_build, "build (or reuse) the model images", ("models",)),
+            ("doctor", cmd_doctor, "check the engine, GPUs, manifest and caches", ("models", "gpus", "backend")),
+            ("weights", cmd_weights, "download the models' weights into the cache", ("models",))):
         p = sub.add_parser(name, help=help_text)
-        common(p)
+        common(p, flags)
         p.set_defaults(func=func)
     p = sub.add_parser("lock", help="resolve the images' packages afresh and write their locks")
-    common(p)
+    common(p, ("models",))
     p.add_argument("--python", nargs="+", help="lock the runtimes of these Python versions (PYTHON)")
     p.add_argument("--host", action="store_true", help="lock the host's packages instead: requirements.lock (HOST)")
     p.set_defaults(func=cmd_lock)
     p = sub.add_parser("zoo", help="build every model image from a clean cache, check each, print a table")
-    common(p)
+    common(p, ("models",))
     p.add_argument("--keep", action="store_true", help="keep the images (default: removed after their check)")
     p.set_defaults(func=cmd_zoo)
     p = sub.add_parser("bundle", help="one archive of a finished run: build inputs, settings, results, report")
@@ -337,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bundle)
     p = sub.add_parser("compare", help="two runs (folders or bundles) side by side; exit 0 reproduced, "
                                        "1 differs, 2 cannot compare")
-    common(p, selection=False)
+    common(p)
     p.add_argument("a", type=Path, help="run folder or bundle (A)")
     p.add_argument("b", type=Path, help="run folder or bundle (B)")
     p.add_argument("--out", type=Path, help="folder for compare.md/.html/.csv (default: results_dir/comparisons/)")
@@ -345,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_text in (("reproduce", cmd_reproduce, "rerun a bundle here from its own inputs, then compare"),
                                   ("selftest", cmd_selftest, "rerun the reference bundles here and compare")):
         p = sub.add_parser(name, help=help_text)
-        common(p, selection=False)
+        common(p)
         if name == "reproduce":
             p.add_argument("bundle", type=Path, help="a .bundle.tar.gz or its unpacked folder (BUNDLE)")
             p.add_argument("--dataset", help="the run's data here, when the bundle holds none (DATASET)")
@@ -355,10 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--engine", help="ase or batched (ENGINE); default: the bundle's")
         p.set_defaults(func=func)
     p = sub.add_parser("report", help="reports of every finished run and the leaderboard")
-    common(p, selection=False)
+    common(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("models", help="the models: paper tag, image built, weights present, what you supply")
-    common(p, selection=False)
+    common(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="table (for people; plain text when not a terminal), csv or json (FORMAT=)")
     p.set_defaults(func=cmd_models)

@@ -86,6 +86,7 @@ def test_diverging_model_is_stopped_and_named():
     assert result["failure_reason"] == "diverged" and not result["converged"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", [PROTOCOL, AUTHORS], ids=["paper", "authors"])
 @pytest.mark.parametrize("axes", ["abc", ""])
 def test_divergence_is_the_force_magnitude_not_a_component(protocol, axes):
@@ -364,6 +365,7 @@ def test_the_contract_catches_a_batched_forward_that_disagrees_with_the_calculat
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["paper", "authors"])
 @pytest.mark.parametrize("cell_filter", ["FrechetCellFilter", "UnitCellFilter"])
 def test_the_filter_is_evaluated_once_a_step_and_every_result_is_bitwise_ases(variant, cell_filter, monkeypatch):

@@ -19,6 +19,8 @@ from metrics.geometry import periodic_axes
 from orchestrator.shards import structure_record
 from helpers import protocol, worker_job
 
+pytestmark = pytest.mark.slow  # relaxations step by step against ASE: the unit tier, not the fast one
+
 PROTOCOL = protocol()
 
 

@@ -131,6 +131,7 @@ def test_format_is_recognised_by_content_not_name(tmp_path):
         load_dataset(str(junk), {}, tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_records_survive_an_extxyz_round_trip(sample, tmp_path):
     path = tmp_path / "reference.extxyz.bz2"
     with bz2.open(path, "wt") as handle:
@@ -362,6 +363,7 @@ def test_subset_key():
     assert len(subset_key(elements=[s for s in "H He Li Be B C N O F Ne".split()])) < 16
 
 
+@pytest.mark.slow
 def test_p000_loads_in_seconds(tmp_path):
     import time
 

@@ -271,6 +271,7 @@ def test_a_cached_file_replaced_by_hand_is_reported(served, tmp_path, caplog):
     assert second.identity != first.identity and "differs from the copy recorded" in caplog.text
 
 
+@pytest.mark.slow
 def test_preseeded_p000_loads_without_network(tmp_path, closed_port):
     folder = tmp_path / "cache" / "alexandria-3d-p000"
     folder.mkdir(parents=True)
@@ -292,6 +293,7 @@ def test_preseeded_p000_loads_without_network(tmp_path, closed_port):
         load_dataset("alexandria-3d-p000", registry, tmp_path / "cache", show_progress=False)
 
 
+@pytest.mark.slow
 def test_no_network_and_no_cache_fails_fast_naming_url_and_path(tmp_path, closed_port):
     url = f"http://127.0.0.1:{closed_port}/data/pbe/benchmarks/pressure/P000.json.bz2"
     start = time.perf_counter()

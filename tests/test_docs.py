@@ -11,6 +11,7 @@ import pytest
 from helpers import REPO, make
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+MAKEFILE = (REPO / "Makefile").read_text()
 SHOWN = re.compile(r"`((?:make|python -m orchestrator) [^`]+)`")
 
 
@@ -45,6 +46,8 @@ def check(command: str, where: str) -> None:
     words = shlex.split(command)
     words = [w for w in words if not re.fullmatch(r"[A-Z_]+=.*", w)] if words[0] != "make" else words
     if words[0] == "make":
+        unread = [w.split("=")[0] for w in words[1:] if "=" in w and f"$({w.split('=')[0]})" not in MAKEFILE]
+        assert not unread, f"{where}: `{command}`: the Makefile reads no {', '.join(unread)}"
         dry = make("-n", *words[1:])
         assert dry.returncode == 0, f"{where}: `{command}`: {dry.stderr.strip()}"
         for line in dry.stdout.splitlines():
@@ -76,6 +79,9 @@ def test_the_readme_is_short_starts_with_the_two_commands_and_links_every_page()
     assert [line.split()[:2] for line in first] == [["make", "bench"], ["make", "test"]]
     for page in PAGES[1:]:
         assert f"(docs/{page.name})" in text, f"README does not link docs/{page.name}"
+    from orchestrator.models import discover_models
+
+    assert f"{len(discover_models())} folders in all" in " ".join(text.split())  # the model table's count
     for page in PAGES:  # links between pages point at files that exist
         for target in re.findall(r"\]\(((?!https?:)[^)#]+)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name} links {target}, which is not there"
@@ -86,3 +92,12 @@ def test_a_command_that_drifted_is_caught():
         check("python -m orchestrator bench --modles chgnet", "here")
     with pytest.raises(AssertionError, match="No rule to make target"):
         check("make benchmark MODEL=chgnet", "here")
+
+
+def test_every_make_target_is_documented_in_the_makefile_and_every_variable_read():
+    targets = MAKEFILE.split(".PHONY:", 1)[1].splitlines()[0].split()
+    header = [line for line in MAKEFILE.splitlines() if line.startswith("# make ")]
+    assert sorted(t for t in targets if not any(line.split()[2] == t for line in header)) == []
+    for line in header:  # the header's own examples use variables the Makefile reads
+        shown = re.sub(r"<[^>]*>|[][]", lambda m: "x" if m.group().startswith("<") else "", line[2:].split("  ")[0])
+        check(re.sub(r"=([^\s|]*)\|\S*", r"=\1", shown), "Makefile")  # FORMAT=csv|json: the first

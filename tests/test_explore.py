@@ -25,6 +25,8 @@ from orchestrator.merge import write_relaxed, write_table
 from orchestrator.runfolder import RunFolder
 from orchestrator.report import write_leaderboard, write_run_report
 
+pytestmark = pytest.mark.slow  # figures and a real browser: the unit tier, not the fast one
+
 
 def _structures() -> dict[str, Atoms]:
     wire = Atoms("Cu4", positions=[[0, 0, 2.4 * i] for i in range(4)], cell=[16, 16, 9.6], pbc=True)

@@ -40,6 +40,7 @@ def test_make_lock_rewrites_a_models_lock_and_a_runtimes_lock(engine, tmp_path):
     assert (REPO / "images" / "emt" / "requirements.lock").read_text() != "# stale\n"  # this checkout untouched
 
 
+@pytest.mark.slow
 def test_make_lock_host_re_resolves_the_hosts_lock(tmp_path):
     """`make lock HOST=1` asks for the host's lock (no engine needed), and the lock it writes,
     resolved by uv from the package index, pins every requirement with hashes."""

@@ -11,6 +11,8 @@ from metrics import plots
 from orchestrator.report import read_results, save_figure, write_leaderboard, write_run_report
 from orchestrator.errors import BenchError
 
+pytestmark = pytest.mark.slow  # matplotlib figures of seconds each: the unit tier, not the fast one
+
 PROVENANCE = {
     "run_id": "run-a", "started": "2025-01-01T10:00:00+00:00", "finished": "2025-01-01T11:00:00+00:00",
     "dataset": {"name": "0123d", "files": {"0123D.json.bz2": "ab" * 32}, "structures": 8},

@@ -10,6 +10,10 @@ structure in the batch: every step is a fixed number of numpy calls, whatever th
 batch size, where ASE spends ~5 ms of CPU per structure and step on the cell filter's
 nine Fréchet derivatives and a matrix logarithm.
 
+The optimizer and the cell filter are apart, as ASE keeps them: FrechetCellFilters turns
+forces and stress into the filter's forces on its degrees of freedom, BatchedFIRE moves those
+degrees of freedom, and Batch holds the slots and the degrees of freedom they share.
+
 Exactly ASE's (ase 3.29, ase.optimize.FIRE, ase.filters.FrechetCellFilter):
 - FIRE's defaults, its mixing with the old alpha, its dt/alpha updates after Nmin
   downhill steps, the velocity reset uphill, the maxstep cap on the whole step;
@@ -62,18 +66,80 @@ class Structure:
         return len(self.numbers)
 
 
-class Batch:
-    """FIRE on a FrechetCellFilter for B structures at once, padded to N atoms."""
+class FrechetCellFilters:
+    """ASE's FrechetCellFilter for every slot of a batch at once, padded to `width` atoms: each
+    slot's atom count, cell mask and original cell. Its degrees of freedom are the positions
+    in the undeformed cell (B, N, 3) and n * logm(n * F) for the deformation gradient F (B, 3, 3),
+    which the optimizer moves as ASE's FIRE moves a filter's get_positions()."""
 
     def __init__(self, slots: int, width: int):
-        self.members: list[Structure | None] = [None] * slots
-        self.width = width
         self.n = np.ones(slots)                     # atoms per structure (1 where empty)
         self.atom_mask = np.zeros((slots, width, 1))
         self.mask = np.zeros((slots, 3, 3))         # cell mask
         self.orig_cell = np.tile(np.eye(3), (slots, 1, 1))
-        self.x_atoms = np.zeros((slots, width, 3))  # positions in the undeformed cell
-        self.x_cell = np.zeros((slots, 3, 3))       # n * logm(n * F)
+
+    def put(self, k: int, structure: Structure, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slot k holds `structure`; its starting degrees of freedom (padded to `width`)."""
+        n = structure.n
+        self.n[k] = n
+        self.atom_mask[k] = 0.0
+        self.atom_mask[k, :n] = 1.0
+        self.mask[k] = structure.mask
+        self.orig_cell[k] = structure.cell
+        x_atoms = np.zeros((width, 3))
+        x_atoms[:n] = structure.positions       # F = I at the start: solve(I, r) = r
+        return x_atoms, n * np.log(n) * np.eye(3)  # n * logm(n * I)
+
+    def remove(self, k: int) -> None:
+        self.n[k] = 1
+        self.atom_mask[k] = 0.0
+        self.mask[k] = 0.0
+        self.orig_cell[k] = np.eye(3)
+
+    def widen(self, width: int) -> None:
+        self.atom_mask = np.pad(self.atom_mask, ((0, 0), (0, width - self.atom_mask.shape[1]), (0, 0)))
+
+    def deformation(self, x_cell: np.ndarray) -> np.ndarray:
+        """The masked deformation gradient of every slot, from its cell coordinates (ASE:
+        expm of the coordinates over n, over n again, then masked)."""
+        n = self.n[:, None, None]
+        stretched = expm(x_cell / n) / n
+        return np.eye(3) + self.mask * (stretched - np.eye(3))
+
+    def geometry(self, x_atoms: np.ndarray, x_cell: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cartesian positions, cells and deformation gradients of every slot."""
+        deform = self.deformation(x_cell)
+        return x_atoms @ np.swapaxes(deform, 1, 2), self.orig_cell @ np.swapaxes(deform, 1, 2), deform
+
+    def forces(self, forces: np.ndarray, stress: np.ndarray, cells: np.ndarray, deform: np.ndarray,
+               x_cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The filter's forces: on the atoms (B, N, 3) and on the cell (B, 3, 3)."""
+        volume = np.abs(np.linalg.det(cells))[:, None, None]
+        full = voigt_6_to_full_3x3_stress(stress)
+        relaxes = self.mask.any(axis=(1, 2))[:, None, None]
+        virial = np.where(relaxes, -volume * full * self.mask, 0.0)  # a molecule has no stress to use
+        pulled = virial @ np.linalg.inv(np.swapaxes(deform, 1, 2))
+        n = self.n[:, None, None]
+        log_deform = x_cell / n - np.log(n) * np.eye(3)
+        block = np.zeros((len(self.n), 6, 6))
+        block[:, :3, :3] = block[:, 3:, 3:] = np.swapaxes(log_deform, 1, 2)
+        block[:, :3, 3:] = pulled
+        cell_force = expm(block)[:, :3, 3:] / n  # sum over ASE's nine expm_frechet directions
+        return (forces @ deform) * self.atom_mask, cell_force
+
+    @staticmethod
+    def max_force(f_atoms: np.ndarray, f_cell: np.ndarray) -> np.ndarray:
+        """The convergence test's max |F| of every slot: over the atoms' and the cell's rows."""
+        rows = np.concatenate([np.linalg.norm(f_atoms, axis=2), np.linalg.norm(f_cell, axis=2)], axis=1)
+        return rows.max(axis=1)
+
+
+class BatchedFIRE:
+    """ase.optimize.FIRE for every slot of a batch at once, on the filter's degrees of freedom
+    (the atoms' part and the cell's part, dotted together as ASE dots one flat vector): each
+    slot's velocity, dt, alpha, downhill count and step count."""
+
+    def __init__(self, slots: int, width: int):
         self.v_atoms = np.zeros((slots, width, 3))
         self.v_cell = np.zeros((slots, 3, 3))
         self.fresh = np.ones(slots, bool)           # FIRE's velocity is still None
@@ -82,79 +148,22 @@ class Batch:
         self.downhill = np.zeros(slots, int)        # FIRE's Nsteps
         self.steps = np.zeros(slots, int)           # the optimizer's nsteps
 
-    def atoms_in_use(self) -> int:
-        return int(sum(m.n for m in self.members if m is not None))
-
-    def free_slot(self) -> int | None:
-        return next((k for k, m in enumerate(self.members) if m is None), None)
-
-    def put(self, k: int, structure: Structure) -> None:
-        if structure.n > self.width:
-            self._widen(structure.n)
-        n = structure.n
-        self.members[k] = structure
-        self.n[k] = n
-        self.atom_mask[k] = 0.0
-        self.atom_mask[k, :n] = 1.0
-        self.mask[k] = structure.mask
-        self.orig_cell[k] = structure.cell
-        self.x_atoms[k] = 0.0
-        self.x_atoms[k, :n] = structure.positions  # F = I at the start: solve(I, r) = r
-        self.x_cell[k] = n * np.log(n) * np.eye(3)  # n * logm(n * I)
-        self.v_atoms[k] = 0.0
-        self.v_cell[k] = 0.0
+    def start(self, k: int) -> None:
+        """A new optimizer for slot k."""
+        self.clear(k)
         self.fresh[k] = True
         self.dt[k], self.a[k], self.downhill[k], self.steps[k] = FIRE["dt"], FIRE["astart"], 0, 0
 
-    def remove(self, k: int) -> None:
-        self.members[k] = None
-        self.n[k] = 1
-        self.atom_mask[k] = 0.0
-        self.x_atoms[k] = self.v_atoms[k] = 0.0
-        self.x_cell[k] = self.v_cell[k] = 0.0
-        self.mask[k] = 0.0
-        self.orig_cell[k] = np.eye(3)
+    def clear(self, k: int) -> None:
+        self.v_atoms[k] = 0.0
+        self.v_cell[k] = 0.0
 
-    def _widen(self, width: int) -> None:
-        pad = ((0, 0), (0, width - self.width), (0, 0))
-        for name in ("atom_mask", "x_atoms", "v_atoms"):
-            setattr(self, name, np.pad(getattr(self, name), pad))
-        self.width = width
+    def widen(self, width: int) -> None:
+        self.v_atoms = np.pad(self.v_atoms, ((0, 0), (0, width - self.v_atoms.shape[1]), (0, 0)))
 
-    def deformation(self) -> np.ndarray:
-        """The masked deformation gradient of every slot, from its cell coordinates (ASE:
-        expm of the coordinates over n, over n again, then masked)."""
-        n = self.n[:, None, None]
-        stretched = expm(self.x_cell / n) / n
-        return np.eye(3) + self.mask * (stretched - np.eye(3))
-
-    def geometry(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Cartesian positions, cells and deformation gradients of every slot."""
-        deform = self.deformation()
-        return self.x_atoms @ np.swapaxes(deform, 1, 2), self.orig_cell @ np.swapaxes(deform, 1, 2), deform
-
-    def filter_forces(self, forces: np.ndarray, stress: np.ndarray, cells: np.ndarray,
-                      deform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The FrechetCellFilter's forces: on the atoms (B, N, 3) and on the cell (B, 3, 3)."""
-        volume = np.abs(np.linalg.det(cells))[:, None, None]
-        full = voigt_6_to_full_3x3_stress(stress)
-        relaxes = self.mask.any(axis=(1, 2))[:, None, None]
-        virial = np.where(relaxes, -volume * full * self.mask, 0.0)  # a molecule has no stress to use
-        pulled = virial @ np.linalg.inv(np.swapaxes(deform, 1, 2))
-        n = self.n[:, None, None]
-        log_deform = self.x_cell / n - np.log(n) * np.eye(3)
-        block = np.zeros((len(self.n), 6, 6))
-        block[:, :3, :3] = block[:, 3:, 3:] = np.swapaxes(log_deform, 1, 2)
-        block[:, :3, 3:] = pulled
-        cell_force = expm(block)[:, :3, 3:] / n  # sum over ASE's nine expm_frechet directions
-        return (forces @ deform) * self.atom_mask, cell_force
-
-    def max_force(self, f_atoms: np.ndarray, f_cell: np.ndarray) -> np.ndarray:
-        rows = np.concatenate([np.linalg.norm(f_atoms, axis=2), np.linalg.norm(f_cell, axis=2)], axis=1)
-        return rows.max(axis=1)
-
-    def fire_step(self, active: np.ndarray, f_atoms: np.ndarray, f_cell: np.ndarray) -> None:
-        """One ase.optimize.FIRE step for the slots in `active`."""
+    def step(self, active: np.ndarray, f_atoms: np.ndarray, f_cell: np.ndarray, x_atoms: np.ndarray,
+             x_cell: np.ndarray, atom_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One FIRE step for the slots in `active`: their new degrees of freedom (padding stays 0)."""
         def dot(x_atoms, x_cell, y_atoms, y_cell):
             return (x_atoms * y_atoms).sum(axis=(1, 2)) + (x_cell * y_cell).sum(axis=(1, 2))
 
@@ -190,10 +199,63 @@ class Batch:
         safe = np.where(capped, norm, 1.0)
         dr_atoms = np.where(capped, FIRE["maxstep"] * dr_atoms / safe, dr_atoms)
         dr_cell = np.where(capped, FIRE["maxstep"] * dr_cell / safe, dr_cell)
-        self.x_atoms = np.where(on, self.x_atoms + dr_atoms * self.atom_mask, self.x_atoms)
-        self.x_cell = np.where(on, self.x_cell + dr_cell, self.x_cell)
         self.fresh &= ~active
         self.steps += active
+        return (np.where(on, x_atoms + dr_atoms * atom_mask, x_atoms), np.where(on, x_cell + dr_cell, x_cell))
+
+
+class Batch:
+    """B slots, each a structure relaxing with its own filter and optimizer state, kept apart
+    as ASE keeps them (FrechetCellFilters, BatchedFIRE), and the degrees of freedom they share."""
+
+    def __init__(self, slots: int, width: int):
+        self.members: list[Structure | None] = [None] * slots
+        self.width = width
+        self.filters = FrechetCellFilters(slots, width)
+        self.fire = BatchedFIRE(slots, width)
+        self.x_atoms = np.zeros((slots, width, 3))  # positions in the undeformed cell
+        self.x_cell = np.zeros((slots, 3, 3))       # n * logm(n * F)
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self.fire.steps
+
+    def atoms_in_use(self) -> int:
+        return int(sum(m.n for m in self.members if m is not None))
+
+    def free_slot(self) -> int | None:
+        return next((k for k, m in enumerate(self.members) if m is None), None)
+
+    def put(self, k: int, structure: Structure) -> None:
+        if structure.n > self.width:
+            self._widen(structure.n)
+        self.members[k] = structure
+        self.x_atoms[k], self.x_cell[k] = self.filters.put(k, structure, self.width)
+        self.fire.start(k)
+
+    def remove(self, k: int) -> None:
+        self.members[k] = None
+        self.filters.remove(k)
+        self.fire.clear(k)
+        self.x_atoms[k] = 0.0
+        self.x_cell[k] = 0.0
+
+    def _widen(self, width: int) -> None:
+        self.filters.widen(width)
+        self.fire.widen(width)
+        self.x_atoms = np.pad(self.x_atoms, ((0, 0), (0, width - self.width), (0, 0)))
+        self.width = width
+
+    def geometry(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.filters.geometry(self.x_atoms, self.x_cell)
+
+    def filter_forces(self, forces: np.ndarray, stress: np.ndarray, cells: np.ndarray,
+                      deform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.filters.forces(forces, stress, cells, deform, self.x_cell)
+
+    def fire_step(self, active: np.ndarray, f_atoms: np.ndarray, f_cell: np.ndarray) -> None:
+        self.x_atoms, self.x_cell = self.fire.step(active, f_atoms, f_cell, self.x_atoms, self.x_cell,
+                                                   self.filters.atom_mask)
 
 
 def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, *, batch_atoms: int,
@@ -260,7 +322,7 @@ def relax_batched(records: list[dict], evaluate, protocol: dict, on_result, *, b
             if s is not None:
                 stress[k] = s
         f_atoms, f_cell = batch.filter_forces(forces, stress, cells, deform)
-        gmax = batch.max_force(f_atoms, f_cell)
+        gmax = FrechetCellFilters.max_force(f_atoms, f_cell)
         raw = np.linalg.norm(forces, axis=2).max(axis=1)  # each atom's |F|, as check_forces
         active = np.zeros(len(batch.members), bool)
         now = time.perf_counter()

@@ -3,7 +3,7 @@ energy, forces and stress on a bulk crystal, a 2D layer and a molecule; for a mo
 conservative forces, forces match -dE/dx and the stress matches the strain derivative of
 the energy by central finite differences (this catches unit slips such as a stress in GPa);
 for a family with a batched forward, that forward on all three at once matches the
-calculator one by one; for a multi-head checkpoint (a family with HEAD_OPTION, the option
+calculator one by one; for a multi-head checkpoint (a family with heads, its HEAD_OPTION
 set), the chosen head is the checkpoint's, gives other energies than its other heads, and
 an unknown head name is refused.
 
@@ -29,7 +29,7 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk, graphene, molecule
 
-from adapters.calculators import family_module, has_batched_forward, make_calculator, make_evaluator
+from adapters.calculators import capabilities, family_module, has_batched_forward, make_calculator, make_evaluator
 
 #: Displacement (Å) and strain of the central differences.
 STEP_A, STEP_STRAIN = 1e-3, 1e-4
@@ -115,7 +115,7 @@ def check(job: dict) -> dict:
         report["force_deviation_ev_per_a"] = max(worst for worst, _ in forces)
         report["stress_deviation_ev_per_a3"] = stress
         passed &= all(ok for _, ok in forces) and stress_ok
-    head_option = getattr(family_module(job["calculator"]), "HEAD_OPTION", None)
+    head_option = family_module(job["calculator"]).HEAD_OPTION if "heads" in capabilities(job["calculator"]) else None
     if head_option and job.get("options", {}).get(head_option):
         report["head"] = head_check(job, calculator, head_option)
         passed &= report["head"]["passed"]

@@ -123,13 +123,15 @@ def runtime_context(dest: Path, python: str, ca_bundle: Path | None, wheelhouse:
 
 
 def has_batched_forward(family: str, adapters_dir: Path = ADAPTERS_DIR) -> bool:
-    """Whether the family's factory defines make_batched (read from its source: the host
-    never imports a factory, whose model package lives only in its image)."""
+    """Whether the family declares a batched forward (its CAPABILITIES, read as data from its
+    source: the host never imports a factory, whose model package lives only in its image)."""
     import ast
 
     source = adapters_dir / "calculators" / f"{family}.py"
-    tree = ast.parse(source.read_text(), str(source))
-    return any(isinstance(node, ast.FunctionDef) and node.name == "make_batched" for node in tree.body)
+    for node in ast.parse(source.read_text(), str(source)).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CAPABILITIES" for t in node.targets):
+            return "batched" in ast.literal_eval(node.value)
+    raise BenchError(f"{source}: declares no CAPABILITIES (adapters/calculators/__init__.py lists the hooks)")
 
 
 def families_in_image(model: Model, models: dict[str, Model]) -> list[str]:

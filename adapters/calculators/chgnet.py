@@ -1,5 +1,8 @@
 """CHGNet (Deng et al., Nat. Mach. Intell. 2023); weights ship inside the wheel."""
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("batched",)
+
 #: CHGNet's stress unit: GPa per eV/Å³ (chgnet.model.model, CHGNet._compute).
 GPA_PER_EV_A3 = 160.21766208
 

@@ -3,6 +3,9 @@
 import os
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("stand_in", "heads")
+
 #: The branch of a multi-task checkpoint (DPA-3.1's "Omat24"), checked by adapters.contract;
 #: deepmd itself refuses a name the checkpoint lacks.
 HEAD_OPTION = "head"

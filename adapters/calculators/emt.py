@@ -1,6 +1,10 @@
 """ASE's EMT: no ML package, builds in seconds; exercises the whole pipeline in tests."""
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("batched",)
+
+
 def make_calculator(device: str):
     from ase.calculators.emt import EMT
 

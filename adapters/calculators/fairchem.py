@@ -2,6 +2,9 @@
 
 import copy
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("stand_in",)
+
 #: What the OMat24 checkpoints predict and how their trainer reads it (eqV2's stress head gives
 #: the isotropic and anisotropic parts, which the trainer recombines).
 OUTPUTS = {

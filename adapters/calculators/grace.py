@@ -6,6 +6,10 @@ import tempfile
 from pathlib import Path
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("stand_in",)
+
+
 def _unpack(archive_path: str) -> Path:
     """The SavedModel folder of a GRACE model tarball, unpacked into a fresh scratch folder
     (the weights mount is read-only, and the package's own cache would download)."""

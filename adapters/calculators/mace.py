@@ -1,6 +1,9 @@
 """MACE (Batatia et al., NeurIPS 2022; MACE-MP foundation models, arXiv:2401.00096)."""
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("batched", "stand_in", "heads")
+
 #: The option naming the head of a multi-head checkpoint (checked by adapters.contract).
 HEAD_OPTION = "head"
 

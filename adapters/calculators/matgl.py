@@ -3,6 +3,10 @@
 from pathlib import Path
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("stand_in",)
+
+
 def make_calculator(device: str, checkpoint: str):
     import ase.constraints
     import ase.filters

@@ -5,6 +5,10 @@ import tempfile
 from pathlib import Path
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("batched", "stand_in")
+
+
 def make_calculator(device: str, checkpoint: str, model: str = "matris_10m_oam"):
     """model: the name matris' loader knows (MatRIS.load); checkpoint: that model's file,
     mounted read-only. MatRIS.load reads ~/.cache/matris/<its file name> (and downloads it

@@ -1,6 +1,10 @@
 """MatterSim (Yang et al., arXiv:2405.04967; Microsoft's mattersim package, M3GNet architecture)."""
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("batched", "stand_in")
+
+
 def make_calculator(device: str, checkpoint: str):
     from mattersim.forcefield import MatterSimCalculator
 

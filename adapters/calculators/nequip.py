@@ -1,6 +1,10 @@
 """NequIP and Allegro (nequip 0.19; the mir-group foundation models), through nequip's own ASE calculator."""
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("batched", "stand_in")
+
+
 def make_calculator(device: str, checkpoint: str):
     """checkpoint: a packaged model (.nequip.zip, as nequip.net serves them) or a training
     checkpoint (.ckpt), loaded by nequip's own loader as its eager model on `device`, with its

@@ -3,6 +3,10 @@
 import os
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("stand_in",)
+
+
 def make_calculator(device: str, checkpoint: str):
     """checkpoint: a .nqx file (nequix's JAX format). The JAX backend, as nequix runs by
     default, without the openequivariance kernels (an optional, separately built package).

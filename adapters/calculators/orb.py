@@ -1,6 +1,10 @@
 """Orb (Orbital Materials; orb-models): ORB-v2 and the ORB-v3 conservative and direct models."""
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("batched", "stand_in")
+
+
 def make_calculator(device: str, model: str, checkpoint: str, precision: str = "float32-high"):
     from orb_models.forcefield import pretrained
     from orb_models.forcefield.calculator import ORBCalculator

@@ -2,6 +2,9 @@
 A multi-fidelity model (7net-mf-ompa, 7net-omni) takes the fidelity to predict as `modal`."""
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("batched", "stand_in", "heads")
+
 #: The option naming the fidelity of a multi-fidelity checkpoint (checked by adapters.contract);
 #: SevenNetCalculator itself refuses one the checkpoint lacks.
 HEAD_OPTION = "modal"

@@ -1,5 +1,8 @@
 """UMA, FAIR Chemistry's universal models for atoms (fairchem-core 2.x), through its own ASE calculator."""
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("batched", "stand_in", "heads")
+
 #: UMA's task (its dataset head: omat, omol, oc20, odac, omc), checked by adapters.contract;
 #: fairchem itself refuses a task the checkpoint lacks.
 HEAD_OPTION = "task"

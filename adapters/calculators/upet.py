@@ -1,6 +1,10 @@
 """PET models (lab-cosmo; upet, on metatrain and metatomic), through upet's own ASE calculator."""
 
 
+#: What this family provides beyond make_calculator (the hooks: adapters.calculators).
+CAPABILITIES = ("stand_in",)
+
+
 def make_calculator(device: str, checkpoint: str):
     """checkpoint: a upet checkpoint, named as upet names them (pet-oam-xl-v1.0.0.ckpt):
     upet reads the model, size and version back from that name. Conservative forces and

@@ -128,7 +128,7 @@ def run_engines(records: list[dict], job: dict, batch_atoms: int) -> dict:
 
         options["checkpoint"] = "/tmp/stand-in.model"
         factory = importlib.import_module(f"adapters.calculators.{family}")
-        options.update(factory.make_test_checkpoint(options["checkpoint"]))
+        factory.make_test_checkpoint(options["checkpoint"])
     protocol = {**PROTOCOL, "max_steps": job.get("max_steps", PROTOCOL["max_steps"]),
                 "fmax_ev_per_a": job.get("fmax", PROTOCOL["fmax_ev_per_a"])}
     engines = job.get("engines") or list(ENGINES)

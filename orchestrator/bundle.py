@@ -32,7 +32,7 @@ import zlib
 from pathlib import Path
 
 from orchestrator import provenance, runfolder
-from orchestrator.download import sha256_of
+from orchestrator.fetch import sha256_of
 from orchestrator.errors import BenchError
 from orchestrator.runfolder import RunFolder
 

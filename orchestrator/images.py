@@ -265,7 +265,7 @@ class ImageBuilder:
                 "wheelhouse": {wheel.name: self._wheel_sha256(wheel) for wheel in wheels_for(self.wheelhouse, python)}}
 
     def _wheel_sha256(self, wheel: Path) -> str:
-        from orchestrator.download import sha256_of
+        from orchestrator.fetch import sha256_of
 
         if wheel not in self._wheel_sums:
             self._wheel_sums[wheel] = sha256_of(wheel)

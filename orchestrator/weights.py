@@ -33,7 +33,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from adapters.wire import CACHE_MOUNT
-from orchestrator.download import NetworkError, download, fetch_json, locked, progress_bar, sha256_of
+from orchestrator.fetch import NetworkError, download, fetch_json, locked, progress_bar, sha256_of
 from orchestrator.errors import BenchError
 from orchestrator.models import Model
 

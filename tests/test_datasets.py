@@ -389,13 +389,13 @@ def test_the_shipped_sample_is_a_registry_dataset_pinned_by_sha256(tmp_path):
 
 
 def test_a_parsed_dataset_is_kept_and_read_back_alike_until_a_file_changes(tmp_path, monkeypatch):
-    import orchestrator.datasets as datasets
+    import orchestrator.datasets.formats as formats
 
     path = write_entries(tmp_path / "data.json.bz2", structures())
     first = load_dataset(str(path), {}, tmp_path / "cache")
     parsed = list((tmp_path / "cache" / "parsed").iterdir())
     assert len(parsed) == 1
-    monkeypatch.setattr(datasets, "read_files", lambda *a: pytest.fail("parsed again"))
+    monkeypatch.setattr(formats, "read_files", lambda *a: pytest.fail("parsed again"))
     again = load_dataset(str(path), {}, tmp_path / "cache")
     assert [a.info["id"] for a in again.structures] == [a.info["id"] for a in first.structures]
     assert [a.info["energy_ref_ev"] for a in again.structures] == [a.info["energy_ref_ev"] for a in first.structures]

@@ -14,10 +14,10 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-import orchestrator.download as download
+import orchestrator.fetch as fetch
 from helpers import P000, P000_SHA256, compress, structures, write_db, write_entries
 from orchestrator.datasets import load_dataset
-from orchestrator.download import parse_index
+from orchestrator.datasets.registry import parse_index
 from orchestrator.errors import BenchError
 
 INDEX = "/data/pbe/benchmarks/dimensionality/"
@@ -107,7 +107,7 @@ def make_handler(site):
 def site(monkeypatch):
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(download, "BACKOFF_S", 0.05)
+    monkeypatch.setattr(fetch, "BACKOFF_S", 0.05)
     state = Site()
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
     server.daemon_threads = True

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from helpers import REPO, bench_command, emt_dataset, make, project_copy
-from orchestrator.download import sha256_of
+from orchestrator.fetch import sha256_of
 
 pytestmark = pytest.mark.docker
 SECRET = "hf_never_in_a_bundle_0123"

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-import orchestrator.download as download
+import orchestrator.fetch as fetch
 from orchestrator.errors import BenchError
 from orchestrator.models import Model
 import orchestrator.weights as weights
@@ -85,7 +85,7 @@ def serve(site: Host, address: str = "127.0.0.1", tls: ssl.SSLContext | None = N
 
 @pytest.fixture
 def host(monkeypatch):
-    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(fetch, "BACKOFF_S", 0.01)
     site = Host()
     server = serve(site)
     yield site
@@ -109,7 +109,7 @@ def tls(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def gated_host(tls, monkeypatch):
     """The weights host over https, as the gated files' hosts are."""
-    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(fetch, "BACKOFF_S", 0.01)
     site = Host()
     server = serve(site, tls=tls)
     yield site

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from adapters import wire
 from orchestrator.console import console
-from orchestrator.download import sha256_of
+from orchestrator.fetch import sha256_of
 from orchestrator.errors import BenchError
 from orchestrator.runfolder import RunFolder
 from orchestrator.shards import read_ids

@@ -57,8 +57,8 @@ class Run:
     def __init__(self, plan: RunPlan, docker: DockerEngine, folder: RunFolder):
         self.plan, self.docker, self.folder = plan, docker, folder
         self.started = provenance.now()
-        self.record = folder.read_provenance()  # what earlier benches of this folder recorded
-        self.model_records = self.record.get("models", {})
+        self.earlier = folder.read_provenance()  # what earlier benches of this folder recorded
+        self.model_records = self.earlier.get("models", {})
         self.set_aside: list[str] = []
         self.workers: dict[str, int] = {}
 
@@ -174,7 +174,7 @@ class Run:
                                 "rerun the same command to finish.")
 
     def provenance_document(self, missing: dict) -> dict:
-        plan, s, record, dataset = self.plan, self.plan.settings, self.record, self.plan.dataset
+        plan, s, record, dataset = self.plan, self.plan.settings, self.earlier, self.plan.dataset
         return {
             **record, "run_id": self.folder.name,
             "status": "incomplete" if missing else "complete", "missing": missing,

@@ -302,8 +302,17 @@ PRIVATE = {"tmpfs", "devtmpfs", "mqueue", "devpts", "proc", "sysfs", "cgroup", "
 
 
 def relaxing() -> list[str]:
-    """Process ids of the relaxation processes (the supervisor's children) running on this host."""
-    return subprocess.run(["pgrep", "-f", "--", "-m adapters.relax"], capture_output=True, text=True).stdout.split()
+    """Process ids of the relaxation processes (the supervisor's children) that SLURM's tasks run
+    on this host: not those of a Docker container (another run's workers on the same machine)."""
+    found = subprocess.run(["pgrep", "-f", "--", "-m adapters.relax"], capture_output=True, text=True).stdout.split()
+    return [pid for pid in found if not in_docker(pid)]
+
+
+def in_docker(pid: str) -> bool:
+    try:
+        return "docker" in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:  # ended meanwhile
+        return True
 
 
 def probe_worker() -> dict:

@@ -64,8 +64,8 @@ def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
-    """The dataset's own figures from run_dir/reference.extxyz: elements per dimensionality
+def dataset_figures(folder: RunFolder, out: Path) -> dict[str, list[Path]]:
+    """The dataset's own figures from the run folder's reference.extxyz: elements per dimensionality
     on periodic tables; atoms per cell, distances below 7 Å and PBE energies per atom.
     They depend on the reference structures alone: drawn once per reference.extxyz (its
     size and time in dataset.key), reused by every later report of the run."""
@@ -74,7 +74,7 @@ def dataset_figures(run_dir: Path, out: Path) -> dict[str, list[Path]]:
     from metrics import dataset
     from metrics.geometry import periodic_axes
 
-    path = RunFolder(run_dir).reference
+    path = folder.reference
     if not path.is_file():
         return {}
     names = ("dataset_elements", "dataset_distributions")
@@ -115,7 +115,7 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
                          ("coordination", plots.coordination_lines(named["coordination"]))):
         if figure is not None:
             figures[name] = save_figure(figure, out, name)
-    figures.update(dataset_figures(folder.root, out))
+    figures.update(dataset_figures(folder, out))
     for model in dict.fromkeys(named["energy_by_element"]["model"]):
         name = plots.element_figure_name(model)
         figures[name] = save_figure(plots.energy_by_element(named["energy_by_element"], model), out, name)
@@ -157,7 +157,7 @@ def finished_runs(results_dir: Path, *, complete: bool = True) -> list[Path]:
     """Sub-folders of results_dir with both results.csv and provenance.json, by name: the
     complete ones, or (complete=False) those whose provenance says they are incomplete."""
     return [f.root for f in scored_folders(results_dir)
-            if f.provenance.is_file() and (f.read_provenance().get("status") != "incomplete") == complete]
+            if f.is_scored() and (f.read_provenance().get("status") != "incomplete") == complete]
 
 
 def leaderboard(results_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame, dict]]]:

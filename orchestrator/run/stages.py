@@ -17,8 +17,8 @@ from orchestrator.console import console
 from orchestrator.datasets import write_extxyz
 from orchestrator.errors import BenchError, IncompleteRun
 from orchestrator.images import ImageBuilder, copy_build_inputs
-from orchestrator.models import Model
 from orchestrator.manifest import Manifest
+from orchestrator.models import Model
 from orchestrator.run.plan import RunPlan
 from orchestrator.run.progress import ResultsProgress
 from orchestrator.run.scoring import print_summary, score_run, scoring_key, symmetry_record
@@ -130,7 +130,7 @@ class Run:
         if assignments:
             busy = min(len(assignments), at_once or len(assignments))
             console.print(f"{sum(len(a.shards) for a in assignments)} shard(s) in {len(assignments)} worker(s), "
-                          f"{busy} at a time on {len(slots)} slot(s): {', '.join(s.name for s in slots)}")
+                          f"{busy} at a time on {len(slots)} slot(s): {', '.join(slot.name for slot in slots)}")
             tracker = ResultsProgress(self.folder, {model.name: len(self.plan.structures) for model in self.plan.models})
             with tracker.progress:
                 self.backend.run(assignments, on_tick=tracker.update)

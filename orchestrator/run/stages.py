@@ -131,7 +131,8 @@ class Run:
             busy = min(len(assignments), at_once or len(assignments))
             console.print(f"{sum(len(a.shards) for a in assignments)} shard(s) in {len(assignments)} worker(s), "
                           f"{busy} at a time on {len(slots)} slot(s): {', '.join(slot.name for slot in slots)}")
-            tracker = ResultsProgress(self.folder, {model.name: len(self.plan.structures) for model in self.plan.models})
+            totals = {model.name: len(self.plan.structures) for model in self.plan.models}
+            tracker = ResultsProgress(self.folder, totals)
             with tracker.progress:
                 self.backend.run(assignments, on_tick=tracker.update)
         else:

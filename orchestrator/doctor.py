@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from orchestrator.console import console
 from orchestrator.errors import BenchError
@@ -24,9 +25,9 @@ def doctor(manifest: Manifest) -> bool:
     engine = None
     try:
         engine = DockerEngine()
-        check(True, f"Docker engine {engine.version()} reachable")
+        check(True, f"container engine: {engine.name()} {engine.version()} at {engine.where}")
     except BenchError as exc:
-        check(False, "Docker engine", str(exc))
+        check(False, "container engine", str(exc))
     if engine is not None:
         try:  # the base images of the Pythons the models to run ask for
             pythons = sorted({model.python for model in pick_models(manifest, manifest["models"])})
@@ -43,10 +44,19 @@ def doctor(manifest: Manifest) -> bool:
                 check(None, f"base image for Python {python}: {base} not present locally",
                       "it is pulled on the first build that needs it; without a registry run "
                       "images/make-local-base.sh and set base_images (or UMLIP_BASE_IMAGES) to its tag")
-        if manifest["devices"] != "cpu":
+        if manifest["devices"] != "cpu" and engine.name() == "Podman":  # GPUs by CDI
+            check(any(Path(folder, "nvidia.yaml").exists() for folder in ("/etc/cdi", "/var/run/cdi")),
+                  "NVIDIA CDI specification for Podman",
+                  "install the NVIDIA Container Toolkit and run `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`")
+        elif manifest["devices"] != "cpu":
             runtimes = engine.runtimes()
             check("nvidia" in runtimes or bool(shutil.which("nvidia-container-cli")),
                   "NVIDIA container runtime", "install the NVIDIA Container Toolkit and restart dockerd")
+    if manifest["backend"] == "slurm":
+        check(None, f"workers: SLURM array tasks running {manifest['slurm']['runtime']} on the nodes "
+                    "(slurm.runtime); the images are built here")
+    elif engine is not None:
+        check(None, f"workers: {engine.name()} containers on this machine")
     if manifest["devices"] != "cpu":
         gpus = host_gpus()
         check(bool(gpus), f"GPUs seen by nvidia-smi: {gpus}", "install the NVIDIA driver, or run with GPUS=cpu")
@@ -78,5 +88,5 @@ def doctor(manifest: Manifest) -> bool:
                       check)
     marks = {True: "[green]ok[/green]  ", None: "[yellow]note[/yellow]", False: "[red]FAIL[/red]"}
     for ok, what, remedy in findings:
-        console.print(f"{marks[ok]} {what}" + (f"\n       fix: {remedy}" if ok is not True else ""))
+        console.print(f"{marks[ok]} {what}" + (f"\n       fix: {remedy}" if ok is not True and remedy else ""))
     return all(ok is not False for ok, _, _ in findings)

@@ -84,7 +84,7 @@ SCHEMA = {
 #: this machine's Docker engine, or a SLURM cluster. A new backend is one module and one line here.
 BACKENDS = {"docker": "orchestrator.workers.docker", "slurm": "orchestrator.workers.slurm"}
 #: What runs a SLURM task's container (orchestrator.workers.slurm).
-RUNTIMES = ("apptainer", "docker", "podman")
+RUNTIMES = ("apptainer", "charliecloud", "docker", "podman")
 ENV_PREFIX = "UMLIP_"
 
 

@@ -31,7 +31,7 @@ def git_commit() -> str | None:
 def host_info(engine) -> dict:
     return {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
             "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "gpus": query_gpus("index,name,driver_version"),
-            "docker": engine.version(), "tool_commit": git_commit()}
+            "engine": f"{engine.name()} {engine.version()}", "tool_commit": git_commit()}
 
 
 def cpu_model() -> str:

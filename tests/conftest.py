@@ -9,6 +9,7 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -78,19 +79,52 @@ def slurm_node():
     return listing.stdout.split()[0]
 
 
-@pytest.fixture(scope="session")
-def apptainer():
-    """A real Apptainer's version line; skipped without one, a failure in CI (.ci/apptainer start)."""
+def installed(command: list[str], how: str) -> str:
+    """The version line of a tool the tests run for real; skipped without it, a failure in CI,
+    which installs it (`how`)."""
     import shutil
     import subprocess
 
-    found = subprocess.run(["apptainer", "--version"], capture_output=True, text=True) \
-        if shutil.which("apptainer") else None
+    found = subprocess.run(command, capture_output=True, text=True, env={"USER": "root", **os.environ}) \
+        if shutil.which(command[0]) else None
     if found is None or found.returncode:
         if os.environ.get("CI"):
-            raise RuntimeError("CI installs Apptainer (.ci/apptainer start), but `apptainer --version` fails")
-        pytest.skip("no Apptainer here: `.ci/apptainer start` (as root) prepares one")
-    return found.stdout.strip()
+            raise RuntimeError(f"CI installs {command[0]} ({how}), but `{' '.join(command)}` fails")
+        pytest.skip(f"no {command[0]} here: {how}")
+    return (found.stdout or found.stderr).strip()
+
+
+@pytest.fixture(scope="session")
+def apptainer():
+    """A real Apptainer (.ci/apptainer start: as root, it prepares one)."""
+    return installed(["apptainer", "--version"], ".ci/apptainer start")
+
+
+@pytest.fixture(scope="session")
+def podman():
+    """A real Podman (Debian's package; CI asks it for no ulimits: see .ci/run)."""
+    return installed(["podman", "--version"], "apt-get install podman")
+
+
+@pytest.fixture(scope="session")
+def charliecloud():
+    """A real Charliecloud: ch-run on the nodes, ch-convert on the submit host."""
+    installed(["ch-convert", "--version"], "apt-get install charliecloud-builders")
+    return installed(["ch-run", "--version"], "apt-get install charliecloud-runtime")
+
+
+@pytest.fixture(scope="session")
+def cluster_folder():
+    """A folder every user may walk through, standing for a cluster's shared filesystem: the
+    results and cache of runs whose tasks run as an unprivileged user (Apptainer, Charliecloud),
+    its images converted once for the whole session."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="umlip-cluster-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

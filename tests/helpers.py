@@ -117,6 +117,11 @@ def bench(*args, results: Path, check=True):
     return done
 
 
+def last_line(done) -> str:
+    """The last line a finished command printed: bench's run folder, bundle's archive."""
+    return done.stdout.strip().splitlines()[-1]
+
+
 def make(*args: str, cwd: Path = REPO, timeout: float = 1800, env: dict | None = None):
     """`make` as a user types it in a shell: not as a sub-make of `make test`, whose MAKEFLAGS
     would add "Entering/Leaving directory" lines (and -n, -k...) to what it prints."""
@@ -194,3 +199,22 @@ def slow_emt_dataset(path: Path, count: int = 8) -> None:
         atoms.calc = SinglePointCalculator(atoms, energy=-3.5 * len(atoms))
         frames.append(atoms)
     write(path, frames, format="extxyz")
+
+
+def relaxations(*needles: str) -> list[int]:
+    """Host pids of the relaxation processes (adapters.relax, under a worker's supervisor) of
+    any runtime whose mounts name every needle (the tail of a results folder's path, a shard's
+    name): a test's own workers, never those of another run on the same machine. Tails, since
+    a mount of a file on another filesystem names it from that filesystem's root."""
+    import subprocess
+
+    found = subprocess.run(["pgrep", "-f", "--", "-m adapters.relax"], capture_output=True, text=True).stdout.split()
+    pids = []
+    for pid in found:
+        try:
+            mounts = Path(f"/proc/{pid}/mountinfo").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        if all(needle in mounts for needle in needles):
+            pids.append(int(pid))
+    return pids

@@ -1,5 +1,5 @@
 """The backend contract, the same test for each backend (Docker on this machine, a real
-SLURM): the same shards in give the same result lines out; a run resumes from the lines
+SLURM with each runtime its node has: docker, podman, charliecloud): the same shards in give the same result lines out; a run resumes from the lines
 already written; a worker whose relaxation process dies has its structure on the crash
 list and goes on; a relaxation that hangs is stopped and resumed, and the run says so."""
 
@@ -16,13 +16,16 @@ import pandas as pd
 import pytest
 
 from adapters.wire import read_id_lines
-from helpers import REPO, bench, bench_command, slow_emt_dataset
+from helpers import REPO, bench, bench_command, relaxations, slow_emt_dataset
 
 pytestmark = pytest.mark.docker
+SLURM = ("--backend", "slurm", "--set", "slurm.cpus_per_task=1", "--set", "slurm.poll_s=0.5")
+#: Each backend (and each runtime of the nodes) by its options, and the fixture of what it runs with.
 BACKENDS = {
-    "docker": (),
-    "slurm": ("--backend", "slurm", "--set", "slurm.runtime=docker", "--set", "slurm.cpus_per_task=1",
-              "--set", "slurm.poll_s=0.5"),
+    "docker": ((), None),
+    "slurm": ((*SLURM, "--set", "slurm.runtime=docker"), None),
+    "slurm-podman": ((*SLURM, "--set", "slurm.runtime=podman"), "podman"),
+    "slurm-charliecloud": ((*SLURM, "--set", "slurm.runtime=charliecloud"), "charliecloud"),
 }
 #: Two shards of four structures: two workers at once on either backend (two cores here).
 COMMON = ("--models", "emt", "--set", "shard_size=4", "--set", "stall_timeout_s=5")
@@ -38,39 +41,31 @@ def reference(tmp_path_factory):
     return work / "cu.extxyz", Path(done.stdout.strip().splitlines()[-1])
 
 
-def relaxation_pid(engine, results: Path, shard: str) -> int | None:
-    """The host pid of the relaxation process (adapters.relax, under its supervisor) of the
-    worker whose mounts hold `shard` in `results`, if one runs."""
-    for container in engine.client.containers.list(filters={"label": "org.umlip-0123d.model=emt"}):
-        binds = json.dumps(container.attrs["HostConfig"]["Binds"])
-        if str(results) in binds and f"{shard}.jsonl" in binds:
-            top = container.top()
-            pid, command = top["Titles"].index("PID"), top["Titles"].index("CMD")
-            for row in top["Processes"]:
-                if "adapters.relax" in row[command]:
-                    return int(row[pid])
-    return None
-
-
-def hit(engine, results: Path, shard: str, signum: int, deadline: float) -> str:
+def hit(results: Path, shard: str, signum: int, deadline: float) -> str:
     """Send `signum` to the relaxation of `shard` while it names a structure in flight; that structure."""
     marker = next(iter(results.glob(f"*/raw/emt/{shard}.inflight")), None)
     while time.monotonic() < deadline:
         marker = marker or next(iter(results.glob(f"*/raw/emt/{shard}.inflight")), None)
         named = read_id_lines(marker.read_text()) if marker and marker.exists() else []
-        pid = relaxation_pid(engine, results, shard) if named else None
-        if pid:
-            os.kill(pid, signum)
+        pids = relaxations("/".join(results.parts[-2:]) + "/", f"/{shard}.jsonl") if named else []
+        if pids:
+            os.kill(pids[0], signum)
             return named[0]
         time.sleep(0.05)
     raise AssertionError(f"no relaxation of {shard} to hit")
 
 
-@pytest.mark.parametrize("backend", ["docker", pytest.param("slurm", marks=pytest.mark.slurm)])
+@pytest.mark.parametrize("backend", ["docker", *(pytest.param(b, marks=pytest.mark.slurm) for b in BACKENDS if b != "docker")])
 def test_a_backend_resumes_survives_a_dying_and_a_hung_worker_and_gives_the_same_lines(
         backend, reference, engine, tmp_path, request):
-    if backend == "slurm":
+    options, runtime = BACKENDS[backend]
+    if backend != "docker":
         request.getfixturevalue("slurm_node")
+    if runtime:  # its tasks run as an unprivileged user, or load the image on the node: the cluster's folder
+        cluster = request.getfixturevalue("cluster_folder")
+        request.getfixturevalue(runtime)
+        options = (*options, "--set", f"cache_dir={cluster / 'cache'}")
+        tmp_path = cluster / tmp_path.name
     dataset, reference_run = reference
     results = tmp_path / "results"
     # a run that stopped after each shard's first structure: those lines are kept, not relaxed again
@@ -84,14 +79,14 @@ def test_a_backend_resumes_survives_a_dying_and_a_hung_worker_and_gives_the_same
         seeded[first["id"]] = {**first, "resumed_from": "an earlier run"}
         (run_dir / "raw" / "emt" / f"{shard}.jsonl").write_text(json.dumps(seeded[first["id"]]) + "\n")
 
-    run = subprocess.Popen(bench_command(*COMMON, *BACKENDS[backend], "--dataset", str(dataset), results=results),
+    run = subprocess.Popen(bench_command(*COMMON, *options, "--dataset", str(dataset), results=results),
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     hits = {}
 
     def strike():
         deadline = time.monotonic() + 240
-        hits["killed"] = hit(engine, results, "shard-0000", signal.SIGKILL, deadline)  # as the OOM killer would
-        hits["stopped"] = hit(engine, results, "shard-0001", signal.SIGSTOP, deadline)  # a hung relaxation
+        hits["killed"] = hit(results, "shard-0000", signal.SIGKILL, deadline)  # as the OOM killer would
+        hits["stopped"] = hit(results, "shard-0001", signal.SIGSTOP, deadline)  # a hung relaxation
 
     striker = threading.Thread(target=strike)
     striker.start()

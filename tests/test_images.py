@@ -380,6 +380,11 @@ def test_doctor_checks_the_base_image_of_each_python_the_models_ask_for(tmp_path
     from orchestrator.manifest import load
 
     class Engine:  # an engine that holds no image
+        where = "the default socket"
+
+        def name(self):
+            return "Docker"
+
         def version(self):
             return "test"
 

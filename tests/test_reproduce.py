@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import REPO, bench_command, emt_dataset, make, project_copy
+from helpers import REPO, bench_command, emt_dataset, last_line, make, project_copy
 from orchestrator.fetch import sha256_of
 
 pytestmark = pytest.mark.docker
@@ -24,10 +24,6 @@ SECRET = "hf_never_in_a_bundle_0123"
 def cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, capture_output=True, text=True,
                           env=env or os.environ.copy(), timeout=1800)
-
-
-def last_line(done: subprocess.CompletedProcess) -> str:
-    return done.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The SLURM backend: the batch script and image conversion with stand-in runtimes (what a
-real Apptainer cannot show here: GPU flags, the order of conversion attempts; and a task's exit
+real runtime cannot show here: GPU flags, the order of conversion attempts; and a task's exit
 code and stop, quicker so), then whole runs through a real SLURM (`.ci/slurm start`) with the emt
-image, on the docker runtime and a real Apptainer (`.ci/apptainer start`)."""
+image on each runtime of its node: docker, podman, charliecloud and a real Apptainer
+(`.ci/apptainer start`), each probed for least privilege inside a running worker."""
 
 import hashlib
 import json
@@ -18,7 +19,7 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
-from helpers import REPO, bench, bench_command, emt_dataset, worker_job
+from helpers import REPO, bench, bench_command, emt_dataset, relaxations, worker_job
 
 
 def load_manifest(**overrides):
@@ -35,7 +36,7 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
-def write_task_script(tmp_path: Path, **slurm) -> Path:
+def write_task_script(tmp_path: Path, image: dict | None = None, **slurm) -> Path:
     from orchestrator.workers.assignments import Assignment
     from orchestrator.workers.slurm import task_script
 
@@ -46,7 +47,7 @@ def write_task_script(tmp_path: Path, **slurm) -> Path:
     assignment = Assignment(model="emt", image="umlip-0123d/emt:test", shards=(run_dir / "shards" / "shard-0003.jsonl",),
                             out_dir=out_dir, job=worker_job(protocol=load_manifest().relaxation_protocol()))
     script = run_dir / "emt.sbatch"
-    script.write_text(task_script(assignment, [3], settings, {"path": str(tmp_path / "emt.sif")}, "key",
+    script.write_text(task_script(assignment, [3], settings, image or {"path": str(tmp_path / "emt.sif")}, "key",
                                   tmp_path / "weights", "owner", pids=64, log_dir=run_dir / "slurm"))
     return script
 
@@ -85,7 +86,7 @@ def test_a_task_runs_the_same_worker_once_and_ends_with_its_exit_code(tmp_path, 
 
 
 def test_a_task_stopped_by_slurm_stops_its_worker(tmp_path):
-    script = write_task_script(tmp_path, runtime="docker")
+    script = write_task_script(tmp_path, {"image_id": "sha256:" + "7" * 64}, runtime="docker")
     bin_dir = tmp_path / "bin"
     stub(bin_dir, "docker", 'if [ "$1" = run ]; then sleep 30; fi')
     environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "3",
@@ -111,6 +112,53 @@ def test_a_gpu_task_passes_its_assigned_gpu_only(tmp_path):
     call = (bin_dir / "calls").read_text().split()
     assert call[call.index("--nv") + 2] == "CUDA_VISIBLE_DEVICES=2" and "--net" not in call
     assert '"device": "cuda"' in (bin_dir / "calls").read_text()
+
+
+def test_a_podman_task_loads_the_archive_when_its_node_lacks_the_image_and_passes_gpus_by_cdi(tmp_path):
+    script = write_task_script(tmp_path, {"archive": str(tmp_path / "emt.tar"), "image_id": "sha256:" + "7" * 64},
+                               runtime="podman", gpus_per_task=2)
+    text = script.read_text()
+    bin_dir = tmp_path / "bin"
+    stub(bin_dir, "podman", 'case "$1" in image) exit 1;; esac; exit 0')  # the node lacks the image
+    assert run_task(script, bin_dir, CUDA_VISIBLE_DEVICES="1,3").returncode == 0
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert calls[0] == "podman image inspect " + "7" * 64 and calls[1] == f"podman load -i {tmp_path / 'emt.tar'}"
+    run = next(call.split() for call in calls if call.startswith("podman run"))
+    assert {"--device=nvidia.com/gpu=1", "--device=nvidia.com/gpu=3"} <= set(run) and "--gpus" not in run
+    assert {"--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges"} <= set(run)
+    assert run[run.index("--network") + 1] == "none" and "#SBATCH --gres=gpu:2" in text
+    assert run[run.index("--device=nvidia.com/gpu=3") + 1] == "7" * 64  # the image that was recorded, by its id
+
+
+def test_a_charliecloud_task_runs_ch_run_unprivileged_without_a_network_or_the_host_s_environment(tmp_path):
+    script = write_task_script(tmp_path, runtime="charliecloud")
+    words = script.read_text().replace("\\\n", " ").split()
+    run = words[words.index("run=(setpriv" if os.getuid() == 0 else "run=(unshare"):]
+    if os.getuid() == 0:  # ch-run keeps the caller's uid: never root inside
+        assert run[1:4] == ["--reuid=65534", "--regid=65534", "--clear-groups"]
+    assert run[run.index("unshare") + 1:run.index("ch-run")] == ["--user", "--map-current-user", "--net"]
+    options = run[run.index("ch-run") + 1:]
+    assert options[:4] == ["--private-tmp", "'--unset-env=*'", "--set-env", "--cd=/opt/umlip-0123d"]
+    assert f"--bind={tmp_path / 'weights' / 'emt'}:/cache/emt" in options  # its own weights only
+    assert "--set-env=OPENBLAS_NUM_THREADS=1" in options
+    worker = words[words.index("worker=(" + str(tmp_path / "emt.sif")):]
+    assert worker[1:5] == ["--", "python", "-m", "adapters.supervise"]
+    plain = write_task_script(tmp_path / "open", runtime="charliecloud", isolate_network=False).read_text()
+    assert "unshare" not in plain
+
+
+def test_charliecloud_binds_onto_mount_points_made_in_its_image_directory(tmp_path):
+    from orchestrator.workers.slurm import charliecloud_mount_points
+    from orchestrator.workers.spec import Mount, WorkerSpec
+
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shard-0003.jsonl").touch()
+    spec = WorkerSpec(image="emt", command=[], mounts=[Mount(str(tmp_path / "shards"), "/data/shards"),
+                                                       Mount(str(tmp_path / "shard-0003.jsonl"), "/data/out/shard-0003.jsonl")])
+    image = tmp_path / "image"
+    charliecloud_mount_points(image, spec)
+    charliecloud_mount_points(image, spec)  # again: nothing changes
+    assert (image / "data" / "shards").is_dir() and (image / "data" / "out" / "shard-0003.jsonl").is_file()
 
 
 def test_array_ranges_and_sbatch_options():
@@ -147,6 +195,13 @@ def test_images_are_converted_once_per_image_id(tmp_path, monkeypatch):
     assert (bin_dir / "calls").read_text() == calls  # reused
     second = convert_image("umlip-0123d/emt:abd", "sha256:" + "2" * 64, "apptainer", tmp_path / "images")
     assert second["path"] != first["path"]  # a new image id is a new conversion
+    stub(bin_dir, "ch-convert", 'mkdir -p "$5/ch" && echo "$4" > "$5/ch/environment"')
+    directory = convert_image("umlip-0123d/emt:abc", "sha256:" + "1" * 64, "charliecloud", tmp_path / "images")
+    assert (Path(directory["path"]) / "ch" / "environment").read_text() == "umlip-0123d/emt:abc\n"
+    assert Path(directory["path"] + ".image-id").read_text() == "sha256:" + "1" * 64 + "\n"
+    calls = (bin_dir / "calls").read_text()
+    assert convert_image("umlip-0123d/emt:abc", "sha256:" + "1" * 64, "charliecloud", tmp_path / "images") == directory
+    assert (bin_dir / "calls").read_text() == calls and not list((tmp_path / "images").glob("*.partial"))
     archive = convert_image("umlip-0123d/emt:abc", "sha256:" + "1" * 64, "docker", tmp_path / "images")
     assert Path(archive["archive"]).read_text().startswith("archive of")
     assert convert_image("umlip-0123d/emt:abc", "sha256:1", "docker", None) == {
@@ -157,7 +212,7 @@ def test_slurm_settings_are_checked(tmp_path, monkeypatch):
     from orchestrator.errors import BenchError
     from orchestrator.workers.slurm import check_shared
 
-    with pytest.raises(BenchError, match="slurm.runtime must be one of apptainer, docker, podman"):
+    with pytest.raises(BenchError, match="slurm.runtime must be one of apptainer, charliecloud, docker, podman"):
         load_manifest(**{"slurm.runtime": "singularty"})
     with pytest.raises(BenchError, match="backend must be one of docker, slurm"):
         load_manifest(backend="k8s")
@@ -180,7 +235,7 @@ def test_slurm_settings_are_checked(tmp_path, monkeypatch):
 
 # --- a real SLURM -----------------------------------------------------------------------
 
-def slow_emt_dataset(path: Path) -> None:
+def emt_set_with_slow_crystals(path: Path) -> None:
     """The emt pipeline set plus three rattled 108-atom copper crystals, whose relaxations
     last long enough to fail a node under them."""
     emt_dataset(path)
@@ -223,21 +278,14 @@ COLUMNS = ["id", "dimension", "steps", "energy_ev", "failure_reason", "converged
 
 
 @pytest.fixture(scope="module")
-def slow_set(tmp_path_factory, engine):
-    """The slow EMT set, in a folder any user may walk through (an Apptainer task runs as an
-    unprivileged user), and its results with the Docker backend on this host."""
-    import shutil
-    import tempfile
-
-    shared = Path(tempfile.mkdtemp(prefix="umlip-slurm-"))
-    shared.chmod(0o755)
-    dataset = shared / "emt-set.extxyz"
-    slow_emt_dataset(dataset)
+def slow_set(cluster_folder, tmp_path_factory, engine):
+    """The slow EMT set on the cluster's folder, and its results with the Docker backend on this host."""
+    dataset = cluster_folder / "emt-set.extxyz"
+    emt_set_with_slow_crystals(dataset)
     local = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1",
                   results=tmp_path_factory.mktemp("docker"))
     local_dir = Path(local.stdout.strip().splitlines()[-1])
-    yield shared, dataset, pd.read_csv(local_dir / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
-    shutil.rmtree(shared)
+    return cluster_folder, dataset, pd.read_csv(local_dir / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
 
 
 def run_through_a_failed_node(command: list[str], slurm_node: str, while_running=lambda: None,
@@ -273,15 +321,6 @@ def assert_like_docker_once_and_restarted(run_dir: Path, on_docker: pd.DataFrame
     assert any("restart 1" in s["last"] for s in provenance["slurm"]["task_starts"].values())
 
 
-@pytest.mark.docker
-@pytest.mark.slurm
-def test_slurm_relaxes_like_docker_and_survives_a_failed_node(tmp_path, slurm_node, slow_set):
-    _, dataset, on_docker = slow_set
-    run_dir = run_through_a_failed_node(bench_command(*SLURM_ARGS, "--dataset", str(dataset), results=tmp_path),
-                                        slurm_node)
-    assert_like_docker_once_and_restarted(run_dir, on_docker, "docker")
-
-
 #: Reads, as the worker's own user, what a running worker process can write and do.
 PROBE = """
 import json, os, sys
@@ -301,29 +340,61 @@ print(json.dumps({"uid": status["Uid"].split(), "caps": [status[k].strip() for k
 PRIVATE = {"tmpfs", "devtmpfs", "mqueue", "devpts", "proc", "sysfs", "cgroup", "cgroup2"}
 
 
-def relaxing() -> list[str]:
-    """Process ids of the relaxation processes (the supervisor's children) that SLURM's tasks run
-    on this host: not those of a Docker container (another run's workers on the same machine)."""
-    found = subprocess.run(["pgrep", "-f", "--", "-m adapters.relax"], capture_output=True, text=True).stdout.split()
-    return [pid for pid in found if not in_docker(pid)]
-
-
-def in_docker(pid: str) -> bool:
-    try:
-        return "docker" in Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:  # ended meanwhile
-        return True
-
-
-def probe_worker() -> dict:
-    """PROBE in a running relaxation process, run as that process's user."""
-    wait_for(relaxing, 120)
-    pid = relaxing()[0]
+def probe_worker(results: Path) -> dict:
+    """PROBE in a running relaxation process of a run in `results`, run as that process's user."""
+    needle = "/".join(results.parts[-2:]) + "/"
+    wait_for(lambda: relaxations(needle), 120)
+    pid = relaxations(needle)[0]
     uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0])
-    done = subprocess.run(["/usr/bin/python3", "-c", PROBE, pid], user=uid, group=uid, extra_groups=[], cwd="/",
+    done = subprocess.run(["/usr/bin/python3", "-c", PROBE, str(pid)], user=uid, group=uid, extra_groups=[], cwd="/",
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+#: What a runtime grants beyond the rest (docs/cluster.md): ch-run keeps the bounding set (no
+#: capability in effect, no new privileges) and binds copies of /etc/passwd and /etc/group it writes.
+BEYOND = {"charliecloud": {"bounding": True, "writable": {"/etc/passwd", "/etc/group"}}}
+
+
+def assert_least_privilege(seen: dict, runtime: str) -> None:
+    """Not root, no capability, no new privileges, no network, the image and the shards and
+    weights read-only, and of the host's files only the shard's three writable."""
+    beyond = BEYOND.get(runtime, {})
+    assert seen["uid"] == ["65534"] * 4 and seen["caps"][:2] == ["0000000000000000"] * 2
+    assert (seen["caps"][2] != "0000000000000000") == beyond.get("bounding", False)
+    assert seen["no_new_privs"] == "1" and seen["interfaces"] == ["lo"]  # no network but loopback
+    writable = {point for point, kind, can in seen["mounts"] if can and kind not in PRIVATE}
+    shard_files = {p for p in writable if p.startswith("/data/out/shard-")}
+    assert writable - shard_files == beyond.get("writable", set()), seen["mounts"]
+    assert {p.rsplit(".", 1)[1] for p in shard_files} == {"jsonl", "crashed", "inflight"} and len(shard_files) == 3
+    assert not seen["image_writable"]
+    read_only = {point: can for point, kind, can in seen["mounts"]}
+    assert read_only["/data/shards"] is False and read_only["/cache/emt"] is False and read_only["/"] is False
+
+
+def slurm_args(runtime: str, cluster: Path) -> tuple:
+    return ("--models", "emt", "--backend", "slurm", "--set", f"slurm.runtime={runtime}", "--set", "slurm.cpus_per_task=1",
+            "--set", "slurm.poll_s=0.5", "--set", "shard_size=1", "--set", f"cache_dir={cluster / 'cache'}")
+
+
+@pytest.mark.docker
+@pytest.mark.slurm
+@pytest.mark.parametrize("runtime", ["docker", "podman", "charliecloud"])
+def test_a_runtime_relaxes_like_docker_unprivileged_through_a_failed_node(runtime, slurm_node, slow_set, request):
+    """Each runtime of the nodes, for real: the Docker backend's table, every structure once
+    though the node fails under a running task (requeued, resumed), and a least-privilege probe
+    inside a running worker."""
+    if runtime != "docker":
+        request.getfixturevalue(runtime)
+    cluster, dataset, on_docker = slow_set
+    results = cluster / f"through-{runtime}"
+    seen = {}
+    run_dir = run_through_a_failed_node(bench_command(*slurm_args(runtime, cluster), "--dataset", str(dataset),
+                                                      results=results),
+                                        slurm_node, lambda: seen.update(probe_worker(results)), timeout_s=1200)
+    assert_like_docker_once_and_restarted(run_dir, on_docker, runtime)
+    assert_least_privilege(seen, runtime)
 
 
 @pytest.mark.docker
@@ -332,29 +403,18 @@ def test_a_real_apptainer_relaxes_like_docker_unprivileged_and_converts_once(slu
     """The backend unchanged against a real Apptainer (CI: 1.4.5, .ci/apptainer): each task runs
     `apptainer exec` as an unprivileged user; a node that fails under a task requeues it and it
     resumes; the SIF is built once per image id and the next run reuses it."""
-    shared, dataset, on_docker = slow_set
-    args = ("--models", "emt", "--backend", "slurm", "--set", "slurm.runtime=apptainer", "--set", "slurm.cpus_per_task=1",
-            "--set", "slurm.poll_s=0.5", "--set", "shard_size=1", "--set", f"cache_dir={shared / 'cache'}",
-            "--dataset", str(dataset))
+    cluster, dataset, on_docker = slow_set
+    args = (*slurm_args("apptainer", cluster), "--dataset", str(dataset))
     seen = {}
-    run_dir = run_through_a_failed_node(bench_command(*args, results=shared / "first"), slurm_node,
-                                        lambda: seen.update(probe_worker()), timeout_s=1200)
+    run_dir = run_through_a_failed_node(bench_command(*args, results=cluster / "first"), slurm_node,
+                                        lambda: seen.update(probe_worker(cluster / "first")), timeout_s=1200)
     assert_like_docker_once_and_restarted(run_dir, on_docker, "apptainer")
+    assert_least_privilege(seen, "apptainer")
 
-    # least privilege, inside a running task
-    assert seen["uid"] == ["65534"] * 4 and set(seen["caps"]) == {"0000000000000000"}
-    assert seen["no_new_privs"] == "1" and seen["interfaces"] == ["lo"]  # no network but loopback
-    writable = {point for point, kind, can in seen["mounts"] if can and kind not in PRIVATE}
-    assert len(writable) == 3 and all(p.startswith("/data/out/shard-") for p in writable), seen["mounts"]
-    assert {p.rsplit(".", 1)[1] for p in writable} == {"jsonl", "crashed", "inflight"}
-    assert not seen["image_writable"]
-    read_only = {point: can for point, kind, can in seen["mounts"]}
-    assert read_only["/data/shards"] is False and read_only["/cache/emt"] is False and read_only["/"] is False
-
-    sif = list((shared / "cache" / "images").glob("emt-*.sif"))
+    sif = list((cluster / "cache" / "images").glob("emt-*.sif"))
     assert len(sif) == 1
     built = sif[0].stat().st_mtime_ns
-    again = bench(*args, results=shared / "second")
+    again = bench(*args, results=cluster / "second")
     assert "converting" not in again.stderr and sif[0].stat().st_mtime_ns == built  # the same SIF, reused
     second = Path(again.stdout.strip().splitlines()[-1])
     on_second = pd.read_csv(second / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
@@ -365,7 +425,7 @@ def test_a_real_apptainer_relaxes_like_docker_unprivileged_and_converts_once(slu
 @pytest.mark.slurm
 def test_interrupted_slurm_runs_cancel_only_their_jobs_and_resume(tmp_path, slurm_node, engine):
     dataset = tmp_path / "emt-set.extxyz"
-    slow_emt_dataset(dataset)
+    emt_set_with_slow_crystals(dataset)
     bystander = subprocess.run(["sbatch", "--parsable", "-J", "bystander", "--output=/dev/null", "--wrap", "sleep 300"],
                                capture_output=True, text=True, check=True).stdout.strip()
     command = bench_command(*SLURM_ARGS, "--dataset", str(dataset), results=tmp_path / "r")

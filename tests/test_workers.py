@@ -94,7 +94,7 @@ def test_container_spec_mounts_and_bounds():
 
 
 def test_one_spec_renders_the_same_container_for_every_runtime():
-    from orchestrator.workers.spec import apptainer_options, engine_options
+    from orchestrator.workers.spec import apptainer_options, charliecloud_options, engine_options
 
     spec = worker_spec(ASSIGNMENT, Slot("cpu-0", None, 2, memory_bytes=2**30, pids=64), "run1", Path("/cache"))
     sdk, cli, apptainer = sdk_options(spec), engine_options(spec, cpus=2), apptainer_options(spec, True)
@@ -109,6 +109,11 @@ def test_one_spec_renders_the_same_container_for_every_runtime():
     assert {"--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges", f"--memory={2**30}b"} <= set(cli)
     assert cli[cli.index("--network") + 1] == "none" and cli[cli.index("--pids-limit") + 1] == "64"
     assert cli[cli.index("--user") + 1] == sdk["user"] and "--containall" in apptainer
+    # ch-run binds read-write (permissions keep the rest read-only) and sets the environment after unsetting the host's
+    charliecloud = charliecloud_options(spec)
+    assert {b.rsplit(":", 1)[0] for b in binds} == {o.split("=", 1)[1] for o in charliecloud if o.startswith("--bind=")}
+    assert env == {o.split("=", 1)[1] for o in charliecloud if o.startswith("--set-env=")}
+    assert charliecloud.index("--unset-env=*") < charliecloud.index("--set-env") < charliecloud.index("--set-env=HOME=/tmp")
 
 
 def shard_assignments(model: str, numbers, out_dir: Path = Path("/runs/r/raw")) -> list[Assignment]:

@@ -64,20 +64,50 @@ def engine_lost(exc: BaseException) -> bool:
     return isinstance(exc, requests.exceptions.RequestException)
 
 
+def podman_sockets() -> list[str]:
+    """Where Podman's Docker-compatible API service listens by default (`podman system service`,
+    or systemd's podman.socket): the user's own, then root's."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    return [f"unix://{path}" for path in (f"{runtime_dir}/podman/podman.sock", "/run/podman/podman.sock")
+            if Path(path).is_socket()]
+
+
+def connect():
+    """A client of the engine, and where it was found: DOCKER_HOST's (Docker's or Podman's),
+    else Docker's own socket, else Podman's API service at its default socket, for a machine
+    with Podman alone."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client, (f"DOCKER_HOST={os.environ['DOCKER_HOST']}" if os.environ.get("DOCKER_HOST")
+                        else "the default socket")
+    except Exception as exc:  # the SDK raises several types for "no engine"
+        failure = exc
+    for socket in ([] if os.environ.get("DOCKER_HOST") else podman_sockets()):
+        try:
+            client = docker.DockerClient(base_url=socket)
+            client.ping()
+            return client, socket
+        except Exception:
+            continue
+    raise BenchError(f"cannot reach a container engine ({failure}); start Docker (`dockerd &` or `systemctl start "
+                     "docker`), or Podman's API service (`systemctl --user start podman.socket`, or `podman system "
+                     "service --time=0 &`, with DOCKER_HOST at its socket), and check that this user may use it")
+
+
 class DockerEngine:
-    """The Docker engine, as the tool uses it."""
+    """The container engine, as the tool uses it: Docker, or Podman through its
+    Docker-compatible API (the same calls; `name` says which)."""
 
     def __init__(self, client=None):
-        if client is None:
-            import docker
+        self.client, self.where = (client, "") if client else connect()
 
-            try:
-                client = docker.from_env()
-                client.ping()
-            except Exception as exc:  # the SDK raises several types for "no engine"
-                raise BenchError(f"cannot reach the Docker engine ({exc}); start it (e.g. `dockerd &` or "
-                                 "`systemctl start docker`) and check that this user may use it") from None
-        self.client = client
+    def name(self) -> str:
+        """"Podman" or "Docker", as the engine names itself."""
+        components = self.client.version().get("Components") or []
+        return "Podman" if any(c.get("Name", "").startswith("Podman") for c in components) else "Docker"
 
     def version(self) -> str:
         return self.client.version().get("Version", "")

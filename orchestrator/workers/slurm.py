@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from adapters import wire
@@ -32,7 +33,8 @@ from orchestrator.runfolder import RunFolder
 from orchestrator.shards import read_ids
 from orchestrator.workers.assignments import Assignment, prepare_worker_files, run_key, worker_failures, worker_spec
 from orchestrator.workers.slots import Slot
-from orchestrator.workers.spec import apptainer_options, engine_options
+from orchestrator.workers.spec import (WorkerSpec, apptainer_options, charliecloud_options, charliecloud_prefix,
+                                       engine_options)
 
 #: Stands for the shard's name in the one command line an array job's tasks share.
 SHARD = "@SHARD@"
@@ -102,6 +104,48 @@ def sbatch_header(model: str, numbers: list[int], settings: dict, log_dir: Path,
     return [f"#SBATCH {option}" for option in options]
 
 
+@dataclass
+class TaskCommand:
+    """How a task runs its worker with one runtime, in bash: the runtime's command and
+    options, the image and the worker's command, the options that pass the task's GPUs
+    ($CUDA_VISIBLE_DEVICES), how to stop the worker, and what runs once before it starts."""
+
+    run: list[str]
+    worker: list[str]
+    gpus: str
+    stop: str
+    before: list[str]
+
+
+def task_command(spec: WorkerSpec, image: dict, settings: dict) -> TaskCommand:
+    """The spec rendered for the nodes' runtime (slurm.runtime)."""
+    runtime = settings["runtime"]
+    if runtime == "apptainer":
+        return TaskCommand(run=["apptainer", "exec", *apptainer_options(spec, settings["isolate_network"])],
+                           worker=[image["path"], *spec.command],
+                           gpus='(--nv --env "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES")',
+                           stop='kill "$pid" 2>/dev/null', before=[])
+    if runtime == "charliecloud":
+        return TaskCommand(run=[*charliecloud_prefix(settings["isolate_network"]), "ch-run", *charliecloud_options(spec)],
+                           worker=[image["path"], "--", *spec.command],
+                           gpus='(--set-env "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES")',
+                           stop='kill "$pid" 2>/dev/null',
+                           before=['export USER="${USER:-$(id -un)}"  # ch-run refuses to start without it'])
+    # by its id, not its tag: a node's engine may hold another image of that name (Podman names
+    # an image it built docker.io/..., one it loaded localhost/...)
+    image_id = image["image_id"].split(":")[-1]
+    load = []
+    if image.get("archive"):  # nodes with engines of their own load the image once
+        load = [f"{runtime} image inspect {image_id} >/dev/null 2>&1 || "
+                f"{runtime} load -i {shlex.quote(image['archive'])} >/dev/null"]
+    # Docker's --gpus; Podman's devices from the NVIDIA Container Toolkit's CDI specification
+    gpus = '(--gpus "device=$CUDA_VISIBLE_DEVICES")' if runtime == "docker" else \
+        '($(printf -- "--device=nvidia.com/gpu=%s " ${CUDA_VISIBLE_DEVICES//,/ }))'
+    return TaskCommand(run=[runtime, "run", *engine_options(spec, settings["cpus_per_task"])],
+                       worker=[image_id, *spec.command], gpus=gpus,
+                       stop=f'{runtime} rm -f "$name" >/dev/null 2>&1', before=load)
+
+
 def task_script(assignment: Assignment, numbers: list[int], settings: dict, image: dict, run_key_: str,
                 weights_dir: Path, owner: str, pids: int, log_dir: Path) -> str:
     """The batch script of one model's array job: task N runs the worker of shard-N, the
@@ -110,21 +154,7 @@ def task_script(assignment: Assignment, numbers: list[int], settings: dict, imag
                           shards=(assignment.shards[0].parent / f"{SHARD}.jsonl",), out_dir=assignment.out_dir,
                           job=assignment.job)
     spec = worker_spec(template, task_slot(settings, pids), run_key_, weights_dir, owner)
-    runtime = settings["runtime"]
-    if runtime == "apptainer":
-        run = ["apptainer", "exec", *apptainer_options(spec, settings["isolate_network"])]
-        tail = [image["path"], *spec.command]
-        gpus = '(--nv --env "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES")'
-        stop = 'kill "$pid" 2>/dev/null'
-    else:
-        run = [runtime, "run", *engine_options(spec, settings["cpus_per_task"])]
-        tail = [assignment.image, *spec.command]
-        gpus = '(--gpus "device=$CUDA_VISIBLE_DEVICES")'
-        stop = f'{runtime} rm -f "$name" >/dev/null 2>&1'
-    load = []
-    if image.get("archive"):  # nodes with engines of their own load the image once
-        load = [f"{runtime} image inspect {shlex.quote(assignment.image)} >/dev/null 2>&1 || "
-                f"{runtime} load -i {shlex.quote(image['archive'])} >/dev/null"]
+    command = task_command(spec, image, settings)
     out = template.outs[0]
     return "\n".join([
         "#!/bin/bash",
@@ -137,16 +167,16 @@ def task_script(assignment: Assignment, numbers: list[int], settings: dict, imag
         # one line per start of this task: a restart after a failed node shows here
         f'echo "$(date -u +%FT%TZ) task ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} '
         f'restart ${{SLURM_RESTART_COUNT:-0}} on $(hostname)" >> {bash_word(str(out.with_suffix(".attempts")))}',
-        bash_array("run", run),
-        bash_array("worker", tail),
+        bash_array("run", command.run),
+        bash_array("worker", command.worker),
         "gpus=()",
-        f'[ -n "${{CUDA_VISIBLE_DEVICES:-}}" ] && gpus={gpus}',
+        f'[ -n "${{CUDA_VISIBLE_DEVICES:-}}" ] && gpus={command.gpus}',
         'pid=""',
         # scancel, a time limit or a failing node: stop the container too (an engine's
         # container is no child of this script)
-        f"stop() {{ {stop}; }}",
+        f"stop() {{ {command.stop}; }}",
         "trap 'stop; exit 143' TERM INT",
-        *load,
+        *command.before,
         "stop  # a container an earlier run of this task left behind",
         '"${run[@]}" "${gpus[@]}" "${worker[@]}" >> "$log" 2>&1 &',
         'pid=$!; wait "$pid"; code=$?',
@@ -166,40 +196,76 @@ def _run(command: list[str], what: str) -> subprocess.CompletedProcess:
     return done
 
 
+#: What a converted image is, per runtime: a SIF file, a `docker save` archive, a directory.
+CONVERTED = {"apptainer": ".sif", "docker": ".tar", "podman": ".tar", "charliecloud": ""}
+
+
+def _convert(image: str, runtime: str, target: Path) -> None:
+    """Make `target` from the engine's image: Apptainer's SIF (from the daemon, else through
+    a `docker save` archive), Charliecloud's directory (ch-convert), an engine's archive."""
+    if runtime == "apptainer":
+        try:
+            _run(["apptainer", "build", "--force", str(target), f"docker-daemon://{image}"], f"converting {image}")
+        except BenchError:  # no daemon socket for apptainer: go through an archive
+            archive = target.with_suffix(".tar")
+            try:
+                _run(["docker", "save", "-o", str(archive), image], f"saving {image}")
+                _run(["apptainer", "build", "--force", str(target), f"docker-archive://{archive}"],
+                     f"converting {image}")
+            finally:  # an archive is gigabytes
+                archive.unlink(missing_ok=True)
+    elif runtime == "charliecloud":
+        _run(["ch-convert", "--no-clobber", "-i", "docker", image, str(target)], f"converting {image}")
+    else:
+        _run(["docker", "save", "-o", str(target), image], f"saving {image}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def convert_image(image: str, image_id: str, runtime: str, image_dir: Path | None) -> dict:
     """The image in the form the nodes run, made once per image id: {"path", "sha256"} of a
-    SIF for Apptainer; {"archive", "sha256"} of a `docker save` archive for Docker or
-    Podman when image_dir is set; nothing to convert when the nodes share this engine."""
+    SIF for Apptainer, {"path"} of an image directory for Charliecloud, {"archive",
+    "sha256"} of a `docker save` archive for Docker or Podman when image_dir is set (nothing
+    to convert when the nodes share this engine)."""
     record = {"runtime": runtime, "image": image, "image_id": image_id}
-    if runtime != "apptainer" and image_dir is None:
+    if runtime in ("docker", "podman") and image_dir is None:
         return record
     image_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{image.split('/')[-1].split(':')[0]}-{image_id.split(':')[-1][:16]}"
-    target = image_dir / (f"{stem}.sif" if runtime == "apptainer" else f"{stem}.tar")
-    checksum = target.with_name(target.name + ".sha256")
-    if not (target.exists() and checksum.exists()):
-        partial = target.with_name(target.name + ".partial")
-        archive = target.with_suffix(".tar")
+    target = image_dir / (stem + CONVERTED[runtime])
+    # written last, so a conversion cut short is made again: the file's sha256, a directory's source image id
+    made = image_dir / (f"{target.name}.sha256" if CONVERTED[runtime] else f"{target.name}.image-id")
+    if not (target.exists() and made.exists()):
         console.print(f"converting {image} for {runtime} on the nodes: {target}")
+        partial = target.with_name(target.name + ".partial")
         try:
-            if runtime == "apptainer":
-                try:
-                    _run(["apptainer", "build", "--force", str(partial), f"docker-daemon://{image}"],
-                         f"converting {image}")
-                except BenchError:  # no daemon socket for apptainer: go through an archive
-                    _run(["docker", "save", "-o", str(archive), image], f"saving {image}")
-                    _run(["apptainer", "build", "--force", str(partial), f"docker-archive://{archive}"],
-                         f"converting {image}")
-            else:
-                _run(["docker", "save", "-o", str(partial), image], f"saving {image}")
+            _remove(partial)
+            _convert(image, runtime, partial)
+            _remove(target)
             partial.replace(target)
-        finally:  # a failed conversion leaves nothing behind (an archive is gigabytes)
-            partial.unlink(missing_ok=True)
-            if runtime == "apptainer":
-                archive.unlink(missing_ok=True)
-        checksum.write_text(sha256_of(target) + "\n")
-    key = "path" if runtime == "apptainer" else "archive"
-    return {**record, key: str(target), "sha256": checksum.read_text().strip()}
+        finally:  # a failed conversion leaves nothing behind
+            _remove(partial)
+        made.write_text((image_id if target.is_dir() else sha256_of(target)) + "\n")
+    if runtime == "charliecloud":
+        return {**record, "path": str(target)}
+    return {**record, "path" if runtime == "apptainer" else "archive": str(target), "sha256": made.read_text().strip()}
+
+
+def charliecloud_mount_points(image_path: Path, spec: WorkerSpec) -> None:
+    """Charliecloud binds only onto paths its (read-only) image has: make the spec's, empty,
+    in the image directory (a folder for a folder, a file for a file)."""
+    for mount in spec.mounts:
+        point = image_path / mount.target.lstrip("/")
+        if Path(mount.source).is_dir():
+            point.mkdir(parents=True, exist_ok=True)
+        else:
+            point.parent.mkdir(parents=True, exist_ok=True)
+            point.touch(exist_ok=True)
 
 
 class SlurmBackend:
@@ -252,6 +318,9 @@ class SlurmBackend:
                                                    self.settings["runtime"], self.image_dir)
                 for assignment in model_assignments:
                     prepare_worker_files(assignment)
+                    if self.settings["runtime"] == "charliecloud":
+                        charliecloud_mount_points(Path(self.images[model]["path"]), worker_spec(
+                            assignment, task_slot(self.settings, self.pids), self.run_key, self.weights_dir))
                 (self.weights_dir / model).mkdir(parents=True, exist_ok=True)  # its weights folder, mounted
                 numbers = sorted(shard_number(a) for a in model_assignments)
                 script = log_dir / f"{model}.sbatch"
@@ -315,6 +384,10 @@ class SlurmBackend:
 
 #: What the submit host runs.
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel")
+#: What converts the images for a runtime, on the submit host (beside Docker).
+CONVERTERS = {"apptainer": "apptainer", "charliecloud": "ch-convert"}
+#: What a node runs for a runtime, where that is not the runtime's name.
+NODE_COMMANDS = {"charliecloud": "ch-run"}
 
 
 def check_commands(runtime: str) -> None:
@@ -324,11 +397,11 @@ def check_commands(runtime: str) -> None:
     if missing:
         raise BenchError(f"backend slurm: {', '.join(missing)} not found on this host; run on the cluster's "
                          "login node (or load its SLURM module), or set backend: docker")
-    if runtime == "apptainer":
-        absent = [tool for tool in ("apptainer", "docker") if not shutil.which(tool)]
-        if absent:
-            raise BenchError(f"slurm.runtime apptainer: {' and '.join(absent)} not found on this host (converting "
-                             "the images to SIF needs both); install them, or set slurm.runtime to docker or podman")
+    converter = CONVERTERS.get(runtime)
+    absent = [tool for tool in (converter, "docker") if converter and not shutil.which(tool)]
+    if absent:
+        raise BenchError(f"slurm.runtime {runtime}: {' and '.join(absent)} not found on this host (converting "
+                         "the images needs both); install them, or convert on a machine that has them")
 
 
 def check_shared(settings: dict, folders: dict[str, Path]) -> None:
@@ -363,11 +436,14 @@ def doctor_checks(settings: dict, folders: dict[str, Path], check) -> None:
         check(True, f"results and cache inside the shared folder {settings['shared_dir'] or '(not set)'}")
     except BenchError as exc:
         check(False, "shared folder", str(exc))
-    if settings["runtime"] == "apptainer":
-        check(bool(shutil.which("apptainer")), "apptainer on this host (converts the images to SIF files)",
-              "install Apptainer here, or convert on a machine that has it and Docker")
     runtime = settings["runtime"]
-    probe = [f"{runtime} --version"] + [f"test -w {shlex.quote(str(f))} && echo writable:{shlex.quote(key)}"
+    converter = CONVERTERS.get(runtime)
+    if converter:
+        check(bool(shutil.which(converter)), f"{converter} on this host (converts the images for {runtime})",
+              f"install {converter} here, or convert on a machine that has it and Docker")
+    node_command = NODE_COMMANDS.get(runtime, runtime)
+    probe = [f'command -v {node_command} >/dev/null && echo "runtime: $(USER=${{USER:-$(id -un)}} '
+             f'{node_command} --version 2>&1 | head -n1)"'] + [f"test -w {shlex.quote(str(f))} && echo writable:{shlex.quote(key)}"
                                         for key, f in folders.items()]
     command = ["srun", "-N1", "-n1", "--immediate=60", "--time=2", f"--cpus-per-task={settings['cpus_per_task']}"]
     command += [f"--partition={wanted}"] if wanted else []
@@ -381,7 +457,7 @@ def doctor_checks(settings: dict, folders: dict[str, Path], check) -> None:
     if not lines:
         check(False, "a probe task on a node", f"srun: {done.stderr.strip()[-300:]}")
         return
-    version = next((line for line in lines if runtime in line.lower()), "")
+    version = next((line.split(": ", 1)[1] for line in lines if line.startswith("runtime: ")), "")
     check(bool(version), f"{runtime} on a node: {version or 'not found'}",
           f"ask the site for {runtime} on the nodes, or set slurm.runtime to one they have")
     for key, folder in folders.items():
@@ -391,13 +467,14 @@ def doctor_checks(settings: dict, folders: dict[str, Path], check) -> None:
 
 def for_plan(plan, docker) -> tuple[SlurmBackend, list[Slot]]:
     """The SLURM backend of a run plan (its commands and shared folders checked first), and
-    its one slot: an array task's resources. Apptainer's images go to the cache unless
-    slurm.image_dir says where."""
+    its one slot: an array task's resources. Converted images go to the cache unless
+    slurm.image_dir says where (Docker's nodes share the submit host's engine unless it is
+    set; Podman keeps images per node, or per user)."""
     s = plan.settings
     check_commands(s.slurm["runtime"])
     check_shared(s.slurm, {"results_dir": plan.run_dir, "cache_dir": plan.cache.root})
     image_dir = s.slurm_image_dir
-    if image_dir is None and s.slurm["runtime"] == "apptainer":
+    if image_dir is None and s.slurm["runtime"] != "docker":
         image_dir = plan.cache.images
     backend = SlurmBackend(docker, s.slurm, plan.run_dir, plan.cache.weights, image_dir, pids=s.worker_pids)
     return backend, [task_slot(s.slurm, s.worker_pids)]

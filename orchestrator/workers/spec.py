@@ -1,5 +1,5 @@
 """One worker container, described once (WorkerSpec) and rendered for each runtime: the
-Docker SDK (workers.docker), the docker or podman command line, and Apptainer.
+Docker SDK (workers.docker), the docker or podman command line, Apptainer and Charliecloud.
 
 Least privilege, whatever the runtime: no network, not root, no capabilities, no
 privilege escalation, a read-only root filesystem with a bounded tmpfs for scratch, the
@@ -104,3 +104,24 @@ def apptainer_options(spec: WorkerSpec, isolate_network: bool) -> list[str]:
     # refuses to override it, with a warning in every worker's log
     options += [f"--env={key}={value}" for key, value in spec.environment.items() if key != "HOME"]
     return options
+
+
+def charliecloud_options(spec: WorkerSpec) -> list[str]:
+    """`ch-run` options of the spec: the image read-only (ch-run's default), a private /tmp,
+    the image's own environment and the spec's variables only (the host's are unset first),
+    the same binds and working folder. ch-run has no read-only bind: the shards and weights
+    are read-only as far as the host's permissions make them (docs/cluster.md), and no
+    network namespace of its own (charliecloud_prefix)."""
+    options = ["--private-tmp", "--unset-env=*", "--set-env", f"--cd={WORKDIR}"]
+    options += [f"--bind={m.source}:{m.target}" for m in spec.mounts]
+    options += [f"--set-env={key}={value}" for key, value in spec.environment.items()]
+    return options
+
+
+def charliecloud_prefix(isolate_network: bool) -> list[str]:
+    """What runs ch-run: as the unprivileged user when the orchestrator is root (ch-run keeps
+    the caller's uid inside), and in a network namespace of its own with only a loopback
+    (`unshare`, util-linux 2.38 or later: ch-run makes none)."""
+    prefix = ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups"] \
+        if os.getuid() == 0 else []
+    return prefix + (["unshare", "--user", "--map-current-user", "--net"] if isolate_network else [])

@@ -53,8 +53,8 @@ def podman_forgets(tag: str) -> None:
 
 def containers_started(engine: str, since: str, run_key: str) -> list[str]:
     """Names of the containers `engine` (docker or podman) started since then for a run folder."""
-    listing = subprocess.run([engine, "events", "--since", since, "--until", "0s" if engine == "docker" else "now",
-                              "--filter", "event=start", "--format", "{{json .}}"],
+    until = ["--until", "0s"] if engine == "docker" else ["--stream=false"]  # up to now, then end
+    listing = subprocess.run([engine, "events", "--since", since, *until, "--filter", "event=start", "--format", "{{json .}}"],
                              capture_output=True, text=True, check=True).stdout.splitlines()
     names = []
     for line in listing:

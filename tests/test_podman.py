@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchestrator.errors import BenchError
+
 from helpers import bench, emt_dataset, last_line, make
 
 pytestmark = pytest.mark.docker
@@ -19,8 +21,11 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def podman_socket(podman, tmp_path_factory):
-    """Podman's API service on a socket of the test's own, stopped at the end."""
-    socket = tmp_path_factory.mktemp("podman") / "podman.sock"
+    """Podman's API service on a socket of the test's own, where a user's systemd would put it
+    (XDG_RUNTIME_DIR/podman/podman.sock, XDG_RUNTIME_DIR standing for a folder of the test's),
+    stopped at the end."""
+    socket = tmp_path_factory.mktemp("runtime") / "podman" / "podman.sock"
+    socket.parent.mkdir()
     service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -92,3 +97,22 @@ def test_make_bench_and_doctor_with_podman_as_the_engine(podman_socket, builder,
     doctor = make("doctor", "MODEL=emt", "GPUS=cpu", env={**env, "COLUMNS": "300"})
     assert "container engine: Podman" in doctor.stderr and f"at DOCKER_HOST={podman_socket}" in doctor.stderr
     assert "workers: Podman containers on this machine" in doctor.stderr
+
+
+def test_a_machine_with_podman_alone_finds_its_service(podman_socket, monkeypatch):
+    import docker
+
+    from orchestrator.workers.docker import DockerEngine
+
+    def no_docker():
+        raise docker.errors.DockerException("no Docker here")
+
+    monkeypatch.setattr(docker, "from_env", no_docker)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(Path(podman_socket.removeprefix("unix://")).parent.parent))
+    engine = DockerEngine()
+    assert engine.name() == "Podman" and engine.where == podman_socket
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/nowhere")
+    if not Path("/run/podman/podman.sock").is_socket():  # root's service, where it runs
+        with pytest.raises(BenchError, match="cannot reach a container engine .*podman system service"):
+            DockerEngine()

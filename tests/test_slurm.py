@@ -7,6 +7,8 @@ image on each runtime of its node: docker, podman, charliecloud and a real Appta
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -462,7 +464,13 @@ def test_doctor_probes_the_nodes(tmp_path, slurm_node):
     wide = {**os.environ, "COLUMNS": "400"}  # one finding a line
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=200, env=wide)
     assert "docker on a node: Docker version" in done.stderr
+    assert "workers: SLURM array tasks running docker on the nodes" in done.stderr
     assert f"results_dir {tmp_path} writable from a node" in done.stderr
+    if shutil.which("ch-run"):  # a runtime whose command is not its name
+        charliecloud = subprocess.run([*command, "--set", "slurm.runtime=charliecloud"], cwd=REPO, capture_output=True,
+                                      text=True, timeout=200, env=wide)
+        assert "ch-convert on this host" in charliecloud.stderr
+        assert re.search(r"ok +charliecloud on a node: \d+\.\d+", charliecloud.stderr), charliecloud.stderr
     wrong = subprocess.run([*command, "--set", "slurm.partition=nowhere"], cwd=REPO, capture_output=True, text=True,
                            env=wide)
     assert wrong.returncode == 1 and "FAIL partition nowhere" in wrong.stderr

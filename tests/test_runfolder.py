@@ -115,11 +115,18 @@ def test_a_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
         open(out, "wb").write(b"half an image")  # what a conversion writes before it breaks
         raise BenchError(f"{what} failed")
 
+    class Engine:  # an engine that breaks halfway through whatever it writes
+        def save_image(self, tag, path):
+            fails(["-o", path], "saving")
+
+        def export_files(self, tag, out):
+            out.write(b"half a tar")
+            raise BenchError("exporting failed")
+
     monkeypatch.setattr(slurm, "_run", fails)
-    with pytest.raises(BenchError, match="failed"):
-        slurm.convert_image("umlip-0123d/emt:abc", "sha256:" + "1" * 64, "apptainer", tmp_path)
-    with pytest.raises(BenchError, match="failed"):
-        slurm.convert_image("umlip-0123d/emt:abc", "sha256:" + "1" * 64, "podman", tmp_path)
+    for runtime in ("apptainer", "podman", "charliecloud"):
+        with pytest.raises(BenchError, match="failed"):
+            slurm.convert_image(Engine(), "umlip-0123d/emt:abc", "sha256:" + "1" * 64, runtime, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

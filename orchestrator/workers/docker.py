@@ -141,6 +141,20 @@ class DockerEngine:
             for chunk in self.client.images.get(tag).save(named=True):
                 out.write(chunk)
 
+    def export_files(self, tag: str, out) -> None:
+        """The image's files as one tar stream, written to `out`: `docker export` of a container
+        created from it and never started."""
+        container = self.client.containers.create(tag, command=["true"], network_disabled=True)
+        try:
+            for chunk in container.export():
+                out.write(chunk)
+        finally:
+            container.remove(force=True)
+
+    def image_environment(self, tag: str) -> list[str]:
+        """The image's environment, NAME=value lines (its ENV instructions)."""
+        return list(self.client.images.get(tag).attrs["Config"].get("Env") or [])
+
     def load_image(self, path: Path, image_id: str, tag: str) -> None:
         """`docker load` of an archive from elsewhere (a received bundle) as exactly the image
         `image_id`, then tagged `tag`: the names the archive carries are never applied (they

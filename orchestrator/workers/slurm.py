@@ -198,26 +198,55 @@ def _run(command: list[str], what: str) -> subprocess.CompletedProcess:
 
 #: What a converted image is, per runtime: a SIF file, a `docker save` archive, a directory.
 CONVERTED = {"apptainer": ".sif", "docker": ".tar", "podman": ".tar", "charliecloud": ""}
+#: Folders and files ch-run mounts onto, which an image directory must have (ch-convert's list).
+CHARLIECLOUD_MOUNT_POINTS = (("bin", "dev", "etc", "mnt", "proc", "usr", *(f"mnt/{k}" for k in range(10))),
+                             ("etc/hosts", "etc/resolv.conf"))
 
 
-def _convert(image: str, runtime: str, target: Path) -> None:
+def charliecloud_directory(engine, image: str, target: Path) -> None:
+    """What `ch-convert -i docker IMAGE DIR` makes, without its gzip and unpack of the whole
+    image (2 min 16 s for the emt image here): the image's files (`docker export` of a container
+    never started; /dev left empty, ch-run mounts the host's), its environment in ch/environment
+    for `ch-run --set-env`, and the mount points ch-run needs."""
+    target.mkdir(parents=True)
+    untar = subprocess.Popen(["tar", "-x", "-C", str(target), "--exclude=dev/*"], stdin=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        engine.export_files(image, untar.stdin)
+    finally:
+        untar.stdin.close()
+        failed = untar.wait() and untar.stderr.read().decode(errors="replace").strip()
+    if failed:
+        raise BenchError(f"converting {image} for charliecloud: tar: {failed.splitlines()[-1]}")
+    (target / "ch").mkdir(exist_ok=True)
+    (target / "ch" / "environment").write_text("".join(f"{line}\n" for line in engine.image_environment(image)))
+    folders, files = CHARLIECLOUD_MOUNT_POINTS
+    for name in folders:
+        if not os.path.lexists(target / name):
+            (target / name).mkdir()
+    for name in files:
+        if not os.path.lexists(target / name):  # never through a link: it could point at the host's file
+            (target / name).touch()
+
+
+def _convert(engine, image: str, runtime: str, target: Path) -> None:
     """Make `target` from the engine's image: Apptainer's SIF (from the daemon, else through
-    a `docker save` archive), Charliecloud's directory (ch-convert), an engine's archive."""
+    a `docker save` archive), Charliecloud's directory, an engine's archive."""
     if runtime == "apptainer":
         try:
             _run(["apptainer", "build", "--force", str(target), f"docker-daemon://{image}"], f"converting {image}")
         except BenchError:  # no daemon socket for apptainer: go through an archive
             archive = target.with_suffix(".tar")
             try:
-                _run(["docker", "save", "-o", str(archive), image], f"saving {image}")
+                engine.save_image(image, archive)
                 _run(["apptainer", "build", "--force", str(target), f"docker-archive://{archive}"],
                      f"converting {image}")
             finally:  # an archive is gigabytes
                 archive.unlink(missing_ok=True)
     elif runtime == "charliecloud":
-        _run(["ch-convert", "--no-clobber", "-i", "docker", image, str(target)], f"converting {image}")
+        charliecloud_directory(engine, image, target)
     else:
-        _run(["docker", "save", "-o", str(target), image], f"saving {image}")
+        engine.save_image(image, target)
 
 
 def _remove(path: Path) -> None:
@@ -227,7 +256,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def convert_image(image: str, image_id: str, runtime: str, image_dir: Path | None) -> dict:
+def convert_image(engine, image: str, image_id: str, runtime: str, image_dir: Path | None) -> dict:
     """The image in the form the nodes run, made once per image id: {"path", "sha256"} of a
     SIF for Apptainer, {"path"} of an image directory for Charliecloud, {"archive",
     "sha256"} of a `docker save` archive for Docker or Podman when image_dir is set (nothing
@@ -245,7 +274,7 @@ def convert_image(image: str, image_id: str, runtime: str, image_dir: Path | Non
         partial = target.with_name(target.name + ".partial")
         try:
             _remove(partial)
-            _convert(image, runtime, partial)
+            _convert(engine, image, runtime, partial)
             _remove(target)
             partial.replace(target)
         finally:  # a failed conversion leaves nothing behind
@@ -314,7 +343,7 @@ class SlurmBackend:
         try:
             for model, model_assignments in by_model.items():
                 first = model_assignments[0]
-                self.images[model] = convert_image(first.image, self.engine.image_id(first.image),
+                self.images[model] = convert_image(self.engine, first.image, self.engine.image_id(first.image),
                                                    self.settings["runtime"], self.image_dir)
                 for assignment in model_assignments:
                     prepare_worker_files(assignment)
@@ -384,8 +413,8 @@ class SlurmBackend:
 
 #: What the submit host runs.
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel")
-#: What converts the images for a runtime, on the submit host (beside Docker).
-CONVERTERS = {"apptainer": "apptainer", "charliecloud": "ch-convert"}
+#: What converts the images for a runtime on the submit host, beside the engine.
+CONVERTERS = {"apptainer": "apptainer"}
 #: What a node runs for a runtime, where that is not the runtime's name.
 NODE_COMMANDS = {"charliecloud": "ch-run"}
 
@@ -398,10 +427,9 @@ def check_commands(runtime: str) -> None:
         raise BenchError(f"backend slurm: {', '.join(missing)} not found on this host; run on the cluster's "
                          "login node (or load its SLURM module), or set backend: docker")
     converter = CONVERTERS.get(runtime)
-    absent = [tool for tool in (converter, "docker") if converter and not shutil.which(tool)]
-    if absent:
-        raise BenchError(f"slurm.runtime {runtime}: {' and '.join(absent)} not found on this host (converting "
-                         "the images needs both); install them, or convert on a machine that has them")
+    if converter and not shutil.which(converter):
+        raise BenchError(f"slurm.runtime {runtime}: {converter} not found on this host (it converts the images); "
+                         "install it, or convert on a machine that has it (docs/cluster.md)")
 
 
 def check_shared(settings: dict, folders: dict[str, Path]) -> None:
@@ -440,7 +468,7 @@ def doctor_checks(settings: dict, folders: dict[str, Path], check) -> None:
     converter = CONVERTERS.get(runtime)
     if converter:
         check(bool(shutil.which(converter)), f"{converter} on this host (converts the images for {runtime})",
-              f"install {converter} here, or convert on a machine that has it and Docker")
+              f"install {converter} here, or convert on a machine that has it (docs/cluster.md)")
     node_command = NODE_COMMANDS.get(runtime, runtime)
     probe = [f'command -v {node_command} >/dev/null && echo "runtime: $(USER=${{USER:-$(id -un)}} '
              f'{node_command} --version 2>&1 | head -n1)"'] + [f"test -w {shlex.quote(str(f))} && echo writable:{shlex.quote(key)}"

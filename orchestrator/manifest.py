@@ -55,6 +55,7 @@ SCHEMA = {
     "structure_timeout_s": ((int, float, type(None)), None),
     "stall_timeout_s": ((int, float, type(None)), None),
     "results_dir": (str, "results"),
+    "report": (bool, True),
     "cache_dir": (str, "~/.cache/umlip-0123d"),
     # a Python version (model.yaml `python`) -> the image its runtime is built FROM
     "base_images": (dict, {"3.11": "python:3.11-slim-bookworm", "3.12": "python:3.12-slim-bookworm",

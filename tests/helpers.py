@@ -100,6 +100,10 @@ def compress(path: Path, target: Path) -> Path:
     return target
 
 
+#: For a bench whose test reads no report: the report is seconds of figures per run.
+NO_REPORT = ("--set", "report=false")
+
+
 def bench_command(*args, results: Path) -> list[str]:
     """`python -m orchestrator bench` on the CPU into `results`, as a user types it."""
     import sys

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from adapters.wire import read_id_lines
-from helpers import REPO, bench, bench_command, relaxations, slow_emt_dataset
+from helpers import NO_REPORT, REPO, bench, bench_command, relaxations, slow_emt_dataset
 
 pytestmark = pytest.mark.docker
 SLURM = ("--backend", "slurm", "--set", "slurm.cpus_per_task=1", "--set", "slurm.poll_s=0.5")
@@ -28,7 +28,7 @@ BACKENDS = {
     "slurm-charliecloud": ((*SLURM, "--set", "slurm.runtime=charliecloud"), "charliecloud"),
 }
 #: Two shards of four structures: two workers at once on either backend (two cores here).
-COMMON = ("--models", "emt", "--set", "shard_size=4", "--set", "stall_timeout_s=5")
+COMMON = ("--models", "emt", "--set", "shard_size=4", "--set", "stall_timeout_s=5", *NO_REPORT)
 COLUMNS = ["id", "steps", "energy_ev", "failure_reason", "converged"]
 
 
@@ -94,6 +94,7 @@ def test_a_backend_resumes_survives_a_dying_and_a_hung_worker_and_gives_the_same
     striker.join()
     assert run.returncode == 0, err[-3000:]
     assert Path(out.strip().splitlines()[-1]) == run_dir
+    assert not (run_dir / "report").exists() and "report: none (report: false); `make report` writes" in err
 
     raw = [json.loads(line) for path in sorted((run_dir / "raw" / "emt").glob("shard-*.jsonl"))
            for line in path.read_text().splitlines()]

@@ -164,10 +164,10 @@ def bench_sample(model: str, cache: Path, results: Path, count: int = 1):
     cache/weights (no download); the results table, after checking every row relaxed."""
     import pandas as pd
 
-    from helpers import bench
+    from helpers import NO_REPORT, bench
 
     done = bench("--models", model, "--dataset", "sample", "--limit", str(count), "--set", f"cache_dir={cache}",
-                 "--set", "protocol.max_steps=60", results=results)
+                 "--set", "protocol.max_steps=60", *NO_REPORT, results=results)
     table = pd.read_csv(Path(done.stdout.strip().splitlines()[-1]) / "results.csv", keep_default_na=False)
     assert len(table) == count and set(table["failure_reason"]) <= {"", "not_converged"}
     assert table["energy_ev"].astype(float).notna().all() and table["max_force_ev_per_a"].astype(float).notna().all()
@@ -234,6 +234,8 @@ ZOO_ONLY = {
     "eqv2-m-omat-salex-mp": "its own fairchem 1.x stack",
     "esen-30m-oam": "eqV2's fairchem 1.x image",
     "uma-m-1p1": "UMA-s's image, whose contract runs here (the same factory and stand-in)",
+    "orb-v3-conservative-inf-omat": "the paper's ORB-v3 conservative (inf-mpa) image, factory and options but the "
+                                    "checkpoint's name, whose contract runs here",
 }
 
 

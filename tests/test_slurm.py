@@ -21,7 +21,7 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
-from helpers import REPO, bench, bench_command, emt_dataset, relaxations, worker_job
+from helpers import NO_REPORT, REPO, bench, bench_command, emt_dataset, relaxations, worker_job
 
 
 def load_manifest(**overrides):
@@ -293,7 +293,7 @@ def emt_set_with_slow_crystals(path: Path) -> None:
 
 
 SLURM_ARGS = ("--models", "emt", "--backend", "slurm", "--set", "slurm.runtime=docker", "--set", "slurm.cpus_per_task=1",
-              "--set", "slurm.poll_s=0.5", "--set", "shard_size=1")
+              "--set", "slurm.poll_s=0.5", "--set", "shard_size=1", *NO_REPORT)
 
 
 def our_tasks(state: str = "", besides: frozenset = frozenset()) -> list[str]:
@@ -325,7 +325,7 @@ def slow_set(cluster_folder, tmp_path_factory, engine):
     """The slow EMT set on the cluster's folder, and its results with the Docker backend on this host."""
     dataset = cluster_folder / "emt-set.extxyz"
     emt_set_with_slow_crystals(dataset)
-    local = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1",
+    local = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1", *NO_REPORT,
                   results=tmp_path_factory.mktemp("docker"))
     local_dir = Path(local.stdout.strip().splitlines()[-1])
     return cluster_folder, dataset, pd.read_csv(local_dir / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
@@ -418,7 +418,7 @@ def assert_least_privilege(seen: dict, runtime: str) -> None:
 
 def slurm_args(runtime: str, cluster: Path) -> tuple:
     return ("--models", "emt", "--backend", "slurm", "--set", f"slurm.runtime={runtime}", "--set", "slurm.cpus_per_task=1",
-            "--set", "slurm.poll_s=0.5", "--set", "shard_size=1", "--set", f"cache_dir={cluster / 'cache'}")
+            "--set", "slurm.poll_s=0.5", "--set", "shard_size=1", "--set", f"cache_dir={cluster / 'cache'}", *NO_REPORT)
 
 
 @pytest.mark.docker

@@ -48,7 +48,7 @@ class RunSettings:
 
     backend: str                     # docker | slurm
     slurm: dict                      # benchmark.yaml's slurm section
-    slurm_image_dir: Path | None     # where SLURM nodes find the images (None: the cache's, for Apptainer)
+    slurm_image_dir: Path | None     # where SLURM nodes find the images (None: the cache's; Docker's: the engine)
     devices: str | list
     workers_per_device: int | None
     threads_per_worker: int | None
@@ -67,6 +67,7 @@ class RunSettings:
     ca_bundle: Path | None
     wheelhouse: Path | None
     build_logs: Path
+    report: bool                     # write the run's report at its end
     sources: dict = field(default_factory=dict)
 
     @classmethod
@@ -82,7 +83,7 @@ class RunSettings:
                    subset=manifest["subset"], models_requested=list(manifest["models"]),
                    base_images=manifest["base_images"], ca_bundle=manifest.path_setting("ca_bundle"),
                    wheelhouse=manifest.path_setting("wheelhouse"), build_logs=manifest.cache.build_logs,
-                   sources=manifest.sources)
+                   report=manifest["report"], sources=manifest.sources)
 
 
 @dataclass

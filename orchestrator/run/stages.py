@@ -148,7 +148,7 @@ class Run:
             from orchestrator.report import read_results
 
             print_summary(read_results(self.folder.results))
-            console.print(f"scores and report unchanged: {self.folder.report / 'report.md'}")
+            console.print(f"scores unchanged; {self.report_line()}")
             return None
         self.folder.scored_key.unlink(missing_ok=True)
         if host.LOCK.is_file():  # the lock of the stack that scores it, for its bundle
@@ -162,17 +162,25 @@ class Run:
 
         missing = table[table["failure_reason"] == MISSING].groupby("model").size().to_dict()
         self.folder.write_provenance(self.provenance_document(missing))
-        report = write_run_report(self.folder.root)
+        if self.plan.settings.report:
+            write_run_report(self.folder.root)
         if not missing:
             runfolder.write_text(self.folder.scored_key, self.scores_key)
         print_summary(table)
-        console.print(f"report: {report}")
+        console.print(self.report_line())
         if missing:
             counts = ", ".join(f"{model} {n}" for model, n in missing.items())
             why = "; ".join(self.backend.failures) or "the workers were stopped"
             raise IncompleteRun(f"incomplete run {self.folder.root}: {sum(missing.values())} structure(s) have no "
                                 f"result ({counts}). Why: {why}. Finished structures are kept: fix the cause and "
                                 "rerun the same command to finish.")
+
+    def report_line(self) -> str:
+        """Where the run's report is, or how to write it."""
+        report = self.folder.report / "report.md"
+        if report.is_file():
+            return f"report: {report}"
+        return f"report: none (report: false); `make report` writes {report}"
 
     def provenance_document(self, missing: dict) -> dict:
         plan, s, record, dataset = self.plan, self.plan.settings, self.earlier, self.plan.dataset

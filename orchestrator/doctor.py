@@ -25,7 +25,8 @@ def doctor(manifest: Manifest) -> bool:
     engine = None
     try:
         engine = DockerEngine()
-        check(True, f"container engine: {engine.name()} {engine.version()} at {engine.where}")
+        engine_name = engine.name()
+        check(True, f"container engine: {engine_name} {engine.version()} at {engine.where}")
     except BenchError as exc:
         check(False, "container engine", str(exc))
     if engine is not None:
@@ -44,10 +45,10 @@ def doctor(manifest: Manifest) -> bool:
                 check(None, f"base image for Python {python}: {base} not present locally",
                       "it is pulled on the first build that needs it; without a registry run "
                       "images/make-local-base.sh and set base_images (or UMLIP_BASE_IMAGES) to its tag")
-        if manifest["devices"] != "cpu" and engine.name() == "Podman":  # GPUs by CDI
+        if manifest["devices"] != "cpu" and engine_name == "Podman":  # GPUs by CDI
             check(any(Path(folder, "nvidia.yaml").exists() for folder in ("/etc/cdi", "/var/run/cdi")),
-                  "NVIDIA CDI specification for Podman",
-                  "install the NVIDIA Container Toolkit and run `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`")
+                  "NVIDIA CDI specification for Podman", "install the NVIDIA Container Toolkit and run "
+                  "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`")
         elif manifest["devices"] != "cpu":
             runtimes = engine.runtimes()
             check("nvidia" in runtimes or bool(shutil.which("nvidia-container-cli")),
@@ -56,7 +57,7 @@ def doctor(manifest: Manifest) -> bool:
         check(None, f"workers: SLURM array tasks running {manifest['slurm']['runtime']} on the nodes "
                     "(slurm.runtime); the images are built here")
     elif engine is not None:
-        check(None, f"workers: {engine.name()} containers on this machine")
+        check(None, f"workers: {engine_name} containers on this machine")
     if manifest["devices"] != "cpu":
         gpus = host_gpus()
         check(bool(gpus), f"GPUs seen by nvidia-smi: {gpus}", "install the NVIDIA driver, or run with GPUS=cpu")

@@ -1,7 +1,8 @@
 """The backend contract, the same test for each backend (Docker on this machine, a real
-SLURM with each runtime its node has: docker, podman, charliecloud): the same shards in give the same result lines out; a run resumes from the lines
-already written; a worker whose relaxation process dies has its structure on the crash
-list and goes on; a relaxation that hangs is stopped and resumed, and the run says so."""
+SLURM with each runtime its node has: docker, podman, charliecloud): the same shards in give
+the same result lines out; a run resumes from the lines already written; a worker whose
+relaxation process dies has its structure on the crash list and goes on; a relaxation that
+hangs is stopped and resumed, and the run says so."""
 
 import json
 import os
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 
 from adapters.wire import read_id_lines
-from helpers import NO_REPORT, REPO, bench, bench_command, relaxations, slow_emt_dataset
+from helpers import NO_REPORT, REPO, bench, bench_command, last_line, relaxations, slow_emt_dataset
 
 pytestmark = pytest.mark.docker
 SLURM = ("--backend", "slurm", "--set", "slurm.cpus_per_task=1", "--set", "slurm.poll_s=0.5")
@@ -38,7 +39,7 @@ def reference(tmp_path_factory):
     work = tmp_path_factory.mktemp("reference")
     slow_emt_dataset(work / "cu.extxyz")  # 108-atom copper crystals: time to hit a worker
     done = bench(*COMMON, "--dataset", str(work / "cu.extxyz"), results=work / "results")
-    return work / "cu.extxyz", Path(done.stdout.strip().splitlines()[-1])
+    return work / "cu.extxyz", Path(last_line(done))
 
 
 def hit(results: Path, shard: str, signum: int, deadline: float) -> str:
@@ -55,7 +56,8 @@ def hit(results: Path, shard: str, signum: int, deadline: float) -> str:
     raise AssertionError(f"no relaxation of {shard} to hit")
 
 
-@pytest.mark.parametrize("backend", ["docker", *(pytest.param(b, marks=pytest.mark.slurm) for b in BACKENDS if b != "docker")])
+@pytest.mark.parametrize("backend", ["docker", *(pytest.param(backend, marks=pytest.mark.slurm)
+                                                  for backend in BACKENDS if backend != "docker")])
 def test_a_backend_resumes_survives_a_dying_and_a_hung_worker_and_gives_the_same_lines(
         backend, reference, engine, tmp_path, request):
     options, runtime = BACKENDS[backend]

@@ -17,7 +17,7 @@ from adapters.relax import main as entrypoint
 from adapters.relax import relax_record
 from metrics.geometry import periodic_axes
 from orchestrator.shards import structure_record
-from helpers import protocol, worker_job
+from helpers import last_line, protocol, worker_job
 
 pytestmark = pytest.mark.slow  # relaxations step by step against ASE: the unit tier, not the fast one
 
@@ -288,7 +288,7 @@ def test_make_bench_with_the_batched_engine_gives_the_reference_table(tmp_path, 
     for engine in ("ase", "batched"):
         done = bench("--models", "emt", "--dataset", str(dataset), "--engine", engine, "--set", "batch_atoms=8",
                      "--set", "shard_size=2", results=tmp_path / "r")
-        runs[engine] = Path(done.stdout.strip().splitlines()[-1])
+        runs[engine] = Path(last_line(done))
         logs[engine] = sorted(path.name for path in (runs[engine] / "raw" / "emt").glob("*.log"))
     assert runs["ase"] != runs["batched"]
     # three shards: a container each for the reference engine, one for all three when batched

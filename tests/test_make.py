@@ -3,7 +3,7 @@
 
 import pytest
 
-from helpers import REPO, make, project_copy
+from helpers import REPO, last_line, make, project_copy
 
 
 def test_make_lock_alone_locks_every_runtime_first_then_every_image(manifest):
@@ -20,7 +20,7 @@ def test_make_lock_alone_locks_every_runtime_first_then_every_image(manifest):
     assert (runtimes, models) == (["3.13"], [])
     dry = make("-n", "lock")
     assert dry.returncode == 0
-    assert dry.stdout.strip().splitlines()[-1].endswith("-m orchestrator lock")  # neither --models nor --python
+    assert last_line(dry).endswith("-m orchestrator lock")  # neither --models nor --python
 
 
 @pytest.mark.docker
@@ -32,7 +32,7 @@ def test_make_lock_rewrites_a_models_lock_and_a_runtimes_lock(engine, tmp_path):
         lock.write_text("# stale\n")
         done = make("lock", *args, cwd=copy)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.strip().splitlines()[-1] == str(lock)
+        assert last_line(done) == str(lock)
         text = lock.read_text()
         assert f"written by `{command}`" in text
         pins = [line for line in text.splitlines() if not line.startswith("#")]

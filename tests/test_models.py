@@ -14,7 +14,7 @@ from orchestrator.weights import checkpoint_path
 from orchestrator.workers.assignments import Assignment, prepare_worker_files, worker_spec
 from orchestrator.workers.slots import device_slots
 from orchestrator.zoo import make_stand_in, run_contract
-from helpers import protocol, worker_job
+from helpers import last_line, protocol, worker_job
 
 pytestmark = pytest.mark.docker
 
@@ -168,7 +168,7 @@ def bench_sample(model: str, cache: Path, results: Path, count: int = 1):
 
     done = bench("--models", model, "--dataset", "sample", "--limit", str(count), "--set", f"cache_dir={cache}",
                  "--set", "protocol.max_steps=60", *NO_REPORT, results=results)
-    table = pd.read_csv(Path(done.stdout.strip().splitlines()[-1]) / "results.csv", keep_default_na=False)
+    table = pd.read_csv(Path(last_line(done)) / "results.csv", keep_default_na=False)
     assert len(table) == count and set(table["failure_reason"]) <= {"", "not_converged"}
     assert table["energy_ev"].astype(float).notna().all() and table["max_force_ev_per_a"].astype(float).notna().all()
     return table

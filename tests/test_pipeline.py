@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from ase.io import read
 
-from helpers import NO_REPORT, REPO, SAMPLE, bench, emt_dataset, slow_emt_dataset
+from helpers import NO_REPORT, REPO, SAMPLE, bench, emt_dataset, last_line, slow_emt_dataset
 from perf.pipeline_overhead import run_plain_loop
 
 pytestmark = pytest.mark.docker
@@ -24,7 +24,7 @@ def test_emt_bench_end_to_end_and_reuse(tmp_path):
     dataset = tmp_path / "emt-set.extxyz"
     emt_dataset(dataset)
     first = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=2", results=tmp_path / "r")
-    run_dir = Path(first.stdout.strip().splitlines()[-1])
+    run_dir = Path(last_line(first))
     table = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
     assert sorted(table["id"]) == ["al-2d", "co-0d", "cu-1d", "cu-3d", "si-3d"]
     by_id = table.set_index("id")
@@ -66,7 +66,7 @@ def test_emt_bench_end_to_end_and_reuse(tmp_path):
     raw = {p: p.stat().st_mtime_ns for p in (run_dir / "raw" / "emt").glob("*.jsonl")}
     written = {p: p.stat().st_mtime_ns for p in (run_dir / "results.csv", run_dir / "report" / "report.md")}
     second = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=2", results=tmp_path / "r")
-    assert Path(second.stdout.strip().splitlines()[-1]) == run_dir
+    assert Path(last_line(second)) == run_dir
     assert "already relaxed" in second.stderr and "scores unchanged; report: " in second.stderr
     assert {p: p.stat().st_mtime_ns for p in raw} == raw  # nothing relaxed again
     assert {p: p.stat().st_mtime_ns for p in written} == written  # nor scored or reported again
@@ -82,7 +82,7 @@ def test_emt_bench_with_the_authors_protocol(tmp_path):
     paper = bench("--models", "emt", "--dataset", str(dataset), "--limit", "1", results=tmp_path / "r")
     authors = bench("--models", "emt", "--dataset", str(dataset), "--limit", "1", "--protocol", "authors",
                     results=tmp_path / "r")
-    paper_dir, run_dir = (Path(done.stdout.strip().splitlines()[-1]) for done in (paper, authors))
+    paper_dir, run_dir = (Path(last_line(done)) for done in (paper, authors))
     assert run_dir != paper_dir  # the variant is part of the run's identity
     assert json.loads((run_dir / "provenance.json").read_text())["protocol"]["variant"] == "authors"
     table = pd.read_csv(run_dir / "results.csv", keep_default_na=False).set_index("id")
@@ -102,7 +102,7 @@ def test_a_time_limit_only_when_set_shown_in_the_tables_and_redone_when_changed(
     emt_dataset(dataset)
     limited = bench("--models", "emt", "--dataset", str(dataset), "--set", "structure_timeout_s=0.000001",
                     results=tmp_path / "r")
-    run_dir = Path(limited.stdout.strip().splitlines()[-1])
+    run_dir = Path(last_line(limited))
     table = pd.read_csv(run_dir / "results.csv", keep_default_na=False).set_index("id")
     assert set(table["failure_reason"]) <= {"timeout", "model_error"} and "timeout" in set(table["failure_reason"])
     failures = pd.read_csv(run_dir / "report" / "failures.csv")
@@ -111,7 +111,7 @@ def test_a_time_limit_only_when_set_shown_in_the_tables_and_redone_when_changed(
     assert "stopped by the limit of 1e-06 s" in (run_dir / "report" / "report.md").read_text()
     # the default has no limit: the same command without it relaxes those structures to the end
     again = bench("--models", "emt", "--dataset", str(dataset), results=tmp_path / "r")
-    assert Path(again.stdout.strip().splitlines()[-1]) == run_dir  # the limit is no part of the run's identity
+    assert Path(last_line(again)) == run_dir  # the limit is no part of the run's identity
     assert "timed out under a limit of 1e-06 s" in again.stderr
     table = pd.read_csv(run_dir / "results.csv", keep_default_na=False).set_index("id")
     assert "timeout" not in set(table["failure_reason"]) and len(table) == 5
@@ -123,7 +123,7 @@ def test_a_damaged_result_file_is_mended_and_nothing_is_counted_twice(tmp_path):
     dataset = tmp_path / "emt-set.extxyz"
     emt_dataset(dataset)
     first = bench("--models", "emt", "--dataset", str(dataset), *NO_REPORT, results=tmp_path / "r")
-    run_dir = Path(first.stdout.strip().splitlines()[-1])
+    run_dir = Path(last_line(first))
     before = pd.read_csv(run_dir / "results.csv", keep_default_na=False).set_index("id")
     raw = run_dir / "raw" / "emt" / "shard-0000.jsonl"
     lines = raw.read_bytes().splitlines(keepends=True)
@@ -172,7 +172,7 @@ def test_chgnet_and_sevennet_relax_twenty_sample_crystals_like_plain_ase(tmp_pat
     # 20 of the sample's 200 crystals: the whole sample took 4 to 8 minutes of CI, and the reference
     # bundles (make selftest) relax 50 of them with each model again
     done = bench("--models", "chgnet", "sevennet-0", "--dataset", str(SAMPLE), "--limit", "20", results=tmp_path / "r")
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    run_dir = Path(last_line(done))
     table = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
     assert len(table) == 40 and table.groupby("model")["id"].nunique().to_dict() == {"chgnet": 20, "sevennet-0": 20}
     assert not table.duplicated(["model", "id"]).any()
@@ -233,7 +233,7 @@ def test_killed_run_finishes_every_structure_exactly_once(tmp_path):
 
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    run_dir = Path(last_line(done))
     written = Counter(json.loads(line)["id"] for p in (run_dir / "raw" / "chgnet").glob("shard-*.jsonl")
                       for line in p.read_text().splitlines())
     assert len(written) == 24 and set(written.values()) == {1}

@@ -59,8 +59,8 @@ def podman_forgets(tag: str) -> None:
 def containers_started(engine: str, since: str, run_key: str) -> list[str]:
     """Names of the containers `engine` (docker or podman) started since then for a run folder."""
     until = ["--until", "0s"] if engine == "docker" else ["--stream=false"]  # up to now, then end
-    listing = subprocess.run([engine, "events", "--since", since, *until, "--filter", "event=start", "--format", "{{json .}}"],
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+    listing = subprocess.run([engine, "events", "--since", since, *until, "--filter", "event=start",
+                              "--format", "{{json .}}"], capture_output=True, text=True, check=True).stdout.splitlines()
     names = []
     for line in listing:
         event = json.loads(line)

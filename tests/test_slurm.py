@@ -21,7 +21,7 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
-from helpers import NO_REPORT, REPO, bench, bench_command, emt_dataset, relaxations, worker_job
+from helpers import NO_REPORT, REPO, bench, bench_command, emt_dataset, last_line, relaxations, worker_job
 
 
 def load_manifest(**overrides):
@@ -155,8 +155,9 @@ def test_charliecloud_binds_onto_mount_points_made_in_its_image_directory(tmp_pa
 
     (tmp_path / "shards").mkdir()
     (tmp_path / "shard-0003.jsonl").touch()
-    spec = WorkerSpec(image="emt", command=[], mounts=[Mount(str(tmp_path / "shards"), "/data/shards"),
-                                                       Mount(str(tmp_path / "shard-0003.jsonl"), "/data/out/shard-0003.jsonl")])
+    mounts = [Mount(str(tmp_path / "shards"), "/data/shards"),
+              Mount(str(tmp_path / "shard-0003.jsonl"), "/data/out/shard-0003.jsonl")]
+    spec = WorkerSpec(image="emt", command=[], mounts=mounts)
     image = tmp_path / "image"
     charliecloud_mount_points(image, spec)
     charliecloud_mount_points(image, spec)  # again: nothing changes
@@ -292,8 +293,10 @@ def emt_set_with_slow_crystals(path: Path) -> None:
     write(path, frames, format="extxyz")
 
 
-SLURM_ARGS = ("--models", "emt", "--backend", "slurm", "--set", "slurm.runtime=docker", "--set", "slurm.cpus_per_task=1",
-              "--set", "slurm.poll_s=0.5", "--set", "shard_size=1", *NO_REPORT)
+def slurm_args(runtime: str) -> tuple:
+    """A bench of emt on SLURM with `runtime` on the node: one structure a task, one CPU each."""
+    return ("--models", "emt", "--backend", "slurm", "--set", f"slurm.runtime={runtime}",
+            "--set", "slurm.cpus_per_task=1", "--set", "slurm.poll_s=0.5", "--set", "shard_size=1", *NO_REPORT)
 
 
 def our_tasks(state: str = "", besides: frozenset = frozenset()) -> list[str]:
@@ -327,8 +330,9 @@ def slow_set(cluster_folder, tmp_path_factory, engine):
     emt_set_with_slow_crystals(dataset)
     local = bench("--models", "emt", "--dataset", str(dataset), "--set", "shard_size=1", *NO_REPORT,
                   results=tmp_path_factory.mktemp("docker"))
-    local_dir = Path(local.stdout.strip().splitlines()[-1])
-    return cluster_folder, dataset, pd.read_csv(local_dir / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
+    local_dir = Path(last_line(local))
+    on_docker = pd.read_csv(local_dir / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
+    return cluster_folder, dataset, on_docker
 
 
 def run_through_a_failed_node(command: list[str], slurm_node: str, while_running=lambda: None,
@@ -416,11 +420,6 @@ def assert_least_privilege(seen: dict, runtime: str) -> None:
     assert read_only["/data/shards"] is False and read_only["/cache/emt"] is False and read_only["/"] is False
 
 
-def slurm_args(runtime: str, cluster: Path) -> tuple:
-    return ("--models", "emt", "--backend", "slurm", "--set", f"slurm.runtime={runtime}", "--set", "slurm.cpus_per_task=1",
-            "--set", "slurm.poll_s=0.5", "--set", "shard_size=1", "--set", f"cache_dir={cluster / 'cache'}", *NO_REPORT)
-
-
 @pytest.mark.docker
 @pytest.mark.slurm
 @pytest.mark.parametrize("runtime", ["docker", "podman", "charliecloud"])
@@ -433,9 +432,9 @@ def test_a_runtime_relaxes_like_docker_unprivileged_through_a_failed_node(runtim
     cluster, dataset, on_docker = slow_set
     results = cluster / f"through-{runtime}"
     seen = {}
-    run_dir = run_through_a_failed_node(bench_command(*slurm_args(runtime, cluster), "--dataset", str(dataset),
-                                                      results=results),
-                                        slurm_node, lambda: seen.update(probe_worker(results)), timeout_s=1200)
+    command = bench_command(*slurm_args(runtime), "--set", f"cache_dir={cluster / 'cache'}", "--dataset", str(dataset),
+                            results=results)
+    run_dir = run_through_a_failed_node(command, slurm_node, lambda: seen.update(probe_worker(results)), timeout_s=1200)
     assert_like_docker_once_and_restarted(run_dir, on_docker, runtime)
     assert_least_privilege(seen, runtime)
 
@@ -447,7 +446,7 @@ def test_a_real_apptainer_relaxes_like_docker_unprivileged_and_converts_once(slu
     `apptainer exec` as an unprivileged user; a node that fails under a task requeues it and it
     resumes; the SIF is built once per image id and the next run reuses it."""
     cluster, dataset, on_docker = slow_set
-    args = (*slurm_args("apptainer", cluster), "--dataset", str(dataset))
+    args = (*slurm_args("apptainer"), "--set", f"cache_dir={cluster / 'cache'}", "--dataset", str(dataset))
     seen = {}
     run_dir = run_through_a_failed_node(bench_command(*args, results=cluster / "first"), slurm_node,
                                         lambda: seen.update(probe_worker(cluster / "first")), timeout_s=1200)
@@ -459,7 +458,7 @@ def test_a_real_apptainer_relaxes_like_docker_unprivileged_and_converts_once(slu
     built = sif[0].stat().st_mtime_ns
     again = bench(*args, results=cluster / "second")
     assert "converting" not in again.stderr and sif[0].stat().st_mtime_ns == built  # the same SIF, reused
-    second = Path(again.stdout.strip().splitlines()[-1])
+    second = Path(last_line(again))
     on_second = pd.read_csv(second / "results.csv", keep_default_na=False)[COLUMNS].sort_values("id")
     pd.testing.assert_frame_equal(on_second.reset_index(drop=True), on_docker.reset_index(drop=True))
 
@@ -471,7 +470,7 @@ def test_interrupted_slurm_runs_cancel_only_their_jobs_and_resume(tmp_path, slur
     emt_set_with_slow_crystals(dataset)
     bystander = subprocess.run(["sbatch", "--parsable", "-J", "bystander", "--output=/dev/null", "--wrap", "sleep 300"],
                                capture_output=True, text=True, check=True).stdout.strip()
-    command = bench_command(*SLURM_ARGS, "--dataset", str(dataset), results=tmp_path / "r")
+    command = bench_command(*slurm_args("docker"), "--dataset", str(dataset), results=tmp_path / "r")
     try:
         # an orchestrator killed outright leaves its jobs; the next one on the folder cancels them
         killed = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -494,7 +493,7 @@ def test_interrupted_slurm_runs_cancel_only_their_jobs_and_resume(tmp_path, slur
         subprocess.run(["scancel", bystander])
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    run_dir = Path(last_line(done))
     assert set(raw_ids(run_dir).values()) == {1} and len(raw_ids(run_dir)) == 8
 
 

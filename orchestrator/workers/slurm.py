@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,8 @@ def task_command(spec: WorkerSpec, image: dict, settings: dict) -> TaskCommand:
                            gpus='(--nv --env "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES")',
                            stop='kill "$pid" 2>/dev/null', before=[])
     if runtime == "charliecloud":
-        return TaskCommand(run=[*charliecloud_prefix(settings["isolate_network"]), "ch-run", *charliecloud_options(spec)],
+        return TaskCommand(run=[*charliecloud_prefix(settings["isolate_network"]), "ch-run",
+                                *charliecloud_options(spec)],
                            worker=[image["path"], "--", *spec.command],
                            gpus='(--set-env "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES")',
                            stop='kill "$pid" 2>/dev/null',
@@ -209,15 +211,19 @@ def charliecloud_directory(engine, image: str, target: Path) -> None:
     never started; /dev left empty, ch-run mounts the host's), its environment in ch/environment
     for `ch-run --set-env`, and the mount points ch-run needs."""
     target.mkdir(parents=True)
-    untar = subprocess.Popen(["tar", "-x", "-C", str(target), "--exclude=dev/*"], stdin=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-    try:
-        engine.export_files(image, untar.stdin)
-    finally:
-        untar.stdin.close()
-        failed = untar.wait() and untar.stderr.read().decode(errors="replace").strip()
-    if failed:
-        raise BenchError(f"converting {image} for charliecloud: tar: {failed.splitlines()[-1]}")
+    # tar's messages to a file: a pipe nobody reads while the export streams in could fill and stall both
+    with tempfile.TemporaryFile() as messages:
+        untar = subprocess.Popen(["tar", "-x", "-C", str(target), "--exclude=dev/*"], stdin=subprocess.PIPE,
+                                 stderr=messages)
+        try:
+            engine.export_files(image, untar.stdin)
+        finally:
+            untar.stdin.close()
+            code = untar.wait()
+        messages.seek(0)
+        if code:
+            said = messages.read().decode(errors="replace").strip().splitlines() or [f"exit code {code}"]
+            raise BenchError(f"converting {image} for charliecloud: tar: {said[-1]}")
     (target / "ch").mkdir(exist_ok=True)
     (target / "ch" / "environment").write_text("".join(f"{line}\n" for line in engine.image_environment(image)))
     folders, files = CHARLIECLOUD_MOUNT_POINTS
@@ -471,8 +477,8 @@ def doctor_checks(settings: dict, folders: dict[str, Path], check) -> None:
               f"install {converter} here, or convert on a machine that has it (docs/cluster.md)")
     node_command = NODE_COMMANDS.get(runtime, runtime)
     probe = [f'command -v {node_command} >/dev/null && echo "runtime: $(USER=${{USER:-$(id -un)}} '
-             f'{node_command} --version 2>&1 | head -n1)"'] + [f"test -w {shlex.quote(str(f))} && echo writable:{shlex.quote(key)}"
-                                        for key, f in folders.items()]
+             f'{node_command} --version 2>&1 | head -n1)"']
+    probe += [f"test -w {shlex.quote(str(f))} && echo writable:{shlex.quote(key)}" for key, f in folders.items()]
     command = ["srun", "-N1", "-n1", "--immediate=60", "--time=2", f"--cpus-per-task={settings['cpus_per_task']}"]
     command += [f"--partition={wanted}"] if wanted else []
     command += [f"--account={settings['account']}"] if settings["account"] else []

@@ -122,6 +122,6 @@ def charliecloud_prefix(isolate_network: bool) -> list[str]:
     """What runs ch-run: as the unprivileged user when the orchestrator is root (ch-run keeps
     the caller's uid inside), and in a network namespace of its own with only a loopback
     (`unshare`, util-linux 2.38 or later: ch-run makes none)."""
-    prefix = ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups"] \
-        if os.getuid() == 0 else []
+    uid, gid = worker_user()
+    prefix = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"] if os.getuid() == 0 else []
     return prefix + (["unshare", "--user", "--map-current-user", "--net"] if isolate_network else [])
